@@ -1,0 +1,173 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The cache catalog: merge the built-in entries with user overrides, validate, normalize.
+
+The catalog is a mapping ``name -> entry`` (role ``mlinfra.shared_cache.catalog``, variable
+``shared_cache_caches``). Users change it through ``shared_cache_overrides``, a mapping of
+``name -> partial entry`` merged recursively: a new name adds a cache kind, an existing name
+changes only the fields given, ``{enabled: false}`` drops an entry. ``resolve()`` returns the
+list every role iterates, sorted by name, each entry complete and checked.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
+    ParamError,
+    normalize_abs_path,
+    parse_duration,
+    parse_mode,
+    parse_size,
+    validate_env_name,
+    validate_relative,
+    world_writable,
+)
+
+# Formats the modules understand. The unit of deletion/reporting of each lives in _formats.py.
+FORMATS = (
+    "huggingface",  # HF hub cache: models--org--name/{blobs,snapshots,refs}, .locks
+    "torch",        # torch hub: hub/checkpoints/*.pth, hub/<owner>_<repo>_<ref>/
+    "pip",          # pip cache: http-v2/, wheels/
+    "conda",        # conda pkgs dir: <pkg>/ + <pkg>.conda|.tar.bz2, urls.txt
+    "apt",          # /var/cache/apt: archives/*.deb, archives/partial, lock
+    "npm",          # npm cache: _cacache/{index-v5,content-v2}
+    "go",           # GOMODCACHE: <module>@<version>/, cache/download/
+    "cargo",        # CARGO_HOME: registry/{cache,src,index}
+    "generic",      # files, then empty directories
+    "external",     # owned by a daemon or tool (buildkit, docker, git-lfs, rclone): never pruned by file
+)
+CATEGORIES = ("ml-models", "packages", "languages", "other")
+RETENTION_KEYS = ("max_age", "max_size", "min_free", "min_age", "exclude", "age_by")
+AGE_BY = ("atime", "mtime", "newest")
+ENTRY_KEYS = (
+    "path", "mount", "format", "category", "description", "subdirs", "env", "mode",
+    "retention", "enabled", "config",
+)
+DEFAULT_RETENTION = {
+    "max_age": None,
+    "max_size": None,
+    "min_free": None,
+    "min_age": "1h",
+    "exclude": [],
+    "age_by": "newest",
+}
+DEFAULT_MODE = "2775"
+
+
+def merge(base, override):
+    """Recursive dict merge: mappings merge, everything else (lists included) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _entry(name, raw, root, mount_root):
+    where = "shared_cache_caches[%s]" % name
+    if not isinstance(raw, dict):
+        raise ParamError("%s: expected a mapping of fields, got %r" % (where, raw))
+    unknown = sorted(set(raw) - set(ENTRY_KEYS))
+    if unknown:
+        raise ParamError("%s: unknown field(s) %s; known fields: %s" % (where, ", ".join(unknown), ", ".join(ENTRY_KEYS)))
+    path = validate_relative(raw.get("path", name), where + ".path")
+    fmt = raw.get("format", "generic")
+    if fmt not in FORMATS:
+        raise ParamError("%s.format: unknown format %r; one of %s" % (where, fmt, ", ".join(FORMATS)))
+    category = raw.get("category", "other")
+    if category not in CATEGORIES:
+        raise ParamError("%s.category: unknown category %r; one of %s" % (where, category, ", ".join(CATEGORIES)))
+    mount = raw.get("mount") or (mount_root.rstrip("/") + "/" + path)
+    mount = normalize_abs_path(mount, where + ".mount")
+    mode_text = raw.get("mode", DEFAULT_MODE)
+    mode = parse_mode(mode_text, where + ".mode")
+    if world_writable(mode):
+        raise ParamError("%s.mode: %s is world-writable; shared caches are group-shared (use 2775 or 2770)"
+                         % (where, mode_text))
+    subdirs = [validate_relative(s, where + ".subdirs") for s in (raw.get("subdirs") or [])]
+    env = {}
+    for var, sub in (raw.get("env") or {}).items():
+        validate_env_name(var, where + ".env")
+        sub = "" if sub in (None, "", ".") else validate_relative(sub, "%s.env.%s" % (where, var))
+        env[var] = sub
+    retention = merge(DEFAULT_RETENTION, raw.get("retention") or {})
+    unknown = sorted(set(retention) - set(RETENTION_KEYS))
+    if unknown:
+        raise ParamError("%s.retention: unknown key(s) %s; known: %s" % (where, ", ".join(unknown), ", ".join(RETENTION_KEYS)))
+    for key in ("max_age", "min_age"):
+        parse_duration(retention[key], "%s.retention.%s" % (where, key))
+    for key in ("max_size", "min_free"):
+        parse_size(retention[key], "%s.retention.%s" % (where, key))
+    if retention["age_by"] not in AGE_BY:
+        raise ParamError("%s.retention.age_by: one of %s" % (where, ", ".join(AGE_BY)))
+    if not isinstance(retention["exclude"], list):
+        raise ParamError("%s.retention.exclude: expected a list of glob patterns" % where)
+    config = raw.get("config") or {}
+    if not isinstance(config, dict):
+        raise ParamError("%s.config: expected a mapping" % where)
+    return {
+        "name": name,
+        "path": path,
+        "abs_path": root.rstrip("/") + "/" + path,
+        "mount": mount,
+        "format": fmt,
+        "category": category,
+        "description": raw.get("description", name),
+        "subdirs": subdirs,
+        "env": env,
+        "mode": "%04o" % mode,
+        "retention": retention,
+        "enabled": bool(raw.get("enabled", True)),
+        "config": config,
+    }
+
+
+def _overlaps(a, b):
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def resolve(caches, overrides=None, root="/mnt/storage/cache", mount_root="/cache"):
+    """Return the enabled, validated catalog as a list sorted by name.
+
+    Raises ParamError naming the entry and field at fault. Checks across entries: no two
+    caches share or nest their host path, no two share or nest their container mount, no
+    environment variable is set by two caches.
+    """
+    root = normalize_abs_path(root, "shared_cache_root")
+    mount_root = normalize_abs_path(mount_root, "shared_cache_mount_root")
+    if not isinstance(caches, dict):
+        raise ParamError("shared_cache_caches: expected a mapping of cache name -> entry")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ParamError("shared_cache_overrides: expected a mapping of cache name -> fields to change")
+    merged = {}
+    for name in set(caches) | set(overrides or {}):
+        base = caches.get(name) or {}
+        over = (overrides or {}).get(name)
+        if over is None and name in (overrides or {}):
+            over = {"enabled": False}
+        merged[name] = merge(base, over or {})
+    entries = []
+    for name in sorted(merged):
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ParamError("cache name %r: expected a short name without '/'" % (name,))
+        entry = _entry(name, merged[name], root, mount_root)
+        if entry["enabled"]:
+            entries.append(entry)
+    seen_env = {}
+    for i, a in enumerate(entries):
+        for b in entries[i + 1:]:
+            if _overlaps(a["path"], b["path"]):
+                raise ParamError("caches %s and %s: paths %s and %s overlap; each cache needs its own directory"
+                                 % (a["name"], b["name"], a["path"], b["path"]))
+            if _overlaps(a["mount"], b["mount"]):
+                raise ParamError("caches %s and %s: container mounts %s and %s clash"
+                                 % (a["name"], b["name"], a["mount"], b["mount"]))
+        for var in a["env"]:
+            if var in seen_env:
+                raise ParamError("environment variable %s is set by both %s and %s" % (var, seen_env[var], a["name"]))
+            seen_env[var] = a["name"]
+    return entries

@@ -1,0 +1,192 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Descriptor-relative filesystem walking shared by cache_dir, cache_prune and cache_report.
+
+Rules every caller gets for free:
+- a symlink is never followed (entries are lstat'ed with fstatat(AT_SYMLINK_NOFOLLOW),
+  directories are opened with O_NOFOLLOW relative to their parent's descriptor);
+- the walk never leaves the root's filesystem (st_dev is compared for every directory);
+- a directory swapped for something else between lstat and open is detected (the opened
+  descriptor's (st_dev, st_ino) must match what was lstat'ed) and skipped, so a user
+  racing a root-run walk cannot redirect it;
+- one pass, top-down, holding descriptors only along the current path.
+
+Names are ``str`` with surrogate escapes (``os.fsencode`` gives back the exact bytes), so
+non-UTF-8 names work.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class WalkError(OSError):
+    """Raised for a root that cannot be walked safely (symlink, not a directory, ...)."""
+
+
+def open_dir_nofollow(path):
+    """Open absolute ``path`` as a directory, refusing a symlink at *any* component.
+
+    Every component is opened relative to its parent with O_NOFOLLOW, so a symlink planted
+    anywhere on the way (``/mnt/storage/cache -> /etc``) makes this fail with ELOOP/ENOTDIR
+    instead of walking somewhere else. Returns a descriptor the caller must close.
+    """
+    if not path.startswith("/"):
+        raise WalkError(errno.EINVAL, "not an absolute path", path)
+    fd = os.open("/", O_DIR)
+    try:
+        for part in [p for p in path.split("/") if p]:
+            try:
+                nfd = os.open(part, O_DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(fd, part):
+                    raise WalkError(errno.ELOOP, "a component is a symbolic link; refusing to follow it", path)
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_symlink(dir_fd, name):
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def open_subdir(dir_fd, name, expect=None):
+    """Open ``name`` below ``dir_fd`` without following links.
+
+    ``expect`` is the lstat result seen before; when the opened directory is not that same
+    inode (it was swapped), the descriptor is closed and None is returned.
+    """
+    fd = os.open(name, O_DIR, dir_fd=dir_fd)
+    if expect is not None:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+            os.close(fd)
+            return None
+    return fd
+
+
+def scan(dir_fd):
+    """Return [(name, lstat_result)] for the entries of an open directory (no '.' / '..').
+
+    An entry that vanishes between readdir and lstat is left out.
+    """
+    out = []
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            try:
+                out.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return out
+
+
+class Walker:
+    """Top-down, descriptor-relative walk of one tree.
+
+    ``for d in Walker(root_fd).walk():`` yields a ``Dir`` per directory with
+    ``rel`` (path relative to the root, '' for the root), ``fd`` (open while the caller holds
+    the item: use it with ``dir_fd=`` calls), ``st`` (the directory's own lstat) and
+    ``entries`` (list of (name, lstat)). Remove names from ``d.skip`` (a set) to keep the walk
+    out of a subdirectory. Errors on a subtree are recorded in ``errors`` as (rel, str(exc))
+    and the walk goes on.
+
+    ``one_fs`` keeps the walk on the root's filesystem; directories on other devices are
+    listed in ``other_fs`` (relative paths) and not entered.
+    """
+
+    def __init__(self, root_fd, one_fs=True, max_errors=100):
+        self.root_fd = root_fd
+        self.one_fs = one_fs
+        self.errors = []
+        self.error_count = 0
+        self.other_fs = []
+        self.max_errors = max_errors
+        self.root_st = os.fstat(root_fd)
+
+    def _error(self, rel, exc):
+        self.error_count += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append((rel or ".", "%s" % (exc.strerror or exc)))
+
+    def walk(self):
+        """Yield a Dir per directory, parents before children; descriptors held = depth."""
+        root_fd = os.dup(self.root_fd)
+        frames = []
+        try:
+            item = self._visit("", root_fd, self.root_st)
+            if item is None:
+                return
+            yield item
+            frames.append((root_fd, "", iter(self._subdirs(item))))
+            root_fd = None
+            while frames:
+                fd, rel, children = frames[-1]
+                nxt = next(children, None)
+                if nxt is None:
+                    frames.pop()
+                    os.close(fd)
+                    continue
+                name, est = nxt
+                crel = rel + "/" + name if rel else name
+                try:
+                    cfd = open_subdir(fd, name, expect=est)
+                except OSError as exc:
+                    self._error(crel, exc)
+                    continue
+                if cfd is None:
+                    self._error(crel, OSError(errno.ESTALE, "directory replaced during the walk; skipped"))
+                    continue
+                item = self._visit(crel, cfd, est)
+                if item is None:
+                    os.close(cfd)
+                    continue
+                frames.append((cfd, crel, None))
+                yield item
+                frames[-1] = (cfd, crel, iter(self._subdirs(item)))
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
+            for fd, _rel, _it in frames:
+                os.close(fd)
+
+    def _visit(self, rel, fd, st):
+        try:
+            return Dir(rel, fd, st, scan(fd))
+        except OSError as exc:
+            self._error(rel, exc)
+            return None
+
+    def _subdirs(self, item):
+        dev = self.root_st.st_dev
+        out = []
+        for name, est in item.entries:
+            if not stat.S_ISDIR(est.st_mode) or name in item.skip:
+                continue
+            if self.one_fs and est.st_dev != dev:
+                self.other_fs.append(item.rel + "/" + name if item.rel else name)
+                continue
+            out.append((name, est))
+        return out
+
+
+class Dir:
+    __slots__ = ("rel", "fd", "st", "entries", "skip")
+
+    def __init__(self, rel, fd, st, entries):
+        self.rel = rel
+        self.fd = fd
+        self.st = st
+        self.entries = entries
+        self.skip = set()
