@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) 2026 mlinfra
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
@@ -61,7 +60,7 @@ def cache_catalog(caches, overrides=None, root="/mnt/storage/cache", mount_root=
     try:
         return resolve(caches, overrides or {}, root, mount_root)
     except ParamError as exc:
-        raise AnsibleFilterError("shared cache catalog: %s" % exc)
+        raise AnsibleFilterError("shared cache catalog: %s" % exc) from None
 
 
 class FilterModule:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) 2026 mlinfra
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The cache catalog: merge the built-in entries with user overrides, validate, normalize.
@@ -28,22 +27,31 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
 # Formats the modules understand. The unit of deletion/reporting of each lives in _formats.py.
 FORMATS = (
     "huggingface",  # HF hub cache: models--org--name/{blobs,snapshots,refs}, .locks
-    "torch",        # torch hub: hub/checkpoints/*.pth, hub/<owner>_<repo>_<ref>/
-    "pip",          # pip cache: http-v2/, wheels/
-    "conda",        # conda pkgs dir: <pkg>/ + <pkg>.conda|.tar.bz2, urls.txt
-    "apt",          # /var/cache/apt: archives/*.deb, archives/partial, lock
-    "npm",          # npm cache: _cacache/{index-v5,content-v2}
-    "go",           # GOMODCACHE: <module>@<version>/, cache/download/
-    "cargo",        # CARGO_HOME: registry/{cache,src,index}
-    "generic",      # files, then empty directories
-    "external",     # owned by a daemon or tool (buildkit, docker, git-lfs, rclone): never pruned by file
+    "torch",  # torch hub: hub/checkpoints/*.pth, hub/<owner>_<repo>_<ref>/
+    "pip",  # pip cache: http-v2/, wheels/
+    "conda",  # conda pkgs dir: <pkg>/ + <pkg>.conda|.tar.bz2, urls.txt
+    "apt",  # /var/cache/apt: archives/*.deb, archives/partial, lock
+    "npm",  # npm cache: _cacache/{index-v5,content-v2}
+    "go",  # GOMODCACHE: <module>@<version>/, cache/download/
+    "cargo",  # CARGO_HOME: registry/{cache,src,index}
+    "generic",  # files, then empty directories
+    "external",  # owned by a daemon or tool (buildkit, docker, git-lfs, rclone): never pruned by file
 )
 CATEGORIES = ("ml-models", "packages", "languages", "other")
 RETENTION_KEYS = ("max_age", "max_size", "min_free", "min_age", "exclude", "age_by")
 AGE_BY = ("atime", "mtime", "newest")
 ENTRY_KEYS = (
-    "path", "mount", "format", "category", "description", "subdirs", "env", "mode",
-    "retention", "enabled", "config",
+    "path",
+    "mount",
+    "format",
+    "category",
+    "description",
+    "subdirs",
+    "env",
+    "mode",
+    "retention",
+    "enabled",
+    "config",
 )
 DEFAULT_RETENTION = {
     "max_age": None,
@@ -73,7 +81,9 @@ def _entry(name, raw, root, mount_root):
         raise ParamError("%s: expected a mapping of fields, got %r" % (where, raw))
     unknown = sorted(set(raw) - set(ENTRY_KEYS))
     if unknown:
-        raise ParamError("%s: unknown field(s) %s; known fields: %s" % (where, ", ".join(unknown), ", ".join(ENTRY_KEYS)))
+        raise ParamError(
+            "%s: unknown field(s) %s; known fields: %s" % (where, ", ".join(unknown), ", ".join(ENTRY_KEYS))
+        )
     path = validate_relative(raw.get("path", name), where + ".path")
     fmt = raw.get("format", "generic")
     if fmt not in FORMATS:
@@ -86,8 +96,9 @@ def _entry(name, raw, root, mount_root):
     mode_text = raw.get("mode", DEFAULT_MODE)
     mode = parse_mode(mode_text, where + ".mode")
     if world_writable(mode):
-        raise ParamError("%s.mode: %s is world-writable; shared caches are group-shared (use 2775 or 2770)"
-                         % (where, mode_text))
+        raise ParamError(
+            "%s.mode: %s is world-writable; shared caches are group-shared (use 2775 or 2770)" % (where, mode_text)
+        )
     subdirs = [validate_relative(s, where + ".subdirs") for s in (raw.get("subdirs") or [])]
     env = {}
     for var, sub in (raw.get("env") or {}).items():
@@ -97,7 +108,9 @@ def _entry(name, raw, root, mount_root):
     retention = merge(DEFAULT_RETENTION, raw.get("retention") or {})
     unknown = sorted(set(retention) - set(RETENTION_KEYS))
     if unknown:
-        raise ParamError("%s.retention: unknown key(s) %s; known: %s" % (where, ", ".join(unknown), ", ".join(RETENTION_KEYS)))
+        raise ParamError(
+            "%s.retention: unknown key(s) %s; known: %s" % (where, ", ".join(unknown), ", ".join(RETENTION_KEYS))
+        )
     for key in ("max_age", "min_age"):
         parse_duration(retention[key], "%s.retention.%s" % (where, key))
     for key in ("max_size", "min_free"):
@@ -159,13 +172,17 @@ def resolve(caches, overrides=None, root="/mnt/storage/cache", mount_root="/cach
             entries.append(entry)
     seen_env = {}
     for i, a in enumerate(entries):
-        for b in entries[i + 1:]:
+        for b in entries[i + 1 :]:
             if _overlaps(a["path"], b["path"]):
-                raise ParamError("caches %s and %s: paths %s and %s overlap; each cache needs its own directory"
-                                 % (a["name"], b["name"], a["path"], b["path"]))
+                raise ParamError(
+                    "caches %s and %s: paths %s and %s overlap; each cache needs its own directory"
+                    % (a["name"], b["name"], a["path"], b["path"])
+                )
             if _overlaps(a["mount"], b["mount"]):
-                raise ParamError("caches %s and %s: container mounts %s and %s clash"
-                                 % (a["name"], b["name"], a["mount"], b["mount"]))
+                raise ParamError(
+                    "caches %s and %s: container mounts %s and %s clash"
+                    % (a["name"], b["name"], a["mount"], b["mount"])
+                )
         for var in a["env"]:
             if var in seen_env:
                 raise ParamError("environment variable %s is set by both %s and %s" % (var, seen_env[var], a["name"]))

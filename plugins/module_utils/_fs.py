@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) 2026 mlinfra
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Descriptor-relative filesystem walking shared by cache_dir, cache_prune and cache_report.
@@ -45,7 +44,9 @@ def open_dir_nofollow(path):
                 nfd = os.open(part, O_DIR, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(fd, part):
-                    raise WalkError(errno.ELOOP, "a component is a symbolic link; refusing to follow it", path)
+                    raise WalkError(
+                        errno.ELOOP, "a component is a symbolic link; refusing to follow it", path
+                    ) from None
                 raise
             os.close(fd)
             fd = nfd

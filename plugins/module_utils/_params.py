@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright (c) 2026 mlinfra
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Input validation shared by every module and plugin of mlinfra.shared_cache.
@@ -18,15 +17,43 @@ import re
 # ALLOWED_UNDER_SYSTEM: /var/cache/apt is the one real case.
 SYSTEM_DIRS = frozenset(
     [
-        "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
-        "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp",
-        "/usr", "/usr/local", "/usr/bin", "/usr/lib", "/usr/sbin", "/usr/share", "/var",
-        "/var/lib", "/var/log", "/var/cache", "/var/tmp", "/var/spool", "/var/mail",
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/usr/local",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/sbin",
+        "/usr/share",
+        "/var",
+        "/var/lib",
+        "/var/log",
+        "/var/cache",
+        "/var/tmp",
+        "/var/spool",
+        "/var/mail",
     ]
 )
 # Trees that hold the system itself: nothing inside them can be a cache root.
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin",
-                "/sys", "/usr", "/run")
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/run")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
 _SIZE_POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
@@ -75,7 +102,7 @@ def parse_duration(value, name="duration"):
         return int(text)
     pos, total = 0, 0.0
     for match in _DURATION_RE.finditer(text):
-        if text[pos:match.start()].strip():
+        if text[pos : match.start()].strip():
             break
         total += float(match.group(1)) * _DURATION_UNIT[match.group(2).lower()]
         pos = match.end()
@@ -128,8 +155,10 @@ def validate_cache_root(path, name="path", allowed=()):
     if norm in allowed_norm:
         return norm
     if norm in SYSTEM_DIRS:
-        raise ParamError("%s: %s is a system directory, not a cache root; use a directory below it "
-                         "such as /mnt/storage/cache" % (name, norm))
+        raise ParamError(
+            "%s: %s is a system directory, not a cache root; use a directory below it "
+            "such as /mnt/storage/cache" % (name, norm)
+        )
     for tree in SYSTEM_TREES:
         if norm == tree or norm.startswith(tree + "/"):
             raise ParamError("%s: %s lies inside the system tree %s; refusing" % (name, norm, tree))
