@@ -1,0 +1,1 @@
+"""Verify the converged site playbook on a real container."""
