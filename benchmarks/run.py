@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make bench`: run every benchmarks/bench_*.py and print ratios against peer tools.
 
 Each bench module defines ``rows(n_files, workdir)`` returning a list of dicts with at least

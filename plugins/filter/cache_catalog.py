@@ -22,7 +22,7 @@ options:
   overrides:
     description:
       - Mapping of cache name to the fields to change. A new name adds a cache kind; C(null) or
-        C({enabled: false}) drops one.
+        C(enabled=false) drops one.
     type: dict
     default: {}
   root:
