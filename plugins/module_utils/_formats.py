@@ -1,0 +1,1054 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Per-format knowledge of the caches: what a *unit* is, which files belong to it, its last use.
+
+Shared by ``cache_prune`` (a unit is what gets deleted, whole) and ``cache_report`` (top-N largest
+units). Both run ONE walk with ``_fs.Walker`` and feed every directory to a collector.
+
+API (stable: only additions)
+----------------------------
+``FORMATS``                  tuple of format names (``external`` included: never pruned by file).
+``get_format(name)``         -> ``Format``; raises ValueError for an unknown name.
+``detect_format(root_fd)``   -> name guessed from the layout below an open directory ('generic' if unsure).
+``Format``                   ``.name``, ``.description``, ``.prunable`` (False for external),
+                             ``.per_file`` (True for generic: cache_prune deletes file by file, the
+                             report's unit is the top-level entry), ``.collector(root_fd)``.
+``Collector``                ``.visit(d)`` for every ``Dir`` a ``Walker`` yields (it may add names to
+                             ``d.skip``); ``.finish()`` -> ``Collection``. No I/O besides reading
+                             small metadata files (HF refs, npm index buckets) relative to ``d.fd``.
+``collect(root_fd, fmt, walker=None)``  convenience: one walk + finish -> ``Collection``.
+``Collection``               ``.units`` (list of ``Unit``), ``.shared`` (id -> ``Shared``: objects
+                             several units reference, HF blobs / npm content), ``.other_size``,
+                             ``.other_disk``, ``.other_files`` (bytes/files in no unit: metadata,
+                             locks, indexes, environments), ``.total_size``, ``.total_disk``,
+                             ``.total_files``, ``.notes`` (list of str), ``.format`` (name).
+``Unit``                     ``.key`` (unique within the cache), ``.name`` (display label),
+                             ``.kind`` ('revision', 'wheel', 'http', 'conda package', 'module', 'deb',
+                             'crate', 'npm entry', 'checkpoint', 'hub repo', 'file', 'entry', ...),
+                             ``.size`` / ``.disk`` (apparent / allocated bytes, shared objects it
+                             references included, hard links counted once per walk), ``.own_size``,
+                             ``.own_disk``, ``.files``, ``.atime``, ``.mtime`` (newest over its files),
+                             ``.recorded`` (last use the tool itself recorded, epoch seconds, or None),
+                             ``.paths`` (tuples of components relative to the walked directory, in
+                             the order they must be removed), ``.shared`` (ids into
+                             ``Collection.shared``), ``.locks`` (tuples of tool lock files that must
+                             not be held), ``.keep`` (None, or why the unit must not be deleted),
+                             ``.last_used(age_by)`` with age_by in ('atime', 'mtime', 'newest').
+``Format.tool_locks``        list of (relative path tuple, 'flock'|'fcntl') of the tool's own
+                             cache-wide locks (apt ``archives/lock``, cargo ``.package-cache``).
+``Format.post_prune(root_fd, collection, removed_keys)``  format clean-up after units went (empty HF
+                             repos, conda ``urls.txt``); returns a list of notes.
+
+Paths are tuples of ``str`` components (surrogate-escaped like ``_fs``), relative to the directory
+the walk started from (the cache directory, e.g. ``/mnt/storage/cache/pip``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import stat
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker
+
+FORMATS = ("huggingface", "torch", "pip", "conda", "apt", "npm", "go", "cargo", "generic", "external")
+AGE_BY = ("atime", "mtime", "newest")
+
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class Unit:
+    """One deletable unit of a cache (see the module docstring)."""
+
+    __slots__ = (
+        "key",
+        "name",
+        "kind",
+        "own_size",
+        "own_disk",
+        "size",
+        "disk",
+        "files",
+        "atime",
+        "mtime",
+        "recorded",
+        "paths",
+        "shared",
+        "locks",
+        "keep",
+        "timed",
+    )
+
+    def __init__(self, key, kind, name=None):
+        self.key = key
+        self.kind = kind
+        self.name = name if name is not None else key
+        self.own_size = 0
+        self.own_disk = 0
+        self.size = 0
+        self.disk = 0
+        self.files = 0
+        self.atime = 0.0
+        self.mtime = 0.0
+        self.recorded = None
+        self.paths = []
+        self.shared = []
+        self.locks = []
+        self.keep = None
+        self.timed = False
+
+    def last_used(self, age_by="newest"):
+        """Newest evidence of use: the tool's own record and the files' atime/mtime per age_by."""
+        if age_by == "atime":
+            t = self.atime
+        elif age_by == "mtime":
+            t = self.mtime
+        else:
+            t = max(self.atime, self.mtime)
+        if self.recorded is not None and self.recorded > t:
+            t = self.recorded
+        return t
+
+    def add_path(self, path):
+        if path not in self.paths:
+            self.paths.append(path)
+
+    def touch(self, st):
+        if st.st_atime > self.atime:
+            self.atime = st.st_atime
+        if st.st_mtime > self.mtime:
+            self.mtime = st.st_mtime
+        self.timed = True
+
+    def as_dict(self, age_by="newest"):
+        return {
+            "key": self.key,
+            "name": self.name,
+            "kind": self.kind,
+            "size": self.size,
+            "disk": self.disk,
+            "files": self.files,
+            "last_used": self.last_used(age_by),
+        }
+
+    def __repr__(self):
+        return "Unit(%r, %r, size=%d)" % (self.key, self.kind, self.size)
+
+
+class Shared:
+    """An object several units may reference (HF blob, npm content file)."""
+
+    __slots__ = ("size", "disk", "atime", "mtime", "paths", "refs")
+
+    def __init__(self, st, path):
+        self.size = st.st_size
+        self.disk = st.st_blocks * 512
+        self.atime = st.st_atime
+        self.mtime = st.st_mtime
+        self.paths = [path]
+        self.refs = 0
+
+
+class Collection:
+    """What one walk of a cache found."""
+
+    def __init__(self, fmt, units, shared, other_size, other_disk, other_files, notes):
+        self.format = fmt
+        self.units = units
+        self.shared = shared
+        self.other_size = other_size
+        self.other_disk = other_disk
+        self.other_files = other_files
+        self.notes = notes
+
+    @property
+    def total_size(self):
+        return self.other_size + sum(u.own_size for u in self.units) + sum(s.size for s in self.shared.values())
+
+    @property
+    def total_disk(self):
+        return self.other_disk + sum(u.own_disk for u in self.units) + sum(s.disk for s in self.shared.values())
+
+    @property
+    def total_files(self):
+        return self.other_files + sum(u.files for u in self.units) + sum(len(s.paths) for s in self.shared.values())
+
+
+def _parts(rel):
+    return tuple(rel.split("/")) if rel else ()
+
+
+def _read_small(dir_fd, name, limit=1 << 20):
+    """Read a small regular file without following a symlink; None on any problem."""
+    try:
+        fd = os.open(name, _O_READ, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        chunks = []
+        while True:
+            buf = os.read(fd, 65536)
+            if not buf:
+                break
+            chunks.append(buf)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class Collector:
+    """Base collector: subclasses implement ``entry`` (and optionally ``enter``/``finish_units``).
+
+    ``entry(parts, name, st, d)`` is called for every non-directory entry and should call
+    ``self.add(key, kind, anchor, parts, st, ...)`` or ``self.other(st)``.
+    ``enter(parts, st, d)`` is called for every directory entry; return False to keep the walk
+    out of it (it is then counted nowhere by the collector), or call ``self.add_dir`` to attach
+    the directory's own times to a unit.
+    """
+
+    def __init__(self, fmt, root_fd):
+        self.fmt = fmt
+        self.root_fd = root_fd
+        self.units = {}
+        self.shared = {}
+        self.other_size = 0
+        self.other_disk = 0
+        self.other_files = 0
+        self.notes = []
+        self._seen_inodes = set()
+
+    # -- driving ---------------------------------------------------------------------------
+    def visit(self, d):
+        base = _parts(d.rel)
+        for name, st in d.entries:
+            parts = base + (name,)
+            if stat.S_ISDIR(st.st_mode):
+                if self.enter(parts, st, d) is False:
+                    d.skip.add(name)
+            else:
+                self.entry(parts, name, st, d)
+
+    def finish(self):
+        units = self.finish_units()
+        for u in units:
+            u.size = u.own_size
+            u.disk = u.own_disk
+            for sid in u.shared:
+                s = self.shared.get(sid)
+                if s is not None:
+                    u.size += s.size
+                    u.disk += s.disk
+        return Collection(
+            self.fmt.name, units, self.shared, self.other_size, self.other_disk, self.other_files, self.notes
+        )
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    def _counted(self, st):
+        """False when this inode was already counted (hard link seen before in this walk)."""
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            ident = (st.st_dev, st.st_ino)
+            if ident in self._seen_inodes:
+                return False
+            self._seen_inodes.add(ident)
+        return True
+
+    def unit(self, key, kind, name=None):
+        u = self.units.get(key)
+        if u is None:
+            u = self.units[key] = Unit(key, kind, name)
+        return u
+
+    def add(self, key, kind, anchor, st, name=None, timed=True):
+        """Count a file (lstat ``st``) into unit ``key``; ``anchor`` is the path removed for it."""
+        u = self.unit(key, kind, name)
+        u.add_path(anchor)
+        u.files += 1
+        if self._counted(st):
+            u.own_size += st.st_size
+            u.own_disk += st.st_blocks * 512
+        if timed:
+            u.touch(st)
+        return u
+
+    def add_dir(self, key, kind, anchor, st, name=None, timed=True):
+        u = self.unit(key, kind, name)
+        u.add_path(anchor)
+        if timed:
+            u.touch(st)
+        return u
+
+    def other(self, st):
+        self.other_files += 1
+        if self._counted(st):
+            self.other_size += st.st_size
+            self.other_disk += st.st_blocks * 512
+
+    def add_shared(self, sid, st, path):
+        s = self.shared.get(sid)
+        if s is None:
+            if not self._counted(st):
+                st = _ZeroStat(st)
+            self.shared[sid] = Shared(st, path)
+        else:
+            s.paths.append(path)
+
+    # -- overridables ----------------------------------------------------------------------
+    def enter(self, parts, st, d):
+        return True
+
+    def entry(self, parts, name, st, d):
+        self.other(st)
+
+    def finish_units(self):
+        return list(self.units.values())
+
+
+class _ZeroStat:
+    """Stat-like with no size: a hard link already counted."""
+
+    def __init__(self, st):
+        self.st_size = 0
+        self.st_blocks = 0
+        self.st_atime = st.st_atime
+        self.st_mtime = st.st_mtime
+
+
+class Format:
+    """A cache layout. Subclasses set the class attributes and ``collector_class``."""
+
+    name = "generic"
+    description = "any tree: each file is a unit (reports group by top-level entry)"
+    prunable = True
+    per_file = False
+    tool_locks = ()
+    collector_class = Collector
+
+    def collector(self, root_fd):
+        return self.collector_class(self, root_fd)
+
+    def post_prune(self, root_fd, collection, removed_keys):
+        return []
+
+
+# ------------------------------------------------------------------------------------------
+# generic / external
+# ------------------------------------------------------------------------------------------
+class _GenericCollector(Collector):
+    def entry(self, parts, name, st, d):
+        self.add(parts[0], "entry" if len(parts) > 1 else "file", parts[:1], st)
+
+    def enter(self, parts, st, d):
+        if len(parts) == 1:
+            self.add_dir(parts[0], "entry", parts, st, timed=False)
+        return True
+
+
+class GenericFormat(Format):
+    name = "generic"
+    per_file = True
+    collector_class = _GenericCollector
+
+
+class ExternalFormat(Format):
+    name = "external"
+    description = "owned by a daemon or tool (buildkit, docker, git-lfs): never deleted by file"
+    prunable = False
+    collector_class = _GenericCollector
+
+
+# ------------------------------------------------------------------------------------------
+# HuggingFace hub
+# ------------------------------------------------------------------------------------------
+_HF_REPO = re.compile(r"^(models|datasets|spaces)--")
+
+
+def _hf_offset(parts):
+    if parts and _HF_REPO.match(parts[0]):
+        return 0
+    if len(parts) > 1 and parts[0] == "hub" and _HF_REPO.match(parts[1]):
+        return 1
+    return -1
+
+
+class _HFRepo:
+    __slots__ = ("prefix", "blobs", "snapshots", "refs", "no_exist", "incomplete")
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.blobs = {}  # blob name -> st
+        self.snapshots = {}  # rev -> Unit (own files: non-symlinks, symlinks)
+        self.refs = {}  # ref path -> rev
+        self.no_exist = set()
+        self.incomplete = []
+
+
+class _HFCollector(Collector):
+    def __init__(self, fmt, root_fd):
+        Collector.__init__(self, fmt, root_fd)
+        self.repos = {}
+        self.snap_blobs = {}  # (repo, rev) -> set(blob)
+        self.lock_dirs = {}  # repo -> prefix of .locks/<repo>
+
+    def _repo(self, parts, off):
+        key = parts[off]
+        r = self.repos.get(key)
+        if r is None:
+            r = self.repos[key] = _HFRepo(parts[: off + 1])
+        return r
+
+    def enter(self, parts, st, d):
+        off = _hf_offset(parts)
+        if off >= 0 and len(parts) == off + 3 and parts[off + 1] == "snapshots":
+            repo = self._repo(parts, off)
+            rev = parts[off + 2]
+            u = self.add_dir(repo.prefix[-1] + "@" + rev, "revision", parts, st)
+            repo.snapshots[rev] = u
+            self.snap_blobs.setdefault((parts[off], rev), set())
+        elif off >= 0 and len(parts) == off + 3 and parts[off + 1] == ".no_exist":
+            self._repo(parts, off).no_exist.add(parts[off + 2])
+        elif len(parts) >= 2 and parts[-2] == ".locks" and len(parts) <= 3:
+            self.lock_dirs[parts[-1]] = parts
+        return True
+
+    def entry(self, parts, name, st, d):
+        off = _hf_offset(parts)
+        if off < 0 or len(parts) < off + 3:
+            self.other(st)
+            return
+        repo = self._repo(parts, off)
+        sub = parts[off + 1]
+        if sub == "blobs" and len(parts) == off + 3:
+            if name.endswith(".incomplete"):
+                self.add(repo.prefix[-1] + "/blobs/" + name, "incomplete download", parts, st)
+                repo.incomplete.append(name)
+            elif stat.S_ISREG(st.st_mode):
+                repo.blobs[name] = st
+                self.add_shared((repo.prefix[-1], name), st, parts)
+            else:
+                self.other(st)
+        elif sub == "snapshots" and len(parts) >= off + 4:
+            rev = parts[off + 2]
+            key = repo.prefix[-1] + "@" + rev
+            if stat.S_ISLNK(st.st_mode):
+                blob = None
+                try:
+                    target = os.readlink(name, dir_fd=d.fd)
+                except OSError:
+                    target = ""
+                tparts = target.split("/")
+                depth = len(parts) - off - 2  # '..' needed from the link's directory up to the repo
+                if (
+                    len(tparts) == depth + 2
+                    and all(p == ".." for p in tparts[:depth])
+                    and tparts[depth] == "blobs"
+                    and tparts[-1]
+                    and "/" not in tparts[-1]
+                    and tparts[-1] not in (".", "..")
+                ):
+                    blob = tparts[-1]
+                u = self.unit(key, "revision")
+                u.files += 1
+                u.own_size += st.st_size
+                if blob is not None:
+                    self.snap_blobs.setdefault((parts[off], rev), set()).add(blob)
+            else:
+                self.add(key, "revision", parts[: off + 3], st)
+        elif sub == "refs":
+            data = _read_small(d.fd, name, 4096)
+            rev = data.decode("ascii", "replace").strip() if data else ""
+            repo.refs["/".join(parts[off + 2 :])] = (rev, parts)
+            self.other(st)
+        elif sub == ".no_exist":
+            self.other(st)
+        else:
+            self.other(st)
+
+    def finish_units(self):
+        for (repo_name, rev), blobs in self.snap_blobs.items():
+            repo = self.repos[repo_name]
+            u = self.unit(repo_name + "@" + rev, "revision")
+            present = [b for b in sorted(blobs) if b in repo.blobs]
+            for b in present:
+                u.shared.append((repo_name, b))
+                self.shared[(repo_name, b)].refs += 1
+                bst = repo.blobs[b]
+                u.touch(bst)
+            refs = sorted(r for r, (target, _p) in repo.refs.items() if target == rev)
+            label = repo_name.split("--", 1)[1].replace("--", "/") if "--" in repo_name else repo_name
+            u.name = "%s %s%s" % (label, rev[:12], (" (%s)" % ", ".join(refs)) if refs else "")
+            snap_path = repo.prefix + ("snapshots", rev)
+            paths = [p for r, (target, p) in sorted(repo.refs.items()) if target == rev]
+            if rev in repo.no_exist:
+                paths.append(repo.prefix + (".no_exist", rev))
+            paths.append(snap_path)
+            u.paths = paths
+            lockdir = self.lock_dirs.get(repo_name)
+            if lockdir is not None:
+                u.locks.append(lockdir)
+        # blobs no snapshot references: their own unit, so they can be reclaimed by age
+        for repo_name, repo in self.repos.items():
+            lockdir = self.lock_dirs.get(repo_name)
+            for b, bst in repo.blobs.items():
+                sid = (repo_name, b)
+                if self.shared[sid].refs == 0:
+                    s = self.shared.pop(sid)
+                    u = self.unit(repo_name + "/blobs/" + b, "orphan blob")
+                    u.own_size += s.size
+                    u.own_disk += s.disk
+                    u.files += 1
+                    u.touch(bst)
+                    u.paths = list(s.paths)
+                    if lockdir is not None:
+                        u.locks.append(lockdir)
+            for name in repo.incomplete:
+                u = self.units.get(repo_name + "/blobs/" + name)
+                if u is not None and lockdir is not None:
+                    u.locks.append(lockdir)
+        return list(self.units.values())
+
+
+class HuggingFaceFormat(Format):
+    name = "huggingface"
+    description = "HuggingFace hub cache: unit = a revision (snapshot) of a repo; shared blobs freed last"
+    collector_class = _HFCollector
+
+    def post_prune(self, root_fd, collection, removed_keys):
+        """Remove repos left with no snapshot and no blob (refs, .no_exist, the dir itself)."""
+        from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
+
+        notes = []
+        repos = {}
+        for u in collection.units:
+            if u.kind in ("revision", "orphan blob", "incomplete download"):
+                top = u.paths[-1]
+                off = _hf_offset(top)
+                if off >= 0:
+                    repos.setdefault(top[: off + 1], []).append(u.key in removed_keys)
+        for prefix, flags in repos.items():
+            if not all(flags):
+                continue
+            if _prune.dir_is_prunable_repo(root_fd, prefix):
+                if _prune.remove_path(root_fd, prefix) is not None:
+                    notes.append("removed empty repo %s" % "/".join(prefix))
+        return notes
+
+
+# ------------------------------------------------------------------------------------------
+# torch hub
+# ------------------------------------------------------------------------------------------
+class _TorchCollector(Collector):
+    def enter(self, parts, st, d):
+        if len(parts) == 2 and parts[0] == "hub" and parts[1] != "checkpoints":
+            self.add_dir("hub/" + parts[1], "hub repo", parts, st, name=parts[1])
+        return True
+
+    def entry(self, parts, name, st, d):
+        if len(parts) == 3 and parts[:2] == ("hub", "checkpoints"):
+            kind = "partial download" if name.endswith(".partial") or name.startswith("tmp") else "checkpoint"
+            self.add("hub/checkpoints/" + name, kind, parts, st, name=name)
+        elif len(parts) > 2 and parts[0] == "hub" and parts[1] != "checkpoints":
+            self.add("hub/" + parts[1], "hub repo", parts[:2], st, name=parts[1])
+        else:
+            self.other(st)
+
+
+class TorchFormat(Format):
+    name = "torch"
+    description = "torch hub: unit = a checkpoint file or a hub repo directory"
+    collector_class = _TorchCollector
+
+
+# ------------------------------------------------------------------------------------------
+# pip
+# ------------------------------------------------------------------------------------------
+class _PipCollector(Collector):
+    def entry(self, parts, name, st, d):
+        top = parts[0]
+        if top in ("http", "http-v2") and len(parts) >= 3:
+            base = name[:-5] if name.endswith(".body") else name
+            self.add(top + "/" + base, "http", parts, st, name=base)
+        elif top == "wheels" and len(parts) >= 3:
+            key = "/".join(parts[:-1])
+            u = self.add(key, "wheel", parts[:-1], st)
+            if name.endswith(".whl"):
+                u.name = name
+        else:
+            self.other(st)
+
+
+class PipFormat(Format):
+    name = "pip"
+    description = "pip cache: unit = an HTTP response (headers + body) or a built-wheel directory"
+    collector_class = _PipCollector
+
+
+# ------------------------------------------------------------------------------------------
+# conda
+# ------------------------------------------------------------------------------------------
+_CONDA_EXT = (".tar.bz2", ".conda")
+
+
+def _conda_offset(parts):
+    return 1 if parts and parts[0] == "pkgs" else -1
+
+
+class _CondaCollector(Collector):
+    def __init__(self, fmt, root_fd):
+        Collector.__init__(self, fmt, root_fd)
+        self.flat = None
+
+    def _off(self, parts):
+        if self.flat is None:
+            # the walked dir is pkgs/ itself when it has urls.txt and no pkgs/ child
+            try:
+                os.stat("urls.txt", dir_fd=self.root_fd, follow_symlinks=False)
+                os.stat("pkgs", dir_fd=self.root_fd, follow_symlinks=False)
+                self.flat = False
+            except OSError:
+                try:
+                    os.stat("urls.txt", dir_fd=self.root_fd, follow_symlinks=False)
+                    self.flat = True
+                except OSError:
+                    self.flat = False
+        return 0 if self.flat else _conda_offset(parts)
+
+    def enter(self, parts, st, d):
+        off = self._off(parts)
+        if off < 0 or len(parts) <= off:
+            return True
+        if len(parts) == off + 1:
+            if parts[off] in ("cache", ".trash"):
+                return True
+            self.add_dir(parts[off], "conda package", parts, st)
+        return True
+
+    def entry(self, parts, name, st, d):
+        off = self._off(parts)
+        if off < 0 or len(parts) <= off:
+            self.other(st)
+            return
+        first = parts[off]
+        if len(parts) == off + 1:
+            for ext in _CONDA_EXT:
+                if name.endswith(ext):
+                    self.add(name[: -len(ext)], "conda package", parts, st)
+                    return
+            self.other(st)  # urls.txt, urls, *.json ...
+            return
+        if first == "cache":
+            self.add("cache/" + "/".join(parts[off + 1 :]), "index cache", parts, st)
+        elif first == ".trash":
+            self.add(".trash/" + parts[off + 1], "trash", parts[: off + 2], st)
+        else:
+            timed = parts[off + 1 :] == ("info", "repodata_record.json")
+            u = self.add(first, "conda package", parts[: off + 1], st, timed=timed)
+            if st.st_nlink > 1 and stat.S_ISREG(st.st_mode) and u.keep is None:
+                u.keep = "hard-linked into an environment"
+
+
+class CondaFormat(Format):
+    name = "conda"
+    description = "conda pkgs: unit = a package (extracted directory + tarball); linked packages kept"
+    collector_class = _CondaCollector
+
+    def post_prune(self, root_fd, collection, removed_keys):
+        from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
+
+        gone = {u.key for u in collection.units if u.kind == "conda package" and u.key in removed_keys}
+        if not gone:
+            return []
+        notes = []
+        for prefix in (("pkgs",), ()):
+            n = _prune.rewrite_conda_urls(root_fd, prefix, gone)
+            if n is not None:
+                if n:
+                    notes.append("dropped %d line(s) from %s" % (n, "/".join(prefix + ("urls.txt",))))
+                break
+        return notes
+
+
+# ------------------------------------------------------------------------------------------
+# apt
+# ------------------------------------------------------------------------------------------
+class _AptCollector(Collector):
+    def entry(self, parts, name, st, d):
+        off = 1 if parts[0] == "archives" else -1
+        if off < 0 or len(parts) <= off:
+            self.other(st)
+            return
+        if len(parts) == off + 1 and name.endswith(".deb") and stat.S_ISREG(st.st_mode):
+            self.add(name, "deb", parts, st)
+        elif len(parts) == off + 2 and parts[off] == "partial" and stat.S_ISREG(st.st_mode):
+            self.add("partial/" + name, "partial download", parts, st)
+        else:
+            self.other(st)  # lock, pkgcache.bin, ...
+
+
+class AptFormat(Format):
+    name = "apt"
+    description = "apt cache: unit = archives/*.deb and stale archives/partial files; never the lock"
+    tool_locks = ((("archives", "lock"), "fcntl"),)
+    collector_class = _AptCollector
+
+
+# ------------------------------------------------------------------------------------------
+# npm (_cacache)
+# ------------------------------------------------------------------------------------------
+def _npm_offset(parts):
+    if parts and parts[0] == "_cacache":
+        return 1
+    return -1
+
+
+def integrity_ids(integrity):
+    """'sha512-<b64> sha1-<b64>' -> [('sha512', hex), ...] (content-v2 path pieces)."""
+    out = []
+    for item in str(integrity or "").split():
+        algo, _, b64 = item.partition("-")
+        if not b64:
+            continue
+        b64 = b64.split("?", 1)[0]
+        try:
+            hexd = binascii.hexlify(base64.b64decode(b64 + "=" * (-len(b64) % 4))).decode("ascii")
+        except (binascii.Error, ValueError):
+            continue
+        out.append((algo.lower(), hexd))
+    return out
+
+
+def parse_npm_bucket(data):
+    """Return {key: entry_dict} of live entries of a cacache index bucket (last line wins)."""
+    live = {}
+    for line in data.decode("utf-8", "replace").split("\n"):
+        if not line:
+            continue
+        digest, _, js = line.partition("\t")
+        if hashlib.sha1(js.encode("utf-8")).hexdigest() != digest:  # noqa: S324 - cacache's own check
+            continue
+        try:
+            entry = json.loads(js)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or "key" not in entry:
+            continue
+        if entry.get("integrity") is None:
+            live.pop(entry["key"], None)
+        else:
+            live[entry["key"]] = entry
+    return live
+
+
+class _NpmCollector(Collector):
+    def __init__(self, fmt, root_fd):
+        Collector.__init__(self, fmt, root_fd)
+        self.bucket_refs = {}  # unit key -> [content ids]
+
+    def enter(self, parts, st, d):
+        if len(parts) == 2 and parts[0] == "_npx":
+            self.add_dir("_npx/" + parts[1], "npx install", parts, st)
+        return True
+
+    def entry(self, parts, name, st, d):
+        off = _npm_offset(parts)
+        if off < 0:
+            if parts[0] == "_logs" and len(parts) == 2:
+                self.add("_logs/" + name, "log", parts, st)
+            elif parts[0] == "_npx" and len(parts) > 2:
+                self.add("_npx/" + parts[1], "npx install", parts[:2], st)
+            else:
+                self.other(st)
+            return
+        sub = parts[off] if len(parts) > off else ""
+        if sub == "index-v5" and len(parts) > off + 1 and stat.S_ISREG(st.st_mode):
+            data = _read_small(d.fd, name, 64 << 20) or b""
+            live = parse_npm_bucket(data)
+            key = "/".join(parts[off:])
+            if not live:
+                self.add(key, "npm entry", parts, st, name="(empty index bucket)")
+                return
+            u = self.add(key, "npm entry", parts, st)
+            newest = max(e.get("time") or 0 for e in live.values())
+            if newest:
+                u.recorded = newest / 1000.0
+            u.name = sorted(live)[-1].replace("make-fetch-happen:request-cache:", "")
+            if u.name.endswith(".tgz"):
+                u.kind = "npm tarball"
+            refs = []
+            for e in live.values():
+                for algo, hexd in integrity_ids(e.get("integrity")):
+                    refs.append((algo, hexd))
+            self.bucket_refs[key] = refs
+        elif sub.startswith("content-") and len(parts) == off + 5 and stat.S_ISREG(st.st_mode):
+            algo = parts[off + 1]
+            hexd = parts[off + 2] + parts[off + 3] + name
+            self.add_shared((algo, hexd), st, parts)
+        elif sub == "tmp" and len(parts) > off + 1:
+            self.add("tmp/" + "/".join(parts[off + 1 :]), "temporary file", parts[: off + 2], st)
+        else:
+            self.other(st)
+
+    def finish_units(self):
+        for key, refs in self.bucket_refs.items():
+            u = self.units[key]
+            for sid in refs:
+                if sid in self.shared and sid not in u.shared:
+                    u.shared.append(sid)
+                    self.shared[sid].refs += 1
+                    s = self.shared[sid]
+                    if s.atime > u.atime:
+                        u.atime = s.atime
+        for sid in [s for s, obj in self.shared.items() if obj.refs == 0]:
+            s = self.shared.pop(sid)
+            u = self.unit("content/%s/%s" % sid, "orphan content")
+            u.own_size += s.size
+            u.own_disk += s.disk
+            u.files += len(s.paths)
+            u.atime = max(u.atime, s.atime)
+            u.mtime = max(u.mtime, s.mtime)
+            u.paths = list(s.paths)
+        return list(self.units.values())
+
+
+class NpmFormat(Format):
+    name = "npm"
+    description = "npm _cacache: unit = an index bucket (package entry); content freed when unreferenced"
+    collector_class = _NpmCollector
+
+
+# ------------------------------------------------------------------------------------------
+# go module cache
+# ------------------------------------------------------------------------------------------
+_GO_EXT = (".info", ".mod", ".zip", ".ziphash", ".partial", ".lock")
+
+
+def _go_offset(parts):
+    if len(parts) >= 2 and parts[0] == "pkg" and parts[1] == "mod":
+        return 2
+    if parts and parts[0] == "pkg":
+        return -1
+    return 0
+
+
+class _GoCollector(Collector):
+    def enter(self, parts, st, d):
+        off = _go_offset(parts)
+        if off < 0 or len(parts) <= off:
+            return True
+        rest = parts[off:]
+        if rest[0] == "cache":
+            return True
+        if "@" in rest[-1] and not any("@" in p for p in rest[:-1]):
+            self.add_dir("/".join(rest), "module", parts, st)
+        return True
+
+    def entry(self, parts, name, st, d):
+        off = _go_offset(parts)
+        if off < 0 or len(parts) <= off:
+            self.other(st)
+            return
+        rest = parts[off:]
+        if rest[0] == "cache":
+            if len(rest) >= 5 and rest[1] == "download" and rest[-2] == "@v":
+                for ext in _GO_EXT:
+                    if name.endswith(ext):
+                        key = "/".join(rest[2:-2]) + "@" + name[: -len(ext)]
+                        u = self.add(key, "module", parts, st)
+                        if ext == ".lock":
+                            u.locks.append(parts)
+                        return
+            self.other(st)  # list, sumdb, vcs
+            return
+        for i, p in enumerate(rest):
+            if "@" in p:
+                self.add("/".join(rest[: i + 1]), "module", parts[: off + i + 1], st)
+                return
+        self.other(st)
+
+    def finish_units(self):
+        # remove the extracted directory first, then cache/download files (.lock last), so an
+        # interrupted prune leaves either a usable module or one go downloads again.
+        for u in self.units.values():
+            locks = [p for p in u.paths if p[-1].endswith(".lock")]
+            zips = [p for p in u.paths if p not in locks and p[-1].endswith((".zip", ".ziphash"))]
+            dirs = [p for p in u.paths if p not in locks and p not in zips and not p[-1].endswith(_GO_EXT)]
+            rest = [p for p in u.paths if p not in locks and p not in zips and p not in dirs]
+            u.paths = dirs + zips + rest + locks
+        return list(self.units.values())
+
+
+class GoFormat(Format):
+    name = "go"
+    description = "go module cache: unit = module@version (extracted dir + cache/download files)"
+    collector_class = _GoCollector
+
+
+# ------------------------------------------------------------------------------------------
+# cargo
+# ------------------------------------------------------------------------------------------
+class _CargoCollector(Collector):
+    def enter(self, parts, st, d):
+        if len(parts) == 4 and parts[:2] == ("registry", "src"):
+            self.add_dir("%s/%s" % (parts[2], parts[3]), "crate", parts, st, name=parts[3])
+        elif len(parts) == 4 and parts[:2] == ("git", "checkouts"):
+            self.add_dir("git/%s@%s" % (parts[2], parts[3]), "git checkout", parts, st)
+        elif len(parts) == 3 and parts[:2] == ("git", "db"):
+            self.add_dir("git/%s" % parts[2], "git db", parts, st)
+        return True
+
+    def entry(self, parts, name, st, d):
+        if len(parts) == 4 and parts[:2] == ("registry", "cache") and name.endswith(".crate"):
+            self.add("%s/%s" % (parts[2], name[:-6]), "crate", parts, st, name=name[:-6])
+        elif len(parts) > 4 and parts[:2] == ("registry", "src"):
+            u = self.add("%s/%s" % (parts[2], parts[3]), "crate", parts[:4], st, name=parts[3])
+            if len(parts) == 5 and name == ".cargo-ok":
+                u.add_path(parts)
+        elif len(parts) > 4 and parts[:2] == ("git", "checkouts"):
+            self.add("git/%s@%s" % (parts[2], parts[3]), "git checkout", parts[:4], st)
+        elif len(parts) > 3 and parts[:2] == ("git", "db"):
+            self.add("git/%s" % parts[2], "git db", parts[:3], st)
+        else:
+            self.other(st)  # registry/index, bin, .crates.toml, .package-cache, .global-cache
+
+    def finish_units(self):
+        recorded = _cargo_last_use(self.root_fd)
+        for u in self.units.values():
+            # the .cargo-ok marker goes first: cargo re-extracts a src dir without it
+            ok = [p for p in u.paths if p[-1] == ".cargo-ok"]
+            src = [p for p in u.paths if p not in ok and len(p) == 4 and p[1] == "src"]
+            rest = [p for p in u.paths if p not in ok and p not in src]
+            u.paths = ok + src + rest
+            if u.kind == "crate":
+                t = recorded.get(u.key)
+                if t is not None:
+                    u.recorded = t
+        return list(self.units.values())
+
+
+def _cargo_last_use(root_fd):
+    """{'<index dir>/<name>-<ver>': epoch} from cargo's .global-cache (cargo >= 1.78), else {}."""
+    try:
+        import sqlite3
+    except ImportError:
+        return {}
+    try:
+        fd = os.open(".global-cache", _O_READ, dir_fd=root_fd)
+    except OSError:
+        return {}
+    out = {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        uri = "file:/proc/self/fd/%d?mode=ro&immutable=1" % fd
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            for table, strip in (("registry_crate", ".crate"), ("registry_src", "")):
+                try:
+                    rows = conn.execute(
+                        "SELECT i.name, c.name, c.timestamp FROM %s c JOIN registry_index i "  # noqa: S608 - fixed names
+                        "ON c.registry_id = i.id" % table
+                    ).fetchall()
+                except sqlite3.Error:
+                    continue
+                for idx, name, ts in rows:
+                    if strip and name.endswith(strip):
+                        name = name[: -len(strip)]
+                    key = "%s/%s" % (idx, name)
+                    if ts and ts > out.get(key, 0):
+                        out[key] = float(ts)
+        finally:
+            conn.close()
+    except Exception:  # noqa: BLE001 - a broken tracker database only loses the recorded times
+        return out
+    finally:
+        os.close(fd)
+    return out
+
+
+class CargoFormat(Format):
+    name = "cargo"
+    description = "cargo home: unit = a crate (.crate + src dir with .cargo-ok), git checkouts and dbs"
+    tool_locks = (((".package-cache",), "flock"),)
+    collector_class = _CargoCollector
+
+
+_FORMATS = {
+    f.name: f
+    for f in (
+        HuggingFaceFormat(),
+        TorchFormat(),
+        PipFormat(),
+        CondaFormat(),
+        AptFormat(),
+        NpmFormat(),
+        GoFormat(),
+        CargoFormat(),
+        GenericFormat(),
+        ExternalFormat(),
+    )
+}
+
+
+def get_format(name):
+    """Return the Format object for ``name`` (one of FORMATS)."""
+    try:
+        return _FORMATS[name]
+    except KeyError:
+        raise ValueError("unknown cache format %r; expected one of %s" % (name, ", ".join(FORMATS))) from None
+
+
+def _names(dir_fd, sub=None):
+    try:
+        if sub is None:
+            return set(os.listdir(dir_fd))
+        fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            return set(os.listdir(fd))
+        finally:
+            os.close(fd)
+    except OSError:
+        return set()
+
+
+def detect_format(root_fd):
+    """Guess the format of the cache directory open at ``root_fd`` from its top-level layout."""
+    top = _names(root_fd)
+    if any(_HF_REPO.match(n) for n in top) or any(_HF_REPO.match(n) for n in _names(root_fd, "hub")):
+        return "huggingface"
+    if "_cacache" in top:
+        return "npm"
+    if "archives" in top and ("lock" in _names(root_fd, "archives") or "partial" in _names(root_fd, "archives")):
+        return "apt"
+    if "registry" in top and _names(root_fd, "registry") & {"cache", "src", "index"}:
+        return "cargo"
+    if "pkg" in top and "mod" in _names(root_fd, "pkg"):
+        return "go"
+    if "cache" in top and "download" in _names(root_fd, "cache"):
+        return "go"
+    if "urls.txt" in top or ("pkgs" in top and "urls.txt" in _names(root_fd, "pkgs")):
+        return "conda"
+    if top & {"http-v2", "wheels", "selfcheck"} or ("http" in top and not top - {"http", "selfcheck", "wheels"}):
+        return "pip"
+    if "hub" in top and "checkpoints" in _names(root_fd, "hub"):
+        return "torch"
+    return "generic"
+
+
+def collect(root_fd, fmt, walker=None):
+    """Walk the directory open at ``root_fd`` once and return the Collection of ``fmt``."""
+    if isinstance(fmt, str):
+        fmt = get_format(fmt)
+    if walker is None:
+        walker = Walker(root_fd)
+    col = fmt.collector(root_fd)
+    for d in walker.walk():
+        col.visit(d)
+    return col.finish()
