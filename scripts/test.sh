@@ -36,7 +36,7 @@ stage() {
   fi
 }
 
-run_ruff() { ruff check plugins tests benchmarks && ruff format --check plugins tests benchmarks; }
+run_ruff() { ruff check plugins tests benchmarks && ruff format --check plugins tests benchmarks && antsibull-changelog lint; }
 run_ansible_lint() { ansible-lint --profile production --offline; }
 run_sanity() { scripts/collection-tests.sh sanity "$1"; }
 run_units() { scripts/collection-tests.sh units "$1"; }

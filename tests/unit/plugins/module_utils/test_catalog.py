@@ -1,0 +1,92 @@
+"""The catalog: built-in defaults resolve; overrides merge by field; bad entries are refused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._catalog import resolve
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
+
+DEFAULTS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "roles", "catalog", "defaults", "main.yml")
+SEED_CACHES = {
+    "huggingface", "torch", "tensorflow-hub", "datasets", "pip", "conda", "apt", "git-lfs", "go", "npm",
+    "cargo", "julia", "R", "buildkit", "browser", "jetbrains", "docker-layers", "gdrive",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def defaults():
+    with open(DEFAULTS) as fh:
+        return yaml.safe_load(fh)
+
+
+def by_name(entries):
+    return {e["name"]: e for e in entries}
+
+
+def test_builtin_catalog_has_every_seed_cache(defaults):
+    entries = by_name(resolve(defaults["shared_cache_caches"], {}, defaults["shared_cache_root"]))
+    assert set(entries) == SEED_CACHES
+    assert entries["pip"]["abs_path"] == "/mnt/storage/cache/pip"
+    assert entries["pip"]["env"] == {"PIP_CACHE_DIR": ""}
+    assert entries["apt"]["mount"] == "/var/cache/apt"
+    assert entries["huggingface"]["abs_path"] == "/mnt/storage/cache/ml-models/huggingface"
+    assert "HF_HOME" not in entries["huggingface"]["env"], "HF_HOME holds per-user tokens: never shared"
+    # The seed's rule: no age-based cleaning of ML model caches by default.
+    for name in ("huggingface", "torch", "tensorflow-hub", "datasets"):
+        assert entries[name]["retention"]["max_age"] is None
+    assert entries["pip"]["retention"]["max_age"] == "90d"
+    assert all(not int(e["mode"], 8) & 0o002 for e in entries.values())
+
+
+def test_override_one_field_keeps_the_rest(defaults):
+    over = {"pip": {"retention": {"max_age": "30d"}}}
+    entries = by_name(resolve(defaults["shared_cache_caches"], over, "/srv/cache"))
+    assert entries["pip"]["retention"]["max_age"] == "30d"
+    assert entries["pip"]["retention"]["min_age"] == "1h"
+    assert entries["pip"]["mount"] == "/cache/pip"
+    assert entries["pip"]["abs_path"] == "/srv/cache/pip"
+
+
+def test_add_and_drop_entries(defaults):
+    over = {
+        "ollama": {
+            "path": "ml-models/ollama",
+            "format": "generic",
+            "category": "ml-models",
+            "env": {"OLLAMA_MODELS": ""},
+        },
+        "gdrive": None,
+        "jetbrains": {"enabled": False},
+    }
+    entries = by_name(resolve(defaults["shared_cache_caches"], over))
+    assert "gdrive" not in entries and "jetbrains" not in entries
+    assert entries["ollama"]["mount"] == "/cache/ml-models/ollama"
+    assert entries["ollama"]["mode"] == "2775"
+    assert [e for e in entries] == sorted(entries)
+
+
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"pip": {"format": "zip"}}, "unknown format"),
+        ({"pip": {"path": "/abs"}}, "relative"),
+        ({"pip": {"path": "../etc"}}, ".."),
+        ({"pip": {"mode": "0777"}}, "world-writable"),
+        ({"pip": {"mode": 2775}}, "quoted octal"),
+        ({"pip": {"colour": "red"}}, "unknown field"),
+        ({"pip": {"retention": {"max_age": "soon"}}}, "duration"),
+        ({"pip": {"retention": {"max_size": "lots"}}}, "size"),
+        ({"extra": {"path": "pip/sub"}}, "overlap"),
+        ({"extra": {"path": "extra", "mount": "/cache/pip"}}, "clash"),
+        ({"extra": {"path": "extra", "env": {"PIP_CACHE_DIR": ""}}}, "set by both"),
+        ({"extra": {"path": "extra", "env": {"BAD-NAME": ""}}}, "environment variable"),
+    ],
+)
+def test_bad_entries_are_refused_with_a_clear_message(defaults, over, message):
+    with pytest.raises(ParamError) as err:
+        resolve(defaults["shared_cache_caches"], over)
+    assert message in str(err.value)
