@@ -1,0 +1,134 @@
+"""cache_report against the seed's show-cache-info.sh method and against du -sb alone.
+
+The tree: n_files spread over several caches (uneven, like a real cache root: one big model
+cache, a few package caches), plus hard links and symlinks. Every contender measures every
+cache, one after the other, on the same warm tree, in the same run. Each is timed several times
+(alternating) and the best time is kept, which is the least noisy figure on a shared machine.
+
+Rows:
+- cache_report (the module's logic, in a fresh interpreter) vs the seed's method
+  (``du -sh DIR`` + ``find DIR -type f | wc -l`` per cache): target <= 1.0x
+- the same vs ``du -sb DIR`` alone per cache: target <= 1.5x
+Peak RSS is the cache_report process's own, worker processes included (max of them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _util import make_tree, python_timed
+
+COLLECTION = Path(__file__).resolve().parents[1]
+# (name, share of the files)
+SPLIT = (("huggingface", 0.40), ("pip", 0.20), ("conda", 0.15), ("npm", 0.15), ("go", 0.10))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+
+CODE = r"""
+import os, sys, time, json, resource
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+caches = json.loads(sys.argv[2])
+t0 = time.perf_counter()
+rep = _usage.build_report(caches, root=sys.argv[3])
+el = time.perf_counter() - t0
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sys.stderr.write(json.dumps({"bytes": rep["totals"]["bytes"], "workers": rep["workers"], "kids_rss": kids}) + "\n")
+print(el)
+"""
+
+
+def _collection_path(workdir):
+    """A PYTHONPATH entry where ansible_collections.mlinfra.shared_cache is this tree."""
+    base = os.path.join(workdir, "coll")
+    link = os.path.join(base, "ansible_collections", "mlinfra", "shared_cache")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if not os.path.islink(link):
+        os.symlink(str(COLLECTION), link)
+    return base
+
+
+def _build(workdir, n_files):
+    root = os.path.join(workdir, "cache")
+    caches = []
+    left = n_files
+    for i, (name, share) in enumerate(SPLIT):
+        n = left if i == len(SPLIT) - 1 else int(n_files * share)
+        left -= n
+        path = os.path.join(root, name)
+        os.makedirs(path)
+        make_tree(path, n, files_per_dir=100, size=700)
+        # a few hard links and symlinks, as caches have them
+        first = os.path.join(path, "d0000", "s000")
+        for j in range(min(10, n)):
+            os.link(os.path.join(first, "f%05d" % j), os.path.join(path, "hl%02d" % j))
+            os.symlink("/etc/hostname", os.path.join(path, "ln%02d" % j))
+        caches.append({"name": name, "path": path})
+    return root, caches
+
+
+def _timed_shell(cmds):
+    t0 = time.perf_counter()
+    for c in cmds:
+        subprocess.run(c, shell=True, check=True, stdout=subprocess.DEVNULL)  # noqa: S602 - fixed bench commands
+    return time.perf_counter() - t0
+
+
+def _ours(coll, caches, root):
+    import json
+
+    wrapper = (
+        "import resource,sys,json\n"
+        + CODE
+        + "\nprint(json.dumps(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, coll, json.dumps(caches), root], check=True, capture_output=True, text=True
+    )
+    lines = out.stdout.strip().splitlines()
+    return float(lines[-2]), int(lines[-1]) / 1024.0
+
+
+def rows(n_files, workdir):
+    coll = _collection_path(workdir)
+    root, caches = _build(workdir, n_files)
+    paths = [c["path"] for c in caches]
+    seed_cmds = ["du -sh '%s'; find '%s' -type f | wc -l" % (p, p) for p in paths]
+    du_cmds = ["du -sb '%s'" % p for p in paths]
+    ours, seed, dusb, rss = [], [], [], 0.0
+    _ours(coll, caches, root)  # warm the page cache and the interpreter's files
+    for _ in range(REPEAT):
+        t, r = _ours(coll, caches, root)
+        ours.append(t)
+        rss = max(rss, r)
+        seed.append(_timed_shell(seed_cmds))
+        dusb.append(_timed_shell(du_cmds))
+    o, s, d = min(ours), min(seed), min(dusb)
+    return [
+        {
+            "name": "cache_report (%d caches)" % len(caches),
+            "peer": "seed: du -sh + find -type f | wc -l",
+            "ours_s": o,
+            "peer_s": s,
+            "ratio": o / s,
+            "target": 1.0,
+            "peak_rss_mb": rss,
+        },
+        {
+            "name": "cache_report (%d caches)" % len(caches),
+            "peer": "du -sb alone",
+            "ours_s": o,
+            "peer_s": d,
+            "ratio": o / d,
+            "target": 1.5,
+            "peak_rss_mb": rss,
+        },
+    ]
+
+
+__all__ = ["rows", "python_timed"]
