@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test stage of mlinfra.shared_cache, in order, stopping at the first failure.
 #   scripts/test.sh            all stages
-#   scripts/test.sh STAGE...   some of: lint ansible-lint sanity units molecule
+#   scripts/test.sh STAGE...   some of: lint ansible-lint build sanity units molecule
 # Each stage's wall time is printed at the end (also when a stage fails).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,25 @@ stage() {
 
 run_ruff() { ruff check plugins tests benchmarks && ruff format --check plugins tests benchmarks && antsibull-changelog lint; }
 run_ansible_lint() { ansible-lint --profile production --offline; }
+run_build() {
+  # The collection builds, installs from its tarball, and ansible-doc renders every module from it.
+  local tmp rc=0 m
+  tmp="$(mktemp -d)"
+  ansible-galaxy collection build --force --output-path "$tmp/dist" . >/dev/null &&
+    ansible-galaxy collection install --offline -p "$tmp/collections" "$tmp"/dist/mlinfra-shared_cache-*.tar.gz >/dev/null || rc=1
+  if [ $rc = 0 ]; then
+    for m in plugins/modules/*.py; do
+      [ -e "$m" ] || continue
+      m="$(basename "$m" .py)"
+      ANSIBLE_COLLECTIONS_PATH="$tmp/collections" ansible-doc "mlinfra.shared_cache.$m" >/dev/null ||
+        { echo "ansible-doc mlinfra.shared_cache.$m failed"; rc=1; }
+    done
+    ANSIBLE_COLLECTIONS_PATH="$tmp/collections" ansible-doc -t filter mlinfra.shared_cache.cache_catalog >/dev/null || rc=1
+    echo "built $(basename "$tmp"/dist/*.tar.gz) ($(du -h "$tmp"/dist/*.tar.gz | cut -f1)); ansible-doc rendered every module"
+  fi
+  rm -rf "$tmp"
+  return $rc
+}
 run_sanity() { scripts/collection-tests.sh sanity "$1"; }
 run_units() { scripts/collection-tests.sh units "$1"; }
 run_molecule() {
@@ -54,7 +73,7 @@ run_molecule() {
 }
 
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(lint ansible-lint sanity units molecule)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(lint ansible-lint build sanity units molecule)
 for s in "${STAGES[@]}"; do
   case "$s" in
     lint) stage ruff run_ruff ;;
@@ -65,6 +84,7 @@ for s in "${STAGES[@]}"; do
     units)
       stage "units 2.19/py3.11" run_units "$VENV"
       stage "units 2.21/py3.12" run_units "$VENV_221" ;;
+    build) stage "build+ansible-doc" run_build ;;
     molecule) stage molecule run_molecule ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
