@@ -1,0 +1,560 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ownership, mode and default POSIX ACL logic of ``cache_dir``.
+
+Private module_utils (leading underscore): the API may change between releases.
+
+POSIX ACLs are read and written as the kernel's extended attributes
+(``system.posix_acl_default`` / ``system.posix_acl_access``) in their binary form, encoded
+here: a little-endian u32 version (2) followed by 8-byte entries (u16 tag, u16 perm,
+u32 id), sorted by tag then id. Doing it in Python means no extra dependency (pylibacl),
+no ``setfacl`` process per directory, and it works on the open, verified descriptor the
+walker holds (``os.setxattr(fd, ...)``), so no path is ever re-resolved as root.
+
+How entries are changed without following symlinks or being raced:
+- directories are changed through the descriptor ``_fs.Walker`` opened with O_NOFOLLOW
+  and checked against the lstat it saw (fchown, fchmod, fsetxattr on that fd);
+- a regular file is opened relative to its directory with
+  O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_NOCTTY, the descriptor is fstat'ed and must be the very
+  inode (st_dev, st_ino) that was lstat'ed and still a regular file, then fchown/fchmod act
+  on the descriptor. A name swapped for a symlink fails with ELOOP, a FIFO or device swapped
+  in is refused by the identity check before anything changes (O_NONBLOCK: opening never
+  blocks). Linux has no lchmod, and fchmodat(AT_SYMLINK_NOFOLLOW) depends on the C library
+  and /proc, so the descriptor route is the portable safe one;
+- symlinks, sockets, FIFOs and device nodes are never changed (counted as skipped);
+- when ``fs.protected_hardlinks`` is not 1, a regular file with more than one link may be a
+  hard link to a file outside the cache planted by a group member: such files are skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+import struct
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    O_DIR,
+    Walker,
+    open_subdir,
+)
+
+ACL_DEFAULT = "system.posix_acl_default"
+ACL_ACCESS = "system.posix_acl_access"
+ACL_EA_VERSION = 2
+UNDEFINED_ID = 0xFFFFFFFF
+USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_TAG_TEXT = {USER_OBJ: "user", USER: "user", GROUP_OBJ: "group", GROUP: "group", MASK: "mask", OTHER: "other"}
+_ENTRY = struct.Struct("<HHI")
+_HEADER = struct.Struct("<I")
+ACL_UNSUPPORTED = frozenset([errno.EOPNOTSUPP, errno.ENOTSUP])
+
+O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+S_IFMT = 0o170000
+S_IFREG = stat.S_IFREG
+S_IFDIR = stat.S_IFDIR
+S_IFLNK = stat.S_IFLNK
+
+
+class PermsError(ValueError):
+    """Bad input found before anything was changed."""
+
+
+# --------------------------------------------------------------------------- ACL encoding
+
+
+def encode_acl(entries):
+    """Binary xattr value for [(tag, perm, id)]; entries are sorted as the kernel requires."""
+    out = [_HEADER.pack(ACL_EA_VERSION)]
+    for tag, perm, ident in sorted(entries, key=lambda e: (e[0], e[2])):
+        if tag not in _TAG_TEXT or not 0 <= perm <= 7:
+            raise ValueError("invalid ACL entry %r" % ((tag, perm, ident),))
+        out.append(_ENTRY.pack(tag, perm, ident if tag in (USER, GROUP) else UNDEFINED_ID))
+    return b"".join(out)
+
+
+def decode_acl(data):
+    """[(tag, perm, id)] from a binary xattr value; ValueError when it is not a version 2 ACL."""
+    if len(data) < 4 or (len(data) - 4) % 8:
+        raise ValueError("not a POSIX ACL xattr value (length %d)" % len(data))
+    (version,) = _HEADER.unpack_from(data)
+    if version != ACL_EA_VERSION:
+        raise ValueError("unsupported POSIX ACL xattr version %d" % version)
+    return [_ENTRY.unpack_from(data, off) for off in range(4, len(data), 8)]
+
+
+def _perm_text(perm):
+    return ("r" if perm & 4 else "-") + ("w" if perm & 2 else "-") + ("x" if perm & 1 else "-")
+
+
+def acl_text(entries, prefix="default:"):
+    """getfacl-like lines: ['default:user::rwx', 'default:group:cache:rwx', ...]."""
+    lines = []
+    for tag, perm, ident in sorted(entries, key=lambda e: (e[0], e[2])):
+        qual = ""
+        if tag == USER:
+            qual = _user_name(ident)
+        elif tag == GROUP:
+            qual = _group_name(ident)
+        lines.append("%s%s:%s:%s" % (prefix, _TAG_TEXT[tag], qual, _perm_text(perm)))
+    return lines
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def wanted_default_acl(existing, mode, gid):
+    """The default ACL entries a shared directory needs, merged over ``existing`` ones.
+
+    Equivalent to ``setfacl -d -m u::<u>,g::<g>,g:<group>:<g>,o::<o>``: the owner, owning
+    group, the named cache group and others get the permissions of ``mode``; named entries
+    someone added for other users or groups are kept; the mask is recomputed as the union
+    of the group class, as setfacl does.
+    """
+    ubits, gbits, obits = (mode >> 6) & 7, (mode >> 3) & 7, mode & 7
+    keep = [e for e in (existing or []) if e[0] in (USER, GROUP) and not (e[0] == GROUP and e[2] == gid)]
+    entries = [(USER_OBJ, ubits, UNDEFINED_ID), (GROUP_OBJ, gbits, UNDEFINED_ID), (GROUP, gbits, gid)]
+    entries += keep
+    entries.append((OTHER, obits, UNDEFINED_ID))
+    mask = 0
+    for tag, perm, _id in entries:
+        if tag in (USER, GROUP_OBJ, GROUP):
+            mask |= perm
+    entries.append((MASK, mask, UNDEFINED_ID))
+    return sorted(entries, key=lambda e: (e[0], e[2]))
+
+
+def read_acl(fd, name=ACL_DEFAULT):
+    """Decoded ACL of an open descriptor, [] when it has none. OSError EOPNOTSUPP when unsupported."""
+    try:
+        data = os.getxattr(fd, name)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return []
+        raise
+    try:
+        return decode_acl(data)
+    except ValueError:
+        return []
+
+
+# --------------------------------------------------------------------------- input
+
+
+def resolve_owner(owner):
+    """uid for a user name or a numeric id; None stays None. PermsError for unknown names."""
+    if owner is None or owner == "":
+        return None
+    text = str(owner)
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise PermsError("owner: no such user %r on this host (create it first or give a numeric uid)" % text) from None
+
+
+def resolve_group(group):
+    if group is None or group == "":
+        return None
+    text = str(group)
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise PermsError(
+            "group: no such group %r on this host (create it first, e.g. with ansible.builtin.group)" % text
+        ) from None
+
+
+def protected_hardlinks():
+    try:
+        with open("/proc/sys/fs/protected_hardlinks") as fh:
+            return fh.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def attrs_of(st, acl_entries):
+    """The attributes shown in diff mode for one directory."""
+    if st is None:
+        return {"state": "absent"}
+    return {
+        "state": "directory",
+        "owner": _user_name(st.st_uid),
+        "group": _group_name(st.st_gid),
+        "mode": "%04o" % stat.S_IMODE(st.st_mode),
+        "default_acl": acl_text(acl_entries) if acl_entries is not None else None,
+    }
+
+
+# --------------------------------------------------------------------------- the work
+
+
+class TreeFixer:
+    """Bring a cache directory, its managed subdirectories and (optionally) its content into line.
+
+    ``managed`` directories (the root, every component of ``subdirs``) get exactly ``uid``,
+    ``gid`` and ``mode`` plus the default ACL. Content (``recurse``) gets the group ``gid``,
+    group permissions from ``mode`` (g+rw on files, g+x where any x bit is set, g+rwx and
+    setgid on directories), no world write (unless allowed), no setuid/setgid on files, and
+    the default ACL on directories; owners of content are never changed. Only entries that
+    differ are written; in check mode nothing is written and the counts are the same.
+    """
+
+    def __init__(self, uid, gid, mode, acl=True, check_mode=False, allow_world_writable=False, one_fs=True):
+        self.uid = uid
+        self.gid = gid
+        self.mode = mode
+        self.acl = acl
+        self.check_mode = check_mode
+        self.one_fs = one_fs
+        self.ww_mask = 0 if allow_world_writable else 0o002
+        self.examined = 0
+        self.changed = 0
+        self.created = []
+        self.skipped = {"symlinks": 0, "special": 0, "hardlinks": 0}
+        self.errors = []
+        self.error_count = 0
+        self.other_fs = []
+        self.acl_unsupported = set()  # st_dev of filesystems without POSIX ACLs
+        self.acl_gid = gid
+        self._acl_cache = {}
+        self.protected_hardlinks = protected_hardlinks()
+        self.before = None
+        self.after = None
+
+    # ----------------------------------------------------------------- helpers
+    def _error(self, rel, exc):
+        self.error_count += 1
+        if len(self.errors) < 100:
+            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.errors.append({"path": rel or ".", "error": msg})
+
+    def _want_acl(self, existing):
+        key = tuple(existing)
+        want = self._acl_cache.get(key)
+        if want is None:
+            want = wanted_default_acl(existing, self.mode, self.acl_gid)
+            self._acl_cache[key] = want
+        return want
+
+    def _acl_step(self, fd, st, rel):
+        """Compare and (unless check mode) set the default ACL of a directory. True if it differs."""
+        if not self.acl or st.st_dev in self.acl_unsupported:
+            return False
+        try:
+            existing = read_acl(fd)
+        except OSError as exc:
+            if exc.errno in ACL_UNSUPPORTED:
+                self.acl_unsupported.add(st.st_dev)
+                return False
+            self._error(rel, exc)
+            return False
+        want = self._want_acl(existing)
+        if existing == want:
+            return False
+        if not self.check_mode:
+            try:
+                os.setxattr(fd, ACL_DEFAULT, encode_acl(want))
+            except OSError as exc:
+                if exc.errno in ACL_UNSUPPORTED:
+                    self.acl_unsupported.add(st.st_dev)
+                    return False
+                raise
+        return True
+
+    def _dir_step(self, fd, st, rel, managed):
+        """Fix one directory through its verified descriptor; returns True when it differed."""
+        m = st.st_mode & 0o7777
+        if managed:
+            want_uid = self.uid if self.uid is not None else st.st_uid
+            want_mode = self.mode
+        else:
+            want_uid = st.st_uid
+            want_mode = (m | 0o2000 | (self.mode & 0o070)) & ~self.ww_mask
+        want_gid = self.gid if self.gid is not None else st.st_gid
+        differs = False
+        try:
+            if st.st_uid != want_uid or st.st_gid != want_gid:
+                differs = True
+                if not self.check_mode:
+                    os.fchown(fd, want_uid, want_gid)
+            # fchown may clear setgid: compare against the mode we saw, always write after a chown.
+            if m != want_mode or (differs and not self.check_mode):
+                if m != want_mode:
+                    differs = True
+                if not self.check_mode:
+                    os.fchmod(fd, want_mode)
+            if self._acl_step(fd, st, rel):
+                differs = True
+        except OSError as exc:
+            self._error(rel, exc)
+        return differs
+
+    def _file_step(self, dir_fd, name, st, rel):
+        m = st.st_mode & 0o7777
+        want = m | (self.mode & 0o060)
+        if m & 0o111:
+            want |= self.mode & 0o010
+        want &= ~(0o6000 | self.ww_mask)
+        gid = self.gid
+        if want == m and (gid is None or st.st_gid == gid):
+            return False
+        if st.st_nlink > 1 and not self.protected_hardlinks:
+            self.skipped["hardlinks"] += 1
+            return False
+        if self.check_mode:
+            return True
+        try:
+            fd = os.open(name, O_FILE, dir_fd=dir_fd)
+        except OSError as exc:
+            self._error(_join(rel, name), exc)
+            return False
+        try:
+            fst = os.fstat(fd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(fst.st_mode):
+                self._error(_join(rel, name), OSError(errno.ESTALE, "replaced during the walk; skipped"))
+                return False
+            if gid is not None and fst.st_gid != gid:
+                os.fchown(fd, -1, gid)
+            os.fchmod(fd, want)
+        except OSError as exc:
+            self._error(_join(rel, name), exc)
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    # ----------------------------------------------------------------- phases
+    def ensure(self, path, subdirs):
+        """Create/fix ``path`` and its ``subdirs``; return an open fd of ``path`` (None in check mode if absent).
+
+        Missing parents of ``path`` are created root-owned, mode 0755 (like ``mkdir -p``). No
+        component may be a symlink. Returns (root_fd, managed set of relative paths).
+        """
+        managed = {""}
+        for sub in subdirs:
+            parts = sub.split("/")
+            for i in range(1, len(parts) + 1):
+                managed.add("/".join(parts[:i]))
+        parts = [p for p in path.split("/") if p]
+        fd = os.open("/", O_DIR)
+        missing_from = None
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                try:
+                    nfd = os.open(part, O_DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    if self.check_mode:
+                        missing_from = i
+                        break
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                    self.created.append("/" + "/".join(parts[: i + 1]))
+                    nfd = os.open(part, O_DIR, dir_fd=fd)
+                    if not last:
+                        os.fchmod(nfd, 0o755)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise PermsError(
+                            "%s: component %r is a symbolic link or not a directory; refusing to follow it "
+                            "(give the real path)" % (path, "/" + "/".join(parts[: i + 1]))
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        if missing_from is not None:
+            os.close(fd)
+            for i in range(missing_from, len(parts)):
+                self.created.append("/" + "/".join(parts[: i + 1]))
+            self.before = attrs_of(None, None)
+            if self.acl_gid is None:
+                self.acl_gid = 0
+            for _rel in sorted(managed):
+                self.examined += 1
+                self.changed += 1
+            self.created += [path + "/" + r for r in sorted(managed) if r]
+            return None, managed
+        root_fd = fd
+        st = os.fstat(root_fd)
+        self.root_dev = st.st_dev
+        try:
+            before_acl = read_acl(root_fd) if self.acl else None
+        except OSError:
+            before_acl = None
+        self.before = attrs_of(st, before_acl)
+        if self.acl_gid is None:
+            self.acl_gid = st.st_gid
+        self.examined += 1
+        if self._dir_step(root_fd, st, "", True):
+            self.changed += 1
+        for rel in sorted(r for r in managed if r):
+            parent_rel, _sep, name = rel.rpartition("/")
+            self._ensure_sub(root_fd, rel, parent_rel, name, path)
+        return root_fd, managed
+
+    def _ensure_sub(self, root_fd, rel, parent_rel, name, path):
+        pfd = os.dup(root_fd) if not parent_rel else None
+        try:
+            if pfd is None:
+                try:
+                    pfd = _open_rel(root_fd, parent_rel)
+                except OSError as exc:
+                    if self.check_mode and exc.errno == errno.ENOENT:
+                        # parent is itself to be created: so is this one
+                        self.examined += 1
+                        self.changed += 1
+                        self.created.append(path + "/" + rel)
+                        return
+                    self._error(rel, exc)
+                    return
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            self.examined += 1
+            if st is None:
+                self.changed += 1
+                self.created.append(path + "/" + rel)
+                if self.check_mode:
+                    return
+                os.mkdir(name, 0o700, dir_fd=pfd)
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                cfd = open_subdir(pfd, name, expect=st)
+                try:
+                    self._dir_step(cfd, st, rel, True)
+                finally:
+                    os.close(cfd)
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                self._error(rel, OSError(errno.ENOTDIR, "exists and is not a directory (symlinks are not followed)"))
+                return
+            if self.one_fs and st.st_dev != self.root_dev:
+                self.other_fs.append(rel)
+                return
+            cfd = open_subdir(pfd, name, expect=st)
+            if cfd is None:
+                self._error(rel, OSError(errno.ESTALE, "replaced while being examined; skipped"))
+                return
+            try:
+                if self._dir_step(cfd, st, rel, True):
+                    self.changed += 1
+            finally:
+                os.close(cfd)
+        except OSError as exc:
+            self._error(rel, exc)
+        finally:
+            if pfd is not None:
+                os.close(pfd)
+
+    def walk(self, root_fd, managed):
+        """Recurse: one top-down walk, one lstat per entry, write only what differs."""
+        walker = Walker(root_fd, one_fs=self.one_fs)
+        file_step = self._file_step
+        examined = changed = 0
+        symlinks = special = 0
+        mode = self.mode
+        gid = self.gid
+        fadd = mode & 0o060
+        fx = mode & 0o010
+        fdrop = 0o6000 | self.ww_mask
+        for d in walker.walk():
+            rel = d.rel
+            if rel not in managed:
+                examined += 1
+                if self._dir_step(d.fd, d.st, rel, False):
+                    changed += 1
+            dfd = d.fd
+            for name, st in d.entries:
+                m = st.st_mode
+                fmt = m & S_IFMT
+                if fmt == S_IFREG:
+                    examined += 1
+                    cur = m & 0o7777
+                    want = cur | fadd
+                    if cur & 0o111:
+                        want |= fx
+                    if (want & ~fdrop) == cur and (gid is None or st.st_gid == gid):
+                        continue
+                    if file_step(dfd, name, st, rel):
+                        changed += 1
+                elif fmt == S_IFDIR:
+                    continue  # examined when the walker visits it
+                elif fmt == S_IFLNK:
+                    examined += 1
+                    symlinks += 1
+                else:
+                    examined += 1
+                    special += 1
+        self.examined += examined
+        self.changed += changed
+        self.skipped["symlinks"] += symlinks
+        self.skipped["special"] += special
+        self.other_fs.extend(walker.other_fs)
+        self.error_count += walker.error_count
+        for rel, msg in walker.errors:
+            if len(self.errors) < 100:
+                self.errors.append({"path": rel, "error": msg})
+
+    def after_attrs(self, root_fd):
+        """Root attributes after the run (the intended ones in check mode)."""
+        if root_fd is not None and not self.check_mode:
+            st = os.fstat(root_fd)
+            try:
+                acl_entries = read_acl(root_fd) if self.acl else None
+            except OSError:
+                acl_entries = None
+            return attrs_of(st, acl_entries)
+        b = self.before or {}
+        after = {
+            "state": "directory",
+            "owner": _user_name(self.uid) if self.uid is not None else b.get("owner", _user_name(os.geteuid())),
+            "group": _group_name(self.gid) if self.gid is not None else b.get("group", _group_name(os.getegid())),
+            "mode": "%04o" % self.mode,
+            "default_acl": None,
+        }
+        if self.acl and not self.acl_unsupported:
+            existing = []
+            if root_fd is not None:
+                try:
+                    existing = read_acl(root_fd)
+                except OSError:
+                    existing = []
+            after["default_acl"] = acl_text(wanted_default_acl(existing, self.mode, self.acl_gid or 0))
+        return after
+
+
+def _join(rel, name):
+    return rel + "/" + name if rel else name
+
+
+def _open_rel(root_fd, rel):
+    """Open ``rel`` (no symlinks) below ``root_fd``."""
+    fd = os.dup(root_fd)
+    try:
+        for part in rel.split("/"):
+            nfd = os.open(part, O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -1,0 +1,324 @@
+#!/usr/bin/python
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: cache_dir
+short_description: Create a shared cache directory tree with group ownership, setgid and a default POSIX ACL
+version_added: 0.1.0
+author: mlinfra
+description:
+  - Ensures a cache directory (and optional subdirectories) exists with an owner, a group and a
+    mode (default C(2775), setgid so that new files inherit the group) and a default POSIX ACL that
+    gives the group C(rwX) on everything created inside later. A group member's file written
+    with C(umask 077) is therefore still readable and writable by the other members, without
+    ever making anything world-writable.
+  - With O(recurse=true), existing content is brought into line in one walk, touching only the
+    entries that differ, never following a symlink and never leaving the directory's filesystem.
+  - Refuses world-writable modes unless O(allow_world_writable=true), relative paths, C(..),
+    C(/) and system directories, unknown users and groups, and malformed modes; nothing is
+    changed when the input is refused.
+notes:
+  - The default ACL is written directly as the C(system.posix_acl_default) extended attribute,
+    whose binary format (version 2 header, then tag/permission/id entries) the module encodes
+    itself. This needs no extra Python library (pylibacl) and no C(setfacl) process per
+    directory, and it acts on the directory descriptor the safe walker opened with
+    C(O_NOFOLLOW), so no path is re-resolved as root. The result is exactly what
+    C(setfacl -d -m u::rwx,g::rwx,g:GROUP:rwx,o::r-x) gives (C(getfacl) shows it); other
+    named entries already present in a default ACL are kept.
+  - No access ACL is set, access stays with the mode bits that C(ls -l) shows. The default
+    ACL makes files created later carry C(group:GROUP) with the permissions the creating
+    program asked for, whatever its umask. Programs that create files with an explicit
+    C(0600) (C(mkstemp)) still produce private files; a periodic O(recurse=true) run fixes them.
+  - On a filesystem without POSIX ACL support (C(EOPNOTSUPP)) the module warns and falls back
+    to setgid and group mode bits only.
+  - Regular files are changed through a descriptor opened with C(O_NOFOLLOW|O_NONBLOCK) whose
+    inode must be the one that was examined (a name swapped for a symlink, FIFO or other file
+    during the walk is skipped and reported). Symlinks, sockets, FIFOs and devices are never
+    changed. When C(fs.protected_hardlinks) is not C(1), files with several hard links are
+    skipped, so a planted hard link cannot hand a file outside the cache to the group.
+  - The owner of content is never changed by O(recurse); O(owner) applies to O(path) and
+    O(subdirs) only. Missing parents of O(path) are created owned by the user running the
+    module with mode C(0755), like C(mkdir -p).
+options:
+  path:
+    description:
+      - Absolute path of the cache directory. No component may be a symbolic link.
+      - C(/), system directories (C(/etc), C(/usr), C(/var), C(/home), ...) and anything inside
+        the system trees are refused.
+    type: path
+    required: true
+  owner:
+    description: User (name or numeric id) owning O(path) and O(subdirs). Unchanged when omitted.
+    type: str
+  group:
+    description:
+      - Group (name or numeric id) owning O(path), O(subdirs) and, with O(recurse=true), all
+        content. It is also the named group of the default ACL. Unchanged when omitted.
+    type: str
+  mode:
+    description:
+      - Mode of O(path) and O(subdirs) as a quoted octal string. Its group bits are what content
+        gets with O(recurse=true) (C(g+rw) on files, C(g+x) on files with any execute bit,
+        C(g+rwx) and setgid on directories).
+      - V(2775) shares with the group and lets others read; V(2770) hides the cache from
+        non-members.
+    type: raw
+    default: "2775"
+  subdirs:
+    description:
+      - Directories relative to O(path) to create and manage with the same owner, group, mode
+        and ACL (every component of C(hub/checkpoints) is managed).
+    type: list
+    elements: str
+    default: []
+  recurse:
+    description:
+      - Also bring existing content into line (group, group permissions, setgid and default ACL
+        on directories, no world write, no setuid/setgid on files). Only entries that differ are
+        written.
+    type: bool
+    default: false
+  one_fs:
+    description:
+      - Do not descend into directories on another filesystem than O(path) (they are listed in
+        RV(other_fs)). Setting it to V(false) lets the walk cross mount points.
+    type: bool
+    default: true
+  acl:
+    description:
+      - Manage the default POSIX ACL of O(path), O(subdirs) and (with O(recurse)) every
+        directory. With V(false) ACLs are left as they are.
+    type: bool
+    default: true
+  allow_world_writable:
+    description:
+      - Accept a world-writable O(mode) (a warning is still given) and leave the world-write bit
+        of content alone. Anyone on the host could then replace what every user loads.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Nothing is written; the counts are those a real run would report.
+  diff_mode:
+    support: full
+    description: Before and after of O(path)'s owner, group, mode and default ACL.
+  platform:
+    support: full
+    platforms: posix
+seealso:
+  - name: ACL(5)
+    description: POSIX access control lists on Linux.
+    link: https://man7.org/linux/man-pages/man5/acl.5.html
+"""
+
+EXAMPLES = r"""
+- name: Cache root shared by the group cache
+  mlinfra.shared_cache.cache_dir:
+    path: /mnt/storage/cache
+    owner: root
+    group: cache
+    mode: "2775"
+
+- name: HuggingFace cache with its subdirectories
+  mlinfra.shared_cache.cache_dir:
+    path: /mnt/storage/cache/ml-models/huggingface
+    owner: root
+    group: cache
+    subdirs: [hub, xet, assets]
+
+- name: A cache non-members cannot read, existing content fixed up
+  mlinfra.shared_cache.cache_dir:
+    path: /mnt/storage/cache/jetbrains
+    owner: root
+    group: cache
+    mode: "2770"
+    recurse: true
+
+- name: Every catalog entry
+  mlinfra.shared_cache.cache_dir:
+    path: "{{ item.abs_path }}"
+    owner: root
+    group: "{{ shared_cache_group }}"
+    mode: "{{ item.mode }}"
+    subdirs: "{{ item.subdirs }}"
+  loop: "{{ shared_cache_catalog }}"
+  loop_control:
+    label: "{{ item.name }}"
+"""
+
+RETURN = r"""
+path:
+  description: The normalized path.
+  returned: always
+  type: str
+  sample: /mnt/storage/cache/pip
+examined:
+  description: Entries examined (managed directories, plus every entry of the tree with O(recurse)).
+  returned: always
+  type: int
+  sample: 20301
+changed_entries:
+  description: Entries that differed and were changed (would be changed in check mode).
+  returned: always
+  type: int
+  sample: 12
+created:
+  description: Directories created (or that would be created in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [/mnt/storage/cache/pip]
+skipped_entries:
+  description: Entries left alone on purpose, by kind (C(symlinks), C(special) files, C(hardlinks)).
+  returned: always
+  type: dict
+  sample: {symlinks: 3, special: 0, hardlinks: 0}
+acl_supported:
+  description: Whether the filesystem of O(path) took the default ACL (V(null) when O(acl=false)).
+  returned: always
+  type: bool
+other_fs:
+  description: Directories on another filesystem that were not entered.
+  returned: always
+  type: list
+  elements: str
+errors:
+  description: Entries that could not be examined or changed (first 100), with the reason.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{path: pip/http/x, error: Permission denied}]
+error_count:
+  description: Number of such entries.
+  returned: always
+  type: int
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
+    ParamError,
+    parse_mode,
+    validate_cache_root,
+    validate_relative,
+    world_writable,
+)
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import (
+    PermsError,
+    TreeFixer,
+    resolve_group,
+    resolve_owner,
+)
+
+
+def run(params, check_mode=False, warn=print):
+    """Do the work of the module; returns the result dict. Raises ParamError/PermsError for bad input."""
+    path = validate_cache_root(params["path"], "path")
+    mode = parse_mode(params["mode"], "mode")
+    if world_writable(mode):
+        if not params["allow_world_writable"]:
+            raise ParamError(
+                "mode: %s is world-writable: anyone on the host could replace what every user loads; "
+                "use 2775 or 2770 (or set allow_world_writable: true)" % params["mode"]
+            )
+        warn("mode %04o makes %s world-writable: any local user can poison this cache" % (mode, path))
+    subdirs = []
+    for sub in params["subdirs"] or []:
+        subdirs.append(validate_relative(sub, "subdirs"))
+    uid = resolve_owner(params["owner"])
+    gid = resolve_group(params["group"])
+
+    fixer = TreeFixer(
+        uid,
+        gid,
+        mode,
+        acl=params["acl"],
+        check_mode=check_mode,
+        allow_world_writable=params["allow_world_writable"],
+        one_fs=params["one_fs"],
+    )
+    root_fd, managed = fixer.ensure(path, subdirs)
+    try:
+        if params["recurse"] and root_fd is not None:
+            fixer.walk(root_fd, managed)
+        after = fixer.after_attrs(root_fd)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
+
+    if fixer.acl_unsupported:
+        warn(
+            "%s: the filesystem does not support POSIX ACLs (EOPNOTSUPP); falling back to setgid and "
+            "group mode bits: files members create with a restrictive umask (077) stay private until "
+            "a recurse run fixes them" % path
+        )
+    if fixer.other_fs:
+        warn(
+            "%d director%s on another filesystem not entered (one_fs): %s"
+            % (len(fixer.other_fs), "y" if len(fixer.other_fs) == 1 else "ies", ", ".join(fixer.other_fs[:10]))
+        )
+    if fixer.skipped["hardlinks"]:
+        warn(
+            "%d file(s) with several hard links skipped: fs.protected_hardlinks is off, so they could "
+            "be links to files outside the cache" % fixer.skipped["hardlinks"]
+        )
+    if fixer.error_count:
+        warn(
+            "%d entr%s could not be examined or changed, e.g. %s"
+            % (
+                fixer.error_count,
+                "y" if fixer.error_count == 1 else "ies",
+                "; ".join("%s: %s" % (e["path"], e["error"]) for e in fixer.errors[:5]),
+            )
+        )
+    changed = bool(fixer.changed or fixer.created)
+    result = {
+        "changed": changed,
+        "path": path,
+        "examined": fixer.examined,
+        "changed_entries": fixer.changed,
+        "created": fixer.created,
+        "skipped_entries": fixer.skipped,
+        "acl_supported": (not fixer.acl_unsupported) if params["acl"] else None,
+        "other_fs": fixer.other_fs[:100],
+        "errors": fixer.errors,
+        "error_count": fixer.error_count,
+        "diff": {"before": fixer.before, "after": after},
+    }
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            owner=dict(type="str"),
+            group=dict(type="str"),
+            mode=dict(type="raw", default="2775"),
+            subdirs=dict(type="list", elements="str", default=[]),
+            recurse=dict(type="bool", default=False),
+            one_fs=dict(type="bool", default=True),
+            acl=dict(type="bool", default=True),
+            allow_world_writable=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module.params, check_mode=module.check_mode, warn=module.warn)
+    except (ParamError, PermsError) as exc:
+        module.fail_json(msg=str(exc), path=module.params["path"])
+    except OSError as exc:
+        module.fail_json(msg="%s: %s" % (module.params["path"], exc), path=module.params["path"])
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""cache_dir on real temporary trees: ownership, modes, default ACLs read back, check mode, symlinks."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _perms
+from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_dir
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cache_dir manages ownership: run as root")
+
+GROUP = "users"  # present on Debian/Ubuntu and in the CI image
+GID = grp.getgrnam(GROUP).gr_gid
+OWNER = "daemon"
+UID = pwd.getpwnam(OWNER).pw_uid
+HAVE_GETFACL = shutil.which("getfacl") is not None
+HAVE_SETFACL = shutil.which("setfacl") is not None
+
+
+def run_module(capsys, check=False, diff=True, **args):
+    args.setdefault("group", GROUP)
+    args["_ansible_check_mode"] = check
+    args["_ansible_diff"] = diff
+    with patch_module_args(args), pytest.raises(SystemExit):
+        cache_dir.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def warnings_of(res):
+    """Warning texts (ansible-core 2.19+ returns them as structured summaries)."""
+    return json.dumps(res.get("warnings", []))
+
+
+def mode_of(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def default_acl_lines(path):
+    """getfacl's own reading of the default ACL (the real tool, not our decoder)."""
+    out = subprocess.run(
+        ["getfacl", "--omit-header", "--numeric", "--default", str(path)], check=True, capture_output=True, text=True
+    ).stdout
+    return [line for line in out.splitlines() if line]
+
+
+def snapshot(root):
+    """Everything cache_dir may change, for every entry below (and including) root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [""] + dirnames + filenames:
+            p = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(p)
+            xattrs = ()
+            if not stat.S_ISLNK(st.st_mode):
+                xattrs = tuple(
+                    sorted(
+                        (k, os.getxattr(p, k, follow_symlinks=False)) for k in os.listxattr(p, follow_symlinks=False)
+                    )
+                )
+            out[p] = (st.st_mode, st.st_uid, st.st_gid, xattrs)
+    return out
+
+
+def wrong_tree(base):
+    """A tree as users leave it: umask 077 files and dirs, wrong group, world-writable, setuid."""
+    root = base / "pip"
+    (root / "http" / "a").mkdir(parents=True)
+    (root / "wheels").mkdir()
+    for i in range(5):
+        f = root / "http" / "a" / ("f%d" % i)
+        f.write_text("x")
+        f.chmod(0o600)
+    (root / "http" / "a").chmod(0o700)
+    (root / "wheels" / "w.whl").write_text("w")
+    (root / "wheels" / "w.whl").chmod(0o666)  # world-writable: must lose o+w
+    (root / "wheels" / "tool").write_text("#!/bin/sh\n")
+    (root / "wheels" / "tool").chmod(0o4711)  # setuid executable: g+x, no setuid
+    (root / "world").mkdir()
+    (root / "world").chmod(0o777)
+    return root
+
+
+# ----------------------------------------------------------------------------- creation
+
+
+@pytest.mark.skipif(not HAVE_GETFACL, reason="needs getfacl")
+def test_creates_root_subdirs_with_owner_group_mode_and_default_acl(tmp_path, capsys):
+    path = tmp_path / "cache" / "ml-models" / "torch"
+    res = run_module(capsys, path=str(path), owner=OWNER, subdirs=["hub", "hub/checkpoints"])
+    assert res["changed"] is True
+    assert res["examined"] == 3 and res["changed_entries"] == 3
+    assert res["acl_supported"] is True
+    for p in (path, path / "hub", path / "hub" / "checkpoints"):
+        st = os.lstat(p)
+        assert stat.S_IMODE(st.st_mode) == 0o2775, p
+        assert (st.st_uid, st.st_gid) == (UID, GID), p
+        assert default_acl_lines(p) == [
+            "user::rwx",
+            "group::rwx",
+            "group:%d:rwx" % GID,
+            "mask::rwx",
+            "other::r-x",
+        ]
+    # Missing parents are plain mkdir -p directories, not shared ones.
+    assert mode_of(tmp_path / "cache") == 0o755
+    assert str(path) in res["created"] and str(tmp_path / "cache") in res["created"]
+    # Idempotent.
+    again = run_module(capsys, path=str(path), owner=OWNER, subdirs=["hub", "hub/checkpoints"])
+    assert again["changed"] is False and again["changed_entries"] == 0 and again["created"] == []
+
+
+@pytest.mark.skipif(not HAVE_GETFACL, reason="needs getfacl")
+def test_2770_gives_others_nothing(tmp_path, capsys):
+    path = tmp_path / "jetbrains"
+    run_module(capsys, path=str(path), mode="2770")
+    assert mode_of(path) == 0o2770
+    assert "other::---" in default_acl_lines(path)
+
+
+@pytest.mark.skipif(not HAVE_SETFACL, reason="needs setfacl")
+def test_acl_is_byte_identical_to_setfacl(tmp_path, capsys):
+    ours = tmp_path / "ours"
+    run_module(capsys, path=str(ours))
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, -1, GID)
+    theirs.chmod(0o2775)
+    subprocess.run(["setfacl", "-d", "-m", "g:%s:rwx" % GROUP, str(theirs)], check=True)
+    assert os.getxattr(ours, _perms.ACL_DEFAULT) == os.getxattr(theirs, _perms.ACL_DEFAULT)
+
+
+@pytest.mark.skipif(not HAVE_SETFACL, reason="needs setfacl")
+def test_other_named_acl_entries_are_kept(tmp_path, capsys):
+    path = tmp_path / "c"
+    path.mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "u:%s:r-x" % OWNER, str(path)], check=True)
+    res = run_module(capsys, path=str(path))
+    assert res["changed"] is True
+    lines = default_acl_lines(path)
+    assert "user:%d:r-x" % UID in lines and "group:%d:rwx" % GID in lines
+    assert run_module(capsys, path=str(path))["changed"] is False
+
+
+def test_member_file_written_with_umask_077_is_group_rw(capsys):
+    base = tempfile.mkdtemp(prefix="cache-dir-test-")  # traversable by others, unlike pytest's tmp_path
+    try:
+        os.chmod(base, 0o755)  # noqa: S103 - the other test user must traverse it
+        path = os.path.join(base, "hf")
+        hub = os.path.join(path, "hub")
+        run_module(capsys, path=path, subdirs=["hub"])
+        old = os.umask(0o077)
+        try:
+            os.close(os.open(os.path.join(hub, "blob"), os.O_CREAT | os.O_WRONLY, 0o666))
+            os.mkdir(os.path.join(hub, "models--x"))
+        finally:
+            os.umask(old)
+        f = os.lstat(os.path.join(hub, "blob"))
+        d = os.lstat(os.path.join(hub, "models--x"))
+        assert f.st_gid == GID and d.st_gid == GID  # setgid: the group is inherited
+        assert stat.S_IMODE(f.st_mode) & 0o060 == 0o060  # group class rw despite umask 077
+        assert stat.S_IMODE(d.st_mode) & 0o2070 == 0o2070  # group rwx + setgid inherited
+        if not shutil.which("setpriv"):
+            return
+        # A real other member (uid nobody, supplementary group users) overwrites and creates;
+        # the same uid without the group cannot write.
+        member = ["setpriv", "--reuid=65534", "--regid=65534", "--groups=%d" % GID, "sh", "-c"]
+        subprocess.run(member + ["echo y > hub/blob && echo z > hub/models--x/n"], cwd=path, check=True)
+        stranger = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"]
+        assert subprocess.run(stranger + ["echo y > hub/blob"], cwd=path, check=False).returncode != 0
+    finally:
+        shutil.rmtree(base)
+
+
+# ----------------------------------------------------------------------------- recurse
+
+
+def test_recurse_fixes_wrong_tree_then_is_idempotent(tmp_path, capsys):
+    root = wrong_tree(tmp_path)
+    res = run_module(capsys, path=str(root), recurse=True)
+    # root, http, http/a, wheels, world + 5 + 2 files
+    assert res["examined"] == 12
+    assert res["changed_entries"] == 12
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            st = os.lstat(os.path.join(dirpath, name))
+            assert st.st_gid == GID
+            assert stat.S_IMODE(st.st_mode) & 0o2070 == 0o2070
+            assert not stat.S_IMODE(st.st_mode) & 0o002
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            assert st.st_gid == GID
+            assert stat.S_IMODE(st.st_mode) & 0o060 == 0o060
+            assert not stat.S_IMODE(st.st_mode) & 0o6002
+    assert mode_of(root / "http" / "a") == 0o2770  # others still get nothing they did not have
+    assert mode_of(root / "http" / "a" / "f0") == 0o660
+    assert mode_of(root / "wheels" / "w.whl") == 0o664
+    assert mode_of(root / "wheels" / "tool") == 0o0771  # g+x because it is executable; setuid gone
+    assert mode_of(root / "world") == 0o2775
+    # Content owners are not changed.
+    assert os.lstat(root / "http" / "a" / "f0").st_uid == 0
+    acl = _perms.decode_acl(os.getxattr(root / "http" / "a", _perms.ACL_DEFAULT))
+    assert (_perms.GROUP, 7, GID) in acl
+    again = run_module(capsys, path=str(root), recurse=True)
+    assert again["changed"] is False and again["changed_entries"] == 0 and again["examined"] == 12
+
+
+def test_without_recurse_content_is_untouched(tmp_path, capsys):
+    root = wrong_tree(tmp_path)
+    before = snapshot(root / "http")
+    res = run_module(capsys, path=str(root))
+    assert res["examined"] == 1
+    assert snapshot(root / "http") == before
+
+
+def test_check_mode_writes_nothing_and_counts_the_same(tmp_path, capsys):
+    root = wrong_tree(tmp_path)
+    before = snapshot(tmp_path)
+    check = run_module(capsys, check=True, path=str(root), owner=OWNER, recurse=True, subdirs=["new/deeper"])
+    assert snapshot(tmp_path) == before
+    assert check["changed"] is True
+    real = run_module(capsys, path=str(root), owner=OWNER, recurse=True, subdirs=["new/deeper"])
+    for key in ("examined", "changed_entries", "created", "changed"):
+        assert check[key] == real[key], key
+    assert check["diff"]["after"]["mode"] == real["diff"]["after"]["mode"] == "2775"
+    assert check["diff"]["after"]["default_acl"] == real["diff"]["after"]["default_acl"]
+
+
+def test_check_mode_on_missing_path_creates_nothing(tmp_path, capsys):
+    path = tmp_path / "a" / "b"
+    check = run_module(capsys, check=True, path=str(path), subdirs=["x/y"])
+    assert not (tmp_path / "a").exists()
+    assert check["diff"]["before"] == {"state": "absent"}
+    real = run_module(capsys, path=str(path), subdirs=["x/y"])
+    for key in ("examined", "changed_entries", "created", "changed"):
+        assert check[key] == real[key], key
+
+
+def test_symlinks_are_never_followed(tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret"
+    secret.write_text("s")
+    secret.chmod(0o600)
+    (outside / "d").mkdir(mode=0o700)
+    (outside / "d" / "inner").write_text("i")
+    os.chmod(outside / "d" / "inner", 0o600)
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "link-to-file").symlink_to(secret)
+    (root / "link-to-dir").symlink_to(outside / "d")
+    before = snapshot(outside)
+    res = run_module(capsys, path=str(root), recurse=True)
+    assert res["skipped_entries"]["symlinks"] == 2
+    assert snapshot(outside) == before
+    assert mode_of(secret) == 0o600 and os.lstat(secret).st_gid == 0
+
+
+def test_file_swapped_for_symlink_during_walk_is_not_followed(tmp_path):
+    """The race guard: the name was a 0600 file when lstat'ed, a symlink when it is changed."""
+    outside = tmp_path / "victim"
+    outside.write_text("v")
+    outside.chmod(0o600)
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "f").write_text("f")
+    os.chmod(root / "f", 0o600)
+    st = os.lstat(root / "f")
+    os.unlink(root / "f")
+    (root / "f").symlink_to(outside)
+    fixer = _perms.TreeFixer(None, GID, 0o2775)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert fixer._file_step(fd, "f", st, "") is False
+    finally:
+        os.close(fd)
+    assert mode_of(outside) == 0o600 and os.lstat(outside).st_gid == 0
+    assert fixer.error_count == 1
+
+
+def test_symlink_as_path_component_is_refused(tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    res = run_module(capsys, path=str(tmp_path / "link" / "pip"))
+    assert res["failed"] is True and "symbolic link" in res["msg"]
+    assert os.listdir(real) == []
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"path": "relative/cache"}, "absolute"),
+        ({"path": "/"}, "system directory"),
+        ({"path": "/etc"}, "system directory"),
+        ({"path": "/usr/local/cache"}, "system"),
+        ({"path": "/var"}, "system directory"),
+        ({"path": "/home"}, "system directory"),
+        ({"path": "{tmp}/a/../../etc"}, ".."),
+        ({"path": "{tmp}/c", "subdirs": ["../escape"]}, ".."),
+        ({"path": "{tmp}/c", "owner": "no-such-user-xyz"}, "no such user"),
+        ({"path": "{tmp}/c", "group": "no-such-group-xyz"}, "no such group"),
+        ({"path": "{tmp}/c", "mode": "2778"}, "octal"),
+        ({"path": "{tmp}/c", "mode": "rwx"}, "octal"),
+        ({"path": "{tmp}/c", "mode": 2775}, "quoted"),
+        ({"path": "{tmp}/c", "mode": "2777"}, "world-writable"),
+    ],
+)
+def test_bad_input_fails_clearly_and_changes_nothing(tmp_path, capsys, args, message):
+    args = dict(args)
+    args["path"] = args["path"].replace("{tmp}", str(tmp_path))
+    before = sorted(os.listdir(tmp_path))
+    res = run_module(capsys, **args)
+    assert res.get("failed") is True
+    assert message in res["msg"]
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_world_writable_allowed_warns(tmp_path, capsys):
+    path = tmp_path / "ww"
+    res = run_module(capsys, path=str(path), mode="2777", allow_world_writable=True)
+    assert mode_of(path) == 0o2777
+    assert "world-writable" in warnings_of(res)
+
+
+# ----------------------------------------------------------------------------- filesystems
+
+
+def _mount(fstype, target):
+    target.mkdir()
+    proc = subprocess.run(["mount", "-t", fstype, fstype, str(target)], capture_output=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip("cannot mount %s here: %s" % (fstype, proc.stderr.decode().strip()))
+
+
+def test_other_filesystems_are_not_entered(tmp_path, capsys):
+    root = tmp_path / "cache"
+    root.mkdir()
+    mnt = root / "mnt"
+    _mount("tmpfs", mnt)
+    try:
+        (mnt / "f").write_text("x")
+        os.chmod(mnt / "f", 0o600)
+        res = run_module(capsys, path=str(root), recurse=True)
+        assert res["other_fs"] == ["mnt"]
+        assert mode_of(mnt / "f") == 0o600
+        assert "another filesystem" in warnings_of(res)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_filesystem_without_acls_falls_back_with_a_warning(tmp_path, capsys):
+    mnt = tmp_path / "ramfs"
+    _mount("ramfs", mnt)  # ramfs has no xattrs at all
+    try:
+        try:
+            os.getxattr(mnt, _perms.ACL_DEFAULT)
+        except OSError as exc:
+            if exc.errno not in _perms.ACL_UNSUPPORTED:
+                pytest.skip("this ramfs supports xattrs")
+        path = mnt / "pip"
+        res = run_module(capsys, path=str(path), subdirs=["wheels"])
+        assert res["acl_supported"] is False
+        assert "does not support POSIX ACLs" in warnings_of(res)
+        assert mode_of(path) == 0o2775 and os.lstat(path).st_gid == GID
+        again = run_module(capsys, path=str(path), subdirs=["wheels"])
+        assert again["changed"] is False
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_diff_shows_root_attributes(tmp_path, capsys):
+    path = tmp_path / "c"
+    path.mkdir()
+    path.chmod(0o755)
+    res = run_module(capsys, path=str(path))
+    assert res["diff"]["before"]["mode"] == "0755" and res["diff"]["before"]["default_acl"] == []
+    assert res["diff"]["after"]["mode"] == "2775" and res["diff"]["after"]["group"] == GROUP
+    assert "default:group:%s:rwx" % GROUP in res["diff"]["after"]["default_acl"]
