@@ -21,6 +21,7 @@ import socket
 import stat
 import time
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import get_format
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, WalkError, open_dir_nofollow
 
 DAY = 86400
@@ -63,16 +64,20 @@ def _empty(name, path):
         "unreadable_count": 0,
         "other_filesystems": [],
         "units": [],
+        "units_count": 0,
+        "outside_units_bytes": 0,
+        "units_error": None,
         "error": None,
         "seconds": 0.0,
     }
 
 
-def measure_cache(name, path, now=None, age_days=(30, 90), age_by="newest", top=10, classifier=None, max_errors=100):
+def measure_cache(name, path, fmt=None, now=None, age_days=(30, 90), age_by="newest", top=10, max_errors=100):
     """Walk one cache once and return its figures (a dict, see RETURN of the cache_report module).
 
-    ``classifier`` (optional) is an object with ``unit_for_dir(rel)`` and ``unit_for_file(rel_dir,
-    name)`` returning a unit name or None; it attributes bytes to the format's units (top-N).
+    ``fmt`` names the cache's format (``_formats``): when given and ``top`` > 0, the same walk
+    feeds the format's collector and the ``top`` largest units (HF revision, wheel, conda
+    package, npm entry, module@version, .deb, ...) are returned in ``units``.
     Never raises for what it finds in the tree: a missing cache gives ``exists: false``, a root
     that cannot be opened safely gives ``error``, unreadable subtrees are counted and named.
     """
@@ -97,7 +102,9 @@ def measure_cache(name, path, now=None, age_days=(30, 90), age_by="newest", top=
     use_atime = age_by in ("atime", "newest")
     use_mtime = age_by in ("mtime", "newest")
     seen = set()
-    units = {}
+    collector = None
+    if fmt and top > 0:
+        collector = get_format(fmt).collector(root_fd)
     try:
         walker = Walker(root_fd, one_fs=True, max_errors=max_errors)
         rst = walker.root_st
@@ -107,20 +114,14 @@ def measure_cache(name, path, now=None, age_days=(30, 90), age_by="newest", top=
         files = dirs = links = other = hard = 0
         amin = mmin = float("inf")
         amax = mmax = float("-inf")
-        dir_unit = {}
         for d in walker.walk():
-            rel = d.rel
-            unit = None
-            if classifier is not None:
-                # A directory belongs to its parent's unit unless the format names one for it.
-                if rel:
-                    unit = dir_unit.get(rel.rpartition("/")[0])
-                if unit is None:
-                    unit = classifier.unit_for_dir(rel)
-                if unit is not None:
-                    dir_unit[rel] = unit
-                    _unit_add(units, unit, d.st.st_blocks, 0)
-            for fname, st in d.entries:
+            if collector is not None:
+                try:
+                    collector.visit(d)
+                except Exception as exc:  # noqa: BLE001 - units are extra; sizes must still come out
+                    out["units_error"] = "%s: %s" % (type(exc).__name__, exc)
+                    collector = None
+            for _name, st in d.entries:
                 kind = st.st_mode & _S_IFMT
                 if kind == _S_IFDIR:
                     if st.st_dev != dev:
@@ -157,14 +158,8 @@ def measure_cache(name, path, now=None, age_days=(30, 90), age_by="newest", top=
                         if last < cutoffs[i]:
                             unused_bytes[i] += b
                             unused_files[i] += 1
-                    if classifier is not None:
-                        u = unit if unit is not None else classifier.unit_for_file(rel, fname)
-                        if u is not None:
-                            _unit_add(units, u, b, 1)
                 elif kind == _S_IFLNK:
                     links += 1
-                    if unit is not None:
-                        _unit_add(units, unit, b, 0)
                 else:
                     other += 1
         out["bytes"] = blocks * 512
@@ -187,9 +182,26 @@ def measure_cache(name, path, now=None, age_days=(30, 90), age_by="newest", top=
         out["other_filesystems"] = list(walker.other_fs)
     finally:
         os.close(root_fd)
-    if units:
-        ranked = sorted(units.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
-        out["units"] = [{"unit": k, "bytes": v[0] * 512, "files": v[1]} for k, v in ranked]
+    if collector is not None:
+        try:
+            col = collector.finish()
+            ranked = sorted(col.units, key=lambda u: (-u.disk, u.key))[:top]
+            out["units"] = [
+                {
+                    "unit": u.name,
+                    "key": u.key,
+                    "kind": u.kind,
+                    "bytes": u.disk,
+                    "apparent_bytes": u.size,
+                    "files": u.files,
+                    "last_used": u.last_used(age_by) or None,
+                }
+                for u in ranked
+            ]
+            out["units_count"] = len(col.units)
+            out["outside_units_bytes"] = col.other_disk
+        except Exception as exc:  # noqa: BLE001
+            out["units_error"] = "%s: %s" % (type(exc).__name__, exc)
     out["seconds"] = round(time.monotonic() - t0, 3)
     return out
 
@@ -226,15 +238,6 @@ def filesystem(path, warn_percent=80.0, critical_percent=90.0):
     }
 
 
-def _unit_add(units, unit, blocks, files):
-    acc = units.get(unit)
-    if acc is None:
-        units[unit] = [blocks, files]
-    else:
-        acc[0] += blocks
-        acc[1] += files
-
-
 def _measure_job(job):
     return measure_cache(**job)
 
@@ -244,8 +247,17 @@ def default_workers(n_caches):
     return max(1, min(n_caches, cpus))
 
 
-def build_report(caches, root=None, age_days=(30, 90), age_by="newest", top=10, warn_percent=80.0,
-                 critical_percent=90.0, workers=None, classifier_factory=None, now=None):
+def build_report(
+    caches,
+    root=None,
+    age_days=(30, 90),
+    age_by="newest",
+    top=10,
+    warn_percent=80.0,
+    critical_percent=90.0,
+    workers=None,
+    now=None,
+):
     """Measure every cache and the filesystems they live on; return the whole report dict.
 
     ``caches`` is a list of dicts with ``name``, ``path`` (absolute), and optionally ``format``,
@@ -256,7 +268,6 @@ def build_report(caches, root=None, age_days=(30, 90), age_by="newest", top=10, 
     now = time.time() if now is None else now
     jobs = []
     for c in caches:
-        classifier = classifier_factory(c) if classifier_factory else None
         jobs.append(
             {
                 "name": c["name"],
@@ -265,7 +276,7 @@ def build_report(caches, root=None, age_days=(30, 90), age_by="newest", top=10, 
                 "age_days": tuple(age_days),
                 "age_by": c.get("age_by") or age_by,
                 "top": top,
-                "classifier": classifier,
+                "fmt": c.get("format") or "generic",
             }
         )
     if workers is None:
@@ -276,7 +287,7 @@ def build_report(caches, root=None, age_days=(30, 90), age_by="newest", top=10, 
     if results is None:
         results = [measure_cache(**j) for j in jobs]
     out_caches = []
-    for c, r in zip(caches, results):
+    for c, r in zip(caches, results, strict=True):
         r["format"] = c.get("format", "generic")
         r["category"] = c.get("category", "other")
         r["description"] = c.get("description", c["name"])
@@ -338,7 +349,7 @@ def build_report(caches, root=None, age_days=(30, 90), age_by="newest", top=10, 
             }
         )
     largest = sorted(
-        ({"cache": r["name"], "unit": u["unit"], "bytes": u["bytes"], "files": u["files"]} for r in out_caches for u in r["units"]),
+        (dict(u, cache=r["name"]) for r in out_caches for u in r["units"]),
         key=lambda u: (-u["bytes"], u["cache"], u["unit"]),
     )[:top]
     return {
@@ -466,7 +477,9 @@ def render_table(report):
         lines.append("  %-22s %8s %10s" % ("subtotal", humanize(cat["bytes"]), "{:,}".format(cat["files"])))
         lines.append("")
     t = report["totals"]
-    lines.append("Total Cache Usage: %s (%s bytes, %s files)" % (humanize(t["bytes"]), t["bytes"], "{:,}".format(t["files"])))
+    lines.append(
+        "Total Cache Usage: %s (%s bytes, %s files)" % (humanize(t["bytes"]), t["bytes"], "{:,}".format(t["files"]))
+    )
     for b in t["not_accessed"]:
         lines.append("Not used for %d days: %s" % (b["days"], humanize(b["bytes"])))
     for fs in report["filesystems"]:
@@ -514,10 +527,20 @@ def render_prometheus(report, prefix="shared_cache"):
     def lab(r):
         return [("cache", r["name"]), ("category", r["category"]), ("format", r["format"])]
 
-    family("size_bytes", "Bytes on disk used by the cache (equal to du -sxB1).", [(lab(r), r["bytes"]) for r in ok])
-    family("apparent_bytes", "Apparent size of the cache in bytes (equal to du -sxb).", [(lab(r), r["apparent_bytes"]) for r in ok])
-    family("files", "Regular files in the cache.", [(lab(r), r["files"]) for r in ok])
-    family("directories", "Directories in the cache, the cache directory included.", [(lab(r), r["dirs"] + 1) for r in ok])
+    per_cache = (
+        ("size_bytes", "bytes", "Bytes on disk used by the cache (equal to du -sxB1)."),
+        ("apparent_bytes", "apparent_bytes", "Apparent size of the cache in bytes (equal to du -sxb)."),
+        ("files", "files", "Regular files in the cache (every hard link counted, as find -type f)."),
+        ("directories", "dirs", "Directories below the cache directory."),
+        ("oldest_access_timestamp_seconds", "oldest_atime", "Oldest access time of a file in the cache."),
+        ("newest_access_timestamp_seconds", "newest_atime", "Newest access time of a file in the cache."),
+        ("oldest_modification_timestamp_seconds", "oldest_mtime", "Oldest modification time of a file."),
+        ("newest_modification_timestamp_seconds", "newest_mtime", "Newest modification time of a file."),
+        ("unreadable_directories", "unreadable_count", "Subtrees the report could not read (counted, not entered)."),
+        ("scan_duration_seconds", "seconds", "Time spent walking the cache."),
+    )
+    for metric, key, help_text in per_cache:
+        family(metric, help_text, [(lab(r), r[key]) for r in ok])
     family(
         "not_accessed_bytes",
         "Bytes on disk of files not used (by the report's age_by time) for at least the given days.",
@@ -528,21 +551,347 @@ def render_prometheus(report, prefix="shared_cache"):
         "Files not used for at least the given days.",
         [(lab(r) + [("days", str(b["days"]))], b["files"]) for r in ok for b in r["not_accessed"]],
     )
-    family("oldest_access_timestamp_seconds", "Oldest access time of a file in the cache.", [(lab(r), r["oldest_atime"]) for r in ok])
-    family("newest_access_timestamp_seconds", "Newest access time of a file in the cache.", [(lab(r), r["newest_atime"]) for r in ok])
-    family("oldest_modification_timestamp_seconds", "Oldest modification time of a file in the cache.", [(lab(r), r["oldest_mtime"]) for r in ok])
-    family("newest_modification_timestamp_seconds", "Newest modification time of a file in the cache.", [(lab(r), r["newest_mtime"]) for r in ok])
-    family("unreadable_directories", "Subtrees the report could not read (counted, not entered).", [(lab(r), r["unreadable_count"]) for r in ok])
-    family("scan_duration_seconds", "Time spent walking the cache.", [(lab(r), r["seconds"]) for r in ok])
-    family("present", "1 when the cache directory exists and could be opened safely.", [([("cache", r["name"])], 1 if (r["exists"] and not r["error"]) else 0) for r in report["caches"]])
+    family(
+        "present",
+        "1 when the cache directory exists and could be opened safely.",
+        [([("cache", r["name"])], bool(r["exists"] and not r["error"])) for r in report["caches"]],
+    )
+    per_fs = (
+        ("filesystem_size_bytes", "size", "Size of the filesystem holding caches."),
+        ("filesystem_used_bytes", "used", "Used bytes of the filesystem holding caches (as df)."),
+        ("filesystem_avail_bytes", "avail", "Bytes available to unprivileged users (as df)."),
+        ("filesystem_warning", "warning", "1 when usage is at or above the warning threshold."),
+        ("filesystem_critical", "critical", "1 when usage is at or above the critical threshold."),
+    )
     fss = report["filesystems"]
-    family("filesystem_size_bytes", "Size of the filesystem holding caches.", [([("path", f["path"])], f["size"]) for f in fss])
-    family("filesystem_used_bytes", "Used bytes of the filesystem holding caches (as df).", [([("path", f["path"])], f["used"]) for f in fss])
-    family("filesystem_avail_bytes", "Bytes available to unprivileged users (as df).", [([("path", f["path"])], f["avail"]) for f in fss])
-    family("filesystem_used_ratio", "used / (used + avail), as df's Use% divided by 100.", [([("path", f["path"])], f["percent"] / 100.0) for f in fss])
-    family("filesystem_warning", "1 when usage is at or above the warning threshold.", [([("path", f["path"])], f["warning"]) for f in fss])
-    family("filesystem_critical", "1 when usage is at or above the critical threshold.", [([("path", f["path"])], f["critical"]) for f in fss])
+    for metric, key, help_text in per_fs:
+        family(metric, help_text, [([("path", f["path"])], f[key]) for f in fss])
+    family(
+        "filesystem_used_ratio",
+        "used / (used + avail), df's Use% divided by 100.",
+        [([("path", f["path"])], f["percent"] / 100.0) for f in fss],
+    )
     family("total_bytes", "Bytes on disk used by every cache together.", [([], report["totals"]["bytes"])])
     family("report_timestamp_seconds", "When the report was made (Unix time).", [([], float(report["generated"]))])
     family("report_duration_seconds", "Time the whole report took.", [([], report["seconds"])])
     return "\n".join(out) + "\n"
+
+
+def append_history(path, entry, keep=2000):
+    """Append ``entry`` to the JSON-lines history, keeping the last ``keep`` entries.
+
+    The file is rewritten atomically (temporary file in the same directory, then rename), so a
+    reader never sees half a line. Used by show-cache-info; the role appends with lineinfile.
+    """
+    entries = read_history(path, limit=max(0, keep - 1))
+    entries.append(entry)
+    write_atomic(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+
+
+def write_atomic(path, text, mode=0o644):
+    """Write ``text`` to ``path`` through a temporary name that does not end like the target."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# HTML page: self-contained (inline CSS and SVG, no script, no external resource)
+# --------------------------------------------------------------------------------------------
+
+COLORS = {"ml-models": "#4e79a7", "packages": "#f28e2b", "languages": "#59a14f", "other": "#9c755f"}
+_CSS = """
+body{font-family:"DejaVu Sans",Roboto,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#666;font-size:13px;margin:0 0 12px}
+table{border-collapse:collapse;font-size:13px;margin-top:8px}
+th,td{padding:3px 10px;text-align:right;border-bottom:1px solid #eee}
+th:first-child,td:first-child{text-align:left}
+td.l,th.l{text-align:left}
+.warn{color:#b35900;font-weight:bold}.crit{color:#c0392b;font-weight:bold}
+.legend span{display:inline-block;margin-right:14px;font-size:12px}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
+svg text{font-size:12px;fill:#222}
+"""
+
+
+def _e(value):
+    return html.escape(str(value), quote=True)
+
+
+def _date(t):
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
+
+
+def _short(text, n):
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def _hbars(rows, width=900, label_w=250, value_w=90, bar_h=18, gap=6):
+    """rows: (label, bytes, color, data attrs dict). Horizontal bar chart as inline SVG."""
+    if not rows:
+        return '<p class="meta">nothing to show</p>'
+    top = max(r[1] for r in rows) or 1
+    span = width - label_w - value_w
+    height = len(rows) * (bar_h + gap) + gap
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" role="img">' % (width, height)]
+    for i, (label, value, color, attrs) in enumerate(rows):
+        y = gap + i * (bar_h + gap)
+        w = max(1.0, span * value / top) if value else 0.0
+        extra = "".join(' data-%s="%s"' % (k, _e(v)) for k, v in attrs.items())
+        out.append(
+            '<g class="bar"%s><text x="%d" y="%d" text-anchor="end">%s</text>'
+            '<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>'
+            '<text x="%.1f" y="%d">%s</text></g>'
+            % (
+                extra,
+                label_w - 8,
+                y + bar_h - 5,
+                _e(label),
+                label_w,
+                y,
+                w,
+                bar_h,
+                color,
+                label_w + w + 6,
+                y + bar_h - 5,
+                _e(humanize(value)),
+            )
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _growth(points, label, color, width=760, height=220):
+    """points: [(t, bytes)]. Line chart of one figure over time as inline SVG."""
+    points = [p for p in points if p[1] is not None]
+    if len(points) < 2:
+        return '<p class="meta">%s: the history has one report so far; the chart starts with the next one.</p>' % _e(
+            label
+        )
+    left, right, top_m, bottom = 70, 20, 22, 30
+    t0, t1 = points[0][0], points[-1][0]
+    tspan = (t1 - t0) or 1
+    ymax = (max(p[1] for p in points) or 1) * 1.1
+    pw, ph = width - left - right, height - top_m - bottom
+
+    def xy(t, v):
+        return left + pw * (t - t0) / tspan, top_m + ph - ph * v / ymax
+
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" role="img">' % (width, height)]
+    out.append('<text x="%d" y="14" font-weight="bold">%s</text>' % (left, _e(label)))
+    for i in range(5):
+        v = ymax * i / 4
+        _x, y = xy(t0, v)
+        out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#e5e5e5"/>' % (left, y, left + pw, y))
+        out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (left - 6, y + 4, _e(humanize(v))))
+    out.append('<text x="%d" y="%d">%s</text>' % (left, height - 8, _e(_date(t0))))
+    out.append('<text x="%d" y="%d" text-anchor="end">%s</text>' % (left + pw, height - 8, _e(_date(t1))))
+    pts = " ".join("%.1f,%.1f" % xy(t, v) for t, v in points)
+    out.append(
+        '<polyline class="series" data-series="%s" data-points="%d" fill="none" stroke="%s" stroke-width="2.5" '
+        'points="%s"/>' % (_e(label), len(points), color, pts)
+    )
+    t, v = points[-1]
+    x, y = xy(t, v)
+    out.append('<circle cx="%.1f" cy="%.1f" r="4" fill="%s"/>' % (x, y, color))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def render_html(report, history=(), title="Shared cache report"):
+    """The report as one self-contained HTML page: bars per cache, largest units, growth."""
+    now = report["generated"]
+    parts = [
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        "<title>%s</title><style>%s</style></head><body>" % (_e(title), _CSS),
+        "<h1>%s</h1>" % _e(title),
+        '<p class="meta">%s &middot; %s UTC &middot; %d caches, %s in %s files &middot; measured in %.1fs</p>'
+        % (
+            _e(report["host"]),
+            _e(_date(now)),
+            len(report["caches"]),
+            _e(humanize(report["totals"]["bytes"])),
+            "{:,}".format(report["totals"]["files"]),
+            report["seconds"],
+        ),
+    ]
+    # filesystems
+    parts.append("<h2>Filesystem</h2>")
+    for fs in report["filesystems"]:
+        color = "#c0392b" if fs["critical"] else ("#e67e22" if fs["warning"] else "#4e79a7")
+        frac = (fs["used"] / float(fs["used"] + fs["avail"])) if (fs["used"] + fs["avail"]) else 0.0
+        parts.append(
+            '<svg xmlns="http://www.w3.org/2000/svg" width="760" height="30" role="img" class="fs" data-path="%s">'
+            '<rect x="0" y="4" width="600" height="20" fill="#e8e8e8"/>'
+            '<rect x="0" y="4" width="%.1f" height="20" fill="%s"/>'
+            '<text x="610" y="19">%.1f%% of %s</text></svg>'
+            % (_e(fs["path"]), 600 * frac, color, fs["percent"], _e(humanize(fs["size"])))
+        )
+    parts.append(
+        '<table id="filesystems"><tr><th>path</th><th>size</th><th>used</th><th>available</th><th>use</th></tr>'
+    )
+    for fs in report["filesystems"]:
+        cls = "crit" if fs["critical"] else ("warn" if fs["warning"] else "")
+        parts.append(
+            '<tr data-path="%s" data-size="%d" data-used="%d" data-avail="%d"><td>%s</td><td>%s</td><td>%s</td>'
+            '<td>%s</td><td class="%s">%.1f%%%s</td></tr>'
+            % (
+                _e(fs["path"]),
+                fs["size"],
+                fs["used"],
+                fs["avail"],
+                _e(fs["path"]),
+                humanize(fs["size"]),
+                humanize(fs["used"]),
+                humanize(fs["avail"]),
+                cls,
+                fs["percent"],
+                " critical" if fs["critical"] else (" warning" if fs["warning"] else ""),
+            )
+        )
+    parts.append("</table>")
+    # caches
+    parts.append("<h2>Caches</h2>")
+    legend = "".join('<span><i style="background:%s"></i>%s</span>' % (COLORS[k], _e(t)) for k, t in CATEGORY_TITLES)
+    parts.append('<div class="legend">%s</div>' % legend)
+    ranked = sorted(report["caches"], key=lambda r: (-r["bytes"], r["name"]))
+    parts.append(
+        '<div id="cache-bars">%s</div>'
+        % _hbars(
+            [
+                (r["name"], r["bytes"], COLORS.get(r["category"], "#999"), {"cache": r["name"], "bytes": r["bytes"]})
+                for r in ranked
+                if r["exists"]
+            ]
+        )
+    )
+    days = [b["days"] for b in report["totals"]["not_accessed"]]
+    head = "".join("<th>idle &gt;%dd</th>" % d for d in days)
+    parts.append(
+        '<table id="caches"><tr><th>cache</th><th class="l">category</th><th>size</th><th>apparent</th>'
+        '<th>files</th><th>dirs</th>%s<th>last use</th><th class="l">notes</th></tr>' % head
+    )
+    for r in ranked:
+        last = max([x for x in (r["newest_atime"], r["newest_mtime"]) if x is not None] or [0]) or None
+        notes = []
+        if r["error"]:
+            notes.append(r["error"])
+        elif not r["exists"]:
+            notes.append("missing")
+        if r["unreadable_count"]:
+            notes.append(
+                "%d unreadable: %s" % (r["unreadable_count"], ", ".join(u["path"] for u in r["unreadable"][:3]))
+            )
+        if r["other_filesystems"]:
+            notes.append("other filesystems not counted: %s" % ", ".join(r["other_filesystems"][:3]))
+        idle = "".join("<td>%s</td>" % humanize(b["bytes"]) for b in r["not_accessed"]) or "".join(
+            "<td>-</td>" for _d in days
+        )
+        parts.append(
+            '<tr data-cache="%s" data-bytes="%d" data-apparent-bytes="%d" data-files="%d" data-dirs="%d">'
+            '<td>%s</td><td class="l">%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>%s<td>%s</td>'
+            '<td class="l">%s</td></tr>'
+            % (
+                _e(r["name"]),
+                r["bytes"],
+                r["apparent_bytes"],
+                r["files"],
+                r["dirs"],
+                _e(r["name"]),
+                _e(r["category"]),
+                humanize(r["bytes"]),
+                humanize(r["apparent_bytes"]),
+                "{:,}".format(r["files"]),
+                "{:,}".format(r["dirs"]),
+                idle,
+                _e(_age(now, last)),
+                _e("; ".join(notes)),
+            )
+        )
+    t = report["totals"]
+    parts.append(
+        '<tr id="total" data-bytes="%d" data-files="%d"><th>total</th><th></th><th>%s</th><th>%s</th><th>%s</th>'
+        "<th>%s</th>%s<th></th><th></th></tr></table>"
+        % (
+            t["bytes"],
+            t["files"],
+            humanize(t["bytes"]),
+            humanize(t["apparent_bytes"]),
+            "{:,}".format(t["files"]),
+            "{:,}".format(t["dirs"]),
+            "".join("<th>%s</th>" % humanize(b["bytes"]) for b in t["not_accessed"]),
+        )
+    )
+    # largest units
+    parts.append("<h2>Largest units</h2>")
+    units = report["largest_units"]
+    by_name = {r["name"]: r for r in report["caches"]}
+    parts.append(
+        '<div id="unit-bars">%s</div>'
+        % _hbars(
+            [
+                (
+                    _short("%s: %s" % (u["cache"], u["unit"]), 34),
+                    u["bytes"],
+                    COLORS.get(by_name[u["cache"]]["category"], "#999"),
+                    {"cache": u["cache"], "unit": u["unit"], "bytes": u["bytes"]},
+                )
+                for u in units
+            ]
+        )
+    )
+    if units:
+        parts.append(
+            '<table id="units"><tr><th>unit</th><th class="l">cache</th><th class="l">kind</th><th>size</th>'
+            "<th>files</th><th>last use</th></tr>"
+        )
+        for u in units:
+            parts.append(
+                '<tr data-cache="%s" data-unit="%s" data-bytes="%d"><td>%s</td><td class="l">%s</td>'
+                '<td class="l">%s</td><td>%s</td><td>%s</td><td>%s</td></tr>'
+                % (
+                    _e(u["cache"]),
+                    _e(u["unit"]),
+                    u["bytes"],
+                    _e(u["unit"]),
+                    _e(u["cache"]),
+                    _e(u.get("kind", "")),
+                    humanize(u["bytes"]),
+                    "{:,}".format(u["files"]),
+                    _e(_age(now, u.get("last_used"))),
+                )
+            )
+        parts.append("</table>")
+    # growth
+    parts.append("<h2>Growth</h2>")
+    points = [
+        (h["t"], h.get("total") or 0, h.get("fs_used"))
+        for h in history
+        if isinstance(h, dict) and isinstance(h.get("t"), (int, float)) and h["t"] < int(now)
+    ]
+    entry = history_entry(report)
+    points.append((entry["t"], entry["total"], entry["fs_used"]))
+    parts.append(
+        '<div id="growth" data-points="%d">%s%s</div>'
+        % (
+            len(points),
+            _growth([(p[0], p[1]) for p in points], "bytes in caches", "#4e79a7"),
+            _growth([(p[0], p[2]) for p in points], "filesystem used", "#e15759"),
+        )
+    )
+    parts.append("</body></html>\n")
+    return "".join(parts)
