@@ -1,0 +1,381 @@
+#!/usr/bin/python
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: cache_report
+short_description: Report the usage of every shared cache in one pass (sizes, ages, largest units, disk)
+version_added: 0.1.0
+author: mlinfra
+description:
+  - Walks every cache once, never following a symbolic link and never leaving the cache's
+    filesystem, and returns per cache the bytes on disk (equal to C(du -sxB1) of the same tree,
+    directories included, hard links counted once), the apparent bytes (C(du -sxb)), the numbers
+    of files and directories, the oldest and newest access and modification times, the bytes
+    not used for N days (what an age policy would free) and the largest units in the format's
+    own terms (HuggingFace repo revision, pip wheel or HTTP entry, conda package, npm entry, Go
+    module@version, apt .deb, cargo crate), from the same per-format knowledge C(cache_prune)
+    uses.
+  - Returns the size, use and availability of the filesystems holding the caches, with
+    warning and critical flags.
+  - Unreadable subtrees are counted and named in the result (and warned about), never fatal. A
+    missing cache is reported with C(exists=false). A cache path with a symbolic link in it is
+    not walked and is reported with an C(error).
+  - Read-only. It changes nothing, so check mode runs it as usual.
+  - Optionally renders the report as the human table of C(show-cache-info), as Prometheus
+    node_exporter textfile metrics and as a self-contained HTML page (see O(render)); writing
+    them is left to the caller (the C(mlinfra.shared_cache.cache_report) role).
+options:
+  caches:
+    description:
+      - The caches to measure, normally the resolved catalog C(shared_cache_catalog).
+      - Each item needs C(name) and C(abs_path) or C(path) (absolute, or relative to O(root)).
+        C(format) (default C(generic)) selects the unit of the largest-units list, C(category)
+        (C(ml-models), C(packages), C(languages), C(other)) the group of the table,
+        C(description) is shown as is, and C(retention.age_by) overrides O(age_by) for that
+        cache. Other keys of catalog entries are ignored.
+    type: list
+    elements: dict
+    required: true
+  root:
+    description:
+      - The cache root (C(shared_cache_root)). Relative cache paths are resolved against it and its
+        filesystem is the one returned as RV(filesystem).
+    type: path
+  top:
+    description: How many of the largest units to return per cache and overall. V(0) skips unit accounting.
+    type: int
+    default: 10
+  age_days:
+    description: Ages in days for which the bytes and files not used since are returned.
+    type: list
+    elements: int
+    default: [30, 90]
+  age_by:
+    description:
+      - Which time tells a file was last used. V(newest) takes the later of access and
+        modification time (access times are only as good as the mount's C(relatime)/C(noatime)).
+    type: str
+    choices: [atime, mtime, newest]
+    default: newest
+  warn_percent:
+    description: Filesystem use (percent, as C(df)) at or above which RV(filesystem.warning) is true.
+    type: float
+    default: 80
+  critical_percent:
+    description: Filesystem use (percent) at or above which RV(filesystem.critical) is true.
+    type: float
+    default: 90
+  workers:
+    description:
+      - Worker processes measuring caches in parallel. V(0) uses one per available CPU (at most
+        one per cache); V(1) measures one cache after the other in the module's own process.
+    type: int
+    default: 0
+  render:
+    description:
+      - Renderings to return besides the data. V(table) returns RV(table), V(prometheus)
+        returns RV(prometheus), V(html) returns RV(html).
+    type: list
+    elements: str
+    choices: [table, prometheus, html]
+    default: [table]
+  history_file:
+    description:
+      - JSON-lines history of earlier reports (one RV(history_entry) per line), read to draw the
+        growth chart of the HTML page. Read only; a missing file means no history.
+    type: path
+  history_limit:
+    description: At most this many history entries are read.
+    type: int
+    default: 2000
+  title:
+    description: Title of the HTML page.
+    type: str
+    default: Shared cache report
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads; it runs the same in check mode.
+  diff_mode:
+    support: none
+notes:
+  - Sizes count what the user running the module can see. Run it as root for whole figures;
+    it is safe to (descriptor-relative walk, no symbolic link followed).
+  - Directories on another filesystem below a cache (mount points) are named in
+    RV(caches[].other_filesystems) and not counted, like C(du -x).
+seealso:
+  - module: mlinfra.shared_cache.cache_prune
+"""
+
+EXAMPLES = r"""
+- name: Measure every cache of the catalog
+  mlinfra.shared_cache.cache_report:
+    caches: "{{ shared_cache_catalog }}"
+    root: "{{ shared_cache_root }}"
+  register: cache_usage
+
+- name: Show the table
+  ansible.builtin.debug:
+    msg: "{{ cache_usage.table.splitlines() }}"
+
+- name: Fail when the cache filesystem is nearly full
+  ansible.builtin.assert:
+    that: not cache_usage.filesystem.critical
+    fail_msg: "{{ cache_usage.filesystem.path }} is {{ cache_usage.filesystem.percent }}% full"
+
+- name: One directory, Prometheus metrics only
+  mlinfra.shared_cache.cache_report:
+    caches:
+      - {name: pip, path: /mnt/storage/cache/pip, format: pip, category: packages}
+    render: [prometheus]
+  register: pip_usage
+"""
+
+RETURN = r"""
+caches:
+  description: One item per cache, in the order given.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Cache name., type: str}
+    path: {description: Absolute path measured., type: str}
+    exists: {description: Whether the directory exists., type: bool}
+    error: {description: Why the cache could not be walked (symbolic link in its path, ...) or null., type: str}
+    bytes: {description: Bytes on disk, equal to C(du -sxB1 path)., type: int}
+    apparent_bytes: {description: Apparent bytes, equal to C(du -sxb path)., type: int}
+    files: {description: Regular files (every hard link counted, like C(find -type f))., type: int}
+    dirs: {description: Directories below the cache directory., type: int}
+    symlinks: {description: Symbolic links (never followed)., type: int}
+    hardlinks: {description: Extra names of files already counted (their bytes are counted once)., type: int}
+    oldest_atime: {description: Oldest access time of a file (epoch seconds) or null., type: float}
+    newest_atime: {description: Newest access time of a file., type: float}
+    oldest_mtime: {description: Oldest modification time of a file., type: float}
+    newest_mtime: {description: Newest modification time of a file., type: float}
+    not_accessed:
+      description: Per O(age_days), bytes on disk and files not used (per O(age_by)) for that many days.
+      type: list
+      sample: [{days: 30, bytes: 1048576, files: 3}, {days: 90, bytes: 0, files: 0}]
+    unreadable:
+      description: Subtrees that could not be read (first 100), with the error.
+      type: list
+      sample: [{path: private/dir, error: Permission denied}]
+    unreadable_count: {description: Number of unreadable subtrees., type: int}
+    other_filesystems: {description: Mount points below the cache, not counted., type: list}
+    units:
+      description: The O(top) largest units of the cache's format, largest first.
+      type: list
+      sample:
+        - unit: bert-base-uncased 86b5e0934494 (main)
+          key: models--bert-base-uncased@86b5e0934494bd15c9632b12f734a8a67f723594
+          kind: revision
+          bytes: 440475648
+          apparent_bytes: 440473133
+          files: 6
+          last_used: 1764200000.0
+    units_count: {description: How many units the cache holds., type: int}
+    units_error: {description: Why unit accounting stopped (sizes are still whole), or null., type: str}
+    seconds: {description: Time spent walking this cache., type: float}
+categories:
+  description: Per category (C(ml-models), C(packages), C(languages), C(other)) bytes, files and cache names.
+  returned: always
+  type: list
+totals:
+  description: Bytes, apparent bytes, files, directories and not-used bytes over every cache.
+  returned: always
+  type: dict
+largest_units:
+  description: The O(top) largest units over every cache, each with its C(cache).
+  returned: always
+  type: list
+filesystem:
+  description: The filesystem of O(root) (or of the first cache).
+  returned: when a filesystem could be examined
+  type: dict
+  contains:
+    path: {description: Path examined., type: str}
+    size: {description: Size in bytes., type: int}
+    used: {description: Used bytes (as C(df))., type: int}
+    avail: {description: Bytes available to unprivileged users (as C(df))., type: int}
+    percent: {description: "used / (used + avail) * 100, like C(df)'s Use%.", type: float}
+    warning: {description: percent >= O(warn_percent)., type: bool}
+    critical: {description: percent >= O(critical_percent)., type: bool}
+filesystems:
+  description: Every distinct filesystem holding a cache (same fields as RV(filesystem) plus C(caches)).
+  returned: always
+  type: list
+history_entry:
+  description: The compact record of this report that the role appends to its history file.
+  returned: always
+  type: dict
+  sample: {t: 1764200000, total: 123456789, files: 1000, fs_used: 987654321, fs_size: 2000000000, caches: {pip: 1234}}
+table:
+  description: The human table (like C(show-cache-info)).
+  returned: when O(render) contains V(table)
+  type: str
+prometheus:
+  description: node_exporter textfile collector metrics, valid under C(promtool check metrics).
+  returned: when O(render) contains V(prometheus)
+  type: str
+html:
+  description: A self-contained HTML page (inline CSS and SVG, no script, nothing fetched).
+  returned: when O(render) contains V(html)
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import FORMATS
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError, normalize_abs_path
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._usage import (
+    AGE_BY,
+    CATEGORY_TITLES,
+    build_report,
+    history_entry,
+    read_history,
+    render_html,
+    render_prometheus,
+    render_table,
+)
+
+CATEGORIES = tuple(k for k, _t in CATEGORY_TITLES)
+
+
+def _caches(raw, root):
+    out = []
+    names = set()
+    for i, item in enumerate(raw):
+        where = "caches[%d]" % i
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ParamError("%s: needs a non-empty 'name'" % where)
+        where = "caches[%s]" % name
+        if name in names:
+            raise ParamError("%s: the name appears twice" % where)
+        names.add(name)
+        path = item.get("abs_path") or item.get("path")
+        if not isinstance(path, str) or not path:
+            raise ParamError("%s: needs 'abs_path' or 'path'" % where)
+        if not path.startswith("/"):
+            if not root:
+                raise ParamError("%s: path %r is relative and no 'root' was given" % (where, path))
+            path = root.rstrip("/") + "/" + path
+        path = normalize_abs_path(path, where + ".path")
+        if path == "/":
+            raise ParamError("%s: refusing to report on /" % where)
+        fmt = item.get("format") or "generic"
+        if fmt not in FORMATS:
+            raise ParamError("%s.format: unknown format %r; one of %s" % (where, fmt, ", ".join(FORMATS)))
+        category = item.get("category") or "other"
+        if category not in CATEGORIES:
+            raise ParamError("%s.category: unknown category %r; one of %s" % (where, category, ", ".join(CATEGORIES)))
+        retention = item.get("retention") or {}
+        age_by = retention.get("age_by") if isinstance(retention, dict) else None
+        if age_by is not None and age_by not in AGE_BY:
+            raise ParamError("%s.retention.age_by: %r is not one of %s" % (where, age_by, ", ".join(AGE_BY)))
+        out.append(
+            {
+                "name": name,
+                "path": path,
+                "format": fmt,
+                "category": category,
+                "description": str(item.get("description") or name),
+                "age_by": age_by,
+            }
+        )
+    return out
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            caches=dict(type="list", elements="dict", required=True),
+            root=dict(type="path"),
+            top=dict(type="int", default=10),
+            age_days=dict(type="list", elements="int", default=[30, 90]),
+            age_by=dict(type="str", choices=list(AGE_BY), default="newest"),
+            warn_percent=dict(type="float", default=80.0),
+            critical_percent=dict(type="float", default=90.0),
+            workers=dict(type="int", default=0),
+            render=dict(type="list", elements="str", choices=["table", "prometheus", "html"], default=["table"]),
+            history_file=dict(type="path"),
+            history_limit=dict(type="int", default=2000),
+            title=dict(type="str", default="Shared cache report"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        root = normalize_abs_path(p["root"], "root") if p["root"] else None
+        caches = _caches(p["caches"], root)
+        if p["top"] < 0:
+            raise ParamError("top: must be 0 or more, got %d" % p["top"])
+        if p["workers"] < 0:
+            raise ParamError("workers: must be 0 (automatic) or more, got %d" % p["workers"])
+        if not p["age_days"] or any(d <= 0 for d in p["age_days"]):
+            raise ParamError("age_days: give one or more positive numbers of days, got %r" % (p["age_days"],))
+        if not 0 <= p["warn_percent"] <= p["critical_percent"] <= 100:
+            raise ParamError(
+                "warn_percent and critical_percent: need 0 <= warn (%s) <= critical (%s) <= 100"
+                % (p["warn_percent"], p["critical_percent"])
+            )
+        if p["history_limit"] < 0:
+            raise ParamError("history_limit: must be 0 or more")
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
+
+    report = build_report(
+        caches,
+        root=root,
+        age_days=sorted(set(p["age_days"])),
+        age_by=p["age_by"],
+        top=p["top"],
+        warn_percent=p["warn_percent"],
+        critical_percent=p["critical_percent"],
+        workers=p["workers"] or None,
+    )
+    for r in report["caches"]:
+        if r["error"]:
+            module.warn("cache %s not measured: %s" % (r["name"], r["error"]))
+        if r["unreadable_count"]:
+            module.warn(
+                "cache %s: %d unreadable subtree(s) counted by their own size only, e.g. %s (%s)"
+                % (r["name"], r["unreadable_count"], r["unreadable"][0]["path"], r["unreadable"][0]["error"])
+            )
+        if r["units_error"]:
+            module.warn("cache %s: largest units not available: %s" % (r["name"], r["units_error"]))
+    for fs in report["filesystems"]:
+        if fs["warning"]:
+            module.warn(
+                "filesystem %s is %.1f%% full (%s: %s%%)"
+                % (
+                    fs["path"],
+                    fs["percent"],
+                    "critical" if fs["critical"] else "warning",
+                    fs["critical_percent"] if fs["critical"] else fs["warn_percent"],
+                )
+            )
+    report["history_entry"] = history_entry(report)
+    if "table" in p["render"]:
+        report["table"] = render_table(report)
+    if "prometheus" in p["render"]:
+        report["prometheus"] = render_prometheus(report)
+    if "html" in p["render"]:
+        history = []
+        if p["history_file"]:
+            try:
+                history = read_history(p["history_file"], p["history_limit"])
+            except (OSError, UnicodeDecodeError) as exc:
+                module.warn("history %s not read: %s" % (p["history_file"], exc))
+        report["html"] = render_html(report, history, title=p["title"])
+    missing = [r["name"] for r in report["caches"] if not r["exists"]]
+    if missing and len(missing) == len(report["caches"]):
+        module.warn("none of the caches exists yet: %s" % ", ".join(missing))
+    module.exit_json(changed=False, **report)
+
+
+if __name__ == "__main__":
+    main()
