@@ -1,0 +1,947 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pruning engine behind the cache_prune module.
+
+- ``Pruner(path, ...)``: opens the cache directory with ``_fs.open_dir_nofollow``, takes the prune
+  lock (flock on the cache directory itself, bounded wait), the tool's own lock, walks once with
+  ``_fs.Walker`` and the format's collector (``_formats``), selects units (age, then LRU for
+  ``max_size``/``min_free``) and removes them relative to open descriptors.
+- Removal never follows a symlink (every directory is opened O_NOFOLLOW relative to its parent
+  and must be the inode that was lstat'ed), never leaves the filesystem or enters a mount point,
+  and skips anything a process holds a lock on (flock, POSIX or OFD lock, from /proc/locks,
+  re-read before each unit) together with everything below it.
+- Read-only directories (Go's module cache) are made writable (fchmod on the opened descriptor)
+  before their entries are removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import fnmatch
+import os
+import stat
+import time
+from array import array
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    O_DIR,
+    Walker,
+    open_dir_nofollow,
+    open_subdir,
+    scan,
+)
+
+_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+
+
+class Busy(Exception):
+    """The cache (or a unit) is in use: a lock is held."""
+
+
+# ------------------------------------------------------------------------------------------
+# locks held by other processes
+# ------------------------------------------------------------------------------------------
+class ProcLocks:
+    """Set of (major, minor, inode) that have a lock (flock, POSIX, OFD) held, from /proc/locks.
+
+    When /proc/locks cannot be read, ``held`` falls back to trying a non-blocking flock on the
+    file itself (which only sees flock locks).
+    """
+
+    def __init__(self, exclude_pid=None):
+        self.exclude_pid = exclude_pid if exclude_pid is not None else os.getpid()
+        self.available = True
+        self.keys = set()
+        self.stamp = 0.0
+        self.refresh()
+
+    def refresh(self):
+        keys = set()
+        try:
+            with open("/proc/locks", "rb") as fh:
+                for line in fh:
+                    f = line.split()
+                    if len(f) < 6 or f[1] == b"->":
+                        continue
+                    try:
+                        pid = int(f[4])
+                        maj, mnr, ino = f[5].split(b":")
+                        key = (int(maj, 16), int(mnr, 16), int(ino))
+                    except ValueError:
+                        continue
+                    if pid == self.exclude_pid:
+                        continue
+                    keys.add(key)
+        except OSError:
+            self.available = False
+        self.keys = keys
+        self.stamp = time.monotonic()
+
+    def maybe_refresh(self, interval=1.0):
+        if time.monotonic() - self.stamp >= interval:
+            self.refresh()
+
+    def held(self, st, dir_fd=None, name=None):
+        if self.available:
+            return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in self.keys
+        if dir_fd is None or not stat.S_ISREG(st.st_mode):
+            return False
+        return flock_held(dir_fd, name)
+
+
+def flock_held(dir_fd, name):
+    """True when another open file description holds an flock on ``name`` (never follows)."""
+    try:
+        fd = os.open(name, _O_FILE, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+    return False
+
+
+def lock_dir(fd, timeout):
+    """Exclusive flock on an open directory, waiting at most ``timeout`` seconds."""
+    deadline = time.monotonic() + max(0, timeout)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def take_tool_lock(root_fd, parts, kind, timeout, check_only):
+    """Take (or, in check mode, test) a tool's own lock. Returns an fd to keep open, or -1.
+
+    Raises Busy when the tool holds it. A missing lock file is no lock.
+    """
+    try:
+        pfd = open_parent(root_fd, parts, os.fstat(root_fd).st_dev, ())
+    except OSError:
+        return -1
+    if pfd is None:
+        return -1
+    try:
+        try:
+            st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return -1
+        if not stat.S_ISREG(st.st_mode):
+            return -1
+        flags = (os.O_RDONLY if check_only or kind == "flock" else os.O_RDWR) | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(parts[-1], flags | getattr(os, "O_CLOEXEC", 0), dir_fd=pfd)
+    finally:
+        os.close(pfd)
+    deadline = time.monotonic() + max(0, timeout)
+    while True:
+        try:
+            if kind == "fcntl":
+                if check_only:
+                    # F_GETLK reports a conflicting POSIX lock without taking one
+                    import struct
+
+                    buf = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
+                    res = fcntl.fcntl(fd, fcntl.F_GETLK, buf)
+                    if struct.unpack("hhqqi", res)[0] != fcntl.F_UNLCK:
+                        raise OSError(errno.EAGAIN, "held")
+                else:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if check_only:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            if check_only:
+                os.close(fd)
+                return -1
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+        if time.monotonic() >= deadline:
+            os.close(fd)
+            raise Busy("%s is locked by its tool (%s lock held)" % ("/".join(parts), kind))
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------
+# mount points
+# ------------------------------------------------------------------------------------------
+def _unescape_mount(path):
+    out = []
+    i = 0
+    while i < len(path):
+        if path[i] == "\\" and i + 3 < len(path) and path[i + 1 : i + 4].isdigit():
+            out.append(chr(int(path[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_below(abs_path):
+    """Relative paths (tuples) of mount points strictly below ``abs_path``, from mountinfo."""
+    out = set()
+    prefix = abs_path.rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) < 5:
+                    continue
+                mp = _unescape_mount(f[4])
+                if mp.startswith(prefix):
+                    out.add(tuple(p for p in mp[len(prefix) :].split("/") if p))
+    except OSError:
+        pass
+    return out
+
+
+def mount_options(abs_path):
+    """Options string (e.g. 'rw,noatime') of the mount holding ``abs_path``; '' if unknown."""
+    best, opts = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) < 6:
+                    continue
+                mp = _unescape_mount(f[4])
+                if (abs_path == mp or abs_path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+                    best, opts = mp, f[5]
+    except OSError:
+        pass
+    return opts
+
+
+# ------------------------------------------------------------------------------------------
+# descriptor-relative removal
+# ------------------------------------------------------------------------------------------
+class RemoveStats:
+    __slots__ = ("files", "dirs", "bytes", "disk", "busy", "errors")
+
+    def __init__(self):
+        self.files = 0
+        self.dirs = 0
+        self.bytes = 0
+        self.disk = 0
+        self.busy = []
+        self.errors = []
+
+
+def open_parent(root_fd, parts, dev, mounts):
+    """Open the directory holding ``parts[-1]`` below ``root_fd``; None if it is gone/unsafe."""
+    fd = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts[:-1]):
+            if parts[: i + 1] in mounts:
+                os.close(fd)
+                return None
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
+                os.close(fd)
+                return None
+            nfd = open_subdir(fd, name, expect=st)
+            os.close(fd)
+            fd = nfd
+            if fd is None:
+                return None
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return fd
+
+
+def remove_path(root_fd, parts, locks=None, mounts=(), stats=None, dev=None):
+    """Remove file or directory tree ``parts`` (tuple) below ``root_fd``; returns ``stats``.
+
+    Returns None when the path is gone or could not be reached safely. Locked entries (and
+    everything under a locked directory) are left and listed in ``stats.busy``.
+    """
+    if stats is None:
+        stats = RemoveStats()
+    if dev is None:
+        dev = os.fstat(root_fd).st_dev
+    if not parts or parts in mounts:
+        return None
+    pfd = open_parent(root_fd, parts, dev, mounts)
+    if pfd is None:
+        return None
+    try:
+        name = parts[-1]
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if st.st_dev != dev:
+            stats.errors.append(("/".join(parts), "on another filesystem; left"))
+            return stats
+        if locks is not None and locks.held(st, pfd, name):
+            stats.busy.append("/".join(parts))
+            return stats
+        if stat.S_ISDIR(st.st_mode):
+            _rmtree(pfd, name, st, parts, locks, mounts, stats, dev)
+        else:
+            _unlink(pfd, name, st, parts, stats)
+    finally:
+        os.close(pfd)
+    return stats
+
+
+def _unlink(dir_fd, name, st, parts, stats):
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        stats.errors.append(("/".join(parts), exc.strerror or str(exc)))
+        return False
+    stats.files += 1
+    stats.bytes += st.st_size
+    if st.st_nlink <= 1:
+        stats.disk += st.st_blocks * 512
+    return True
+
+
+def _make_writable(fd, st):
+    if stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
+        try:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+        except OSError:
+            pass
+
+
+def _rmtree(parent_fd, name, st, parts, locks, mounts, stats, dev):
+    """Iterative, descriptor-relative rm -r of ``name`` in ``parent_fd`` (opened O_NOFOLLOW)."""
+    try:
+        fd = open_subdir(parent_fd, name, expect=st)
+    except OSError as exc:
+        stats.errors.append(("/".join(parts), exc.strerror or str(exc)))
+        return False
+    if fd is None:
+        stats.errors.append(("/".join(parts), "directory replaced during the run; left"))
+        return False
+    _make_writable(fd, st)
+    # stack of [fd, parts, entries iterator, kept (something left inside), parent_fd, name]
+    stack = [[fd, parts, None, False, parent_fd, name]]
+    try:
+        while stack:
+            top = stack[-1]
+            if top[2] is None:
+                try:
+                    top[2] = iter(scan(top[0]))
+                except OSError as exc:
+                    stats.errors.append(("/".join(top[1]), exc.strerror or str(exc)))
+                    top[2] = iter(())
+                    top[3] = True
+            nxt = next(top[2], None)
+            if nxt is None:
+                stack.pop()
+                os.close(top[0])
+                if top[3]:
+                    if stack:
+                        stack[-1][3] = True
+                    continue
+                try:
+                    os.rmdir(top[5], dir_fd=top[4])
+                    stats.dirs += 1
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        if exc.errno != errno.ENOTEMPTY:
+                            stats.errors.append(("/".join(top[1]), exc.strerror or str(exc)))
+                        if stack:
+                            stack[-1][3] = True
+                continue
+            cname, cst = nxt
+            cparts = top[1] + (cname,)
+            if locks is not None and locks.held(cst, top[0], cname):
+                stats.busy.append("/".join(cparts))
+                top[3] = True
+                continue
+            if stat.S_ISDIR(cst.st_mode):
+                if cst.st_dev != dev or cparts in mounts:
+                    stats.errors.append(("/".join(cparts), "mount point or other filesystem; left"))
+                    top[3] = True
+                    continue
+                try:
+                    cfd = open_subdir(top[0], cname, expect=cst)
+                except OSError as exc:
+                    stats.errors.append(("/".join(cparts), exc.strerror or str(exc)))
+                    top[3] = True
+                    continue
+                if cfd is None:
+                    stats.errors.append(("/".join(cparts), "directory replaced during the run; left"))
+                    top[3] = True
+                    continue
+                _make_writable(cfd, cst)
+                stack.append([cfd, cparts, None, False, top[0], cname])
+            else:
+                if not _unlink(top[0], cname, cst, cparts, stats):
+                    top[3] = True
+    finally:
+        for item in stack:
+            os.close(item[0])
+    return True
+
+
+def dir_is_prunable_repo(root_fd, prefix):
+    """True when an HF repo dir has no snapshot and no blob left (only refs / .no_exist)."""
+    dev = os.fstat(root_fd).st_dev
+    pfd = open_parent(root_fd, prefix + ("x",), dev, ())
+    if pfd is None:
+        return False
+    try:
+        for sub in ("snapshots", "blobs"):
+            try:
+                fd = os.open(sub, O_DIR, dir_fd=pfd)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+            try:
+                if os.listdir(fd):
+                    return False
+            finally:
+                os.close(fd)
+        return True
+    finally:
+        os.close(pfd)
+
+
+def rewrite_conda_urls(root_fd, prefix, gone):
+    """Drop urls.txt lines of removed packages; None when there is no urls.txt under prefix."""
+    dev = os.fstat(root_fd).st_dev
+    pfd = open_parent(root_fd, prefix + ("urls.txt",), dev, ())
+    if pfd is None:
+        return None
+    try:
+        try:
+            fd = os.open("urls.txt", _O_FILE, dir_fd=pfd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read()
+        finally:
+            os.close(fd)
+        keep, dropped = [], 0
+        for line in data.splitlines(True):
+            base = line.strip().rsplit(b"/", 1)[-1].decode("utf-8", "surrogateescape")
+            dist = None
+            for ext in (".tar.bz2", ".conda"):
+                if base.endswith(ext):
+                    dist = base[: -len(ext)]
+            if dist is not None and dist in gone:
+                dropped += 1
+            else:
+                keep.append(line)
+        if not dropped:
+            return 0
+        tmp = ".urls.txt.mlinfra-prune"
+        try:
+            os.unlink(tmp, dir_fd=pfd)
+        except FileNotFoundError:
+            pass
+        wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
+        try:
+            os.write(wfd, b"".join(keep))
+            os.fchmod(wfd, stat.S_IMODE(st.st_mode))
+            try:
+                os.fchown(wfd, st.st_uid, st.st_gid)
+            except OSError:
+                pass
+            os.fsync(wfd)
+        finally:
+            os.close(wfd)
+        os.rename(tmp, "urls.txt", src_dir_fd=pfd, dst_dir_fd=pfd)
+        return dropped
+    finally:
+        os.close(pfd)
+
+
+# ------------------------------------------------------------------------------------------
+# selection
+# ------------------------------------------------------------------------------------------
+def matches(patterns, *names):
+    for pat in patterns:
+        for n in names:
+            if n and fnmatch.fnmatchcase(n, pat):
+                return True
+    return False
+
+
+def unit_excluded(unit, patterns):
+    if not patterns:
+        return False
+    names = [unit.key, unit.name]
+    for p in unit.paths:
+        names.append("/".join(p))
+        names.append(p[-1])
+    return matches(patterns, *names)
+
+
+def free_bytes(fd):
+    sv = os.fstatvfs(fd)
+    return sv.f_bavail * sv.f_frsize
+
+
+class Policy:
+    def __init__(self, max_age=None, max_size=None, min_free=None, min_age=3600, exclude=(), age_by="newest"):
+        self.max_age = max_age
+        self.max_size = max_size
+        self.min_free = min_free
+        self.min_age = min_age or 0
+        self.exclude = list(exclude or ())
+        self.age_by = age_by
+
+    @property
+    def empty(self):
+        return self.max_age is None and self.max_size is None and self.min_free is None
+
+
+def select(collection, policy, now, free_now):
+    """Return [(unit, reason, freed_disk, [shared ids freed])] in deletion order, and a kept summary."""
+    refs = {sid: s.refs for sid, s in collection.shared.items()}
+    chosen = []
+    kept = {"young": 0, "excluded": 0, "protected": 0}
+    candidates = []
+    for u in collection.units:
+        if u.keep is not None:
+            kept["protected"] += 1
+            continue
+        if unit_excluded(u, policy.exclude):
+            kept["excluded"] += 1
+            continue
+        newest = max(u.last_used(policy.age_by), u.mtime)
+        if now - newest < policy.min_age:
+            kept["young"] += 1
+            continue
+        candidates.append(u)
+
+    def take(u, reason):
+        freed = u.own_disk
+        gone = []
+        for sid in u.shared:
+            if sid in refs:
+                refs[sid] -= 1
+                if refs[sid] == 0:
+                    freed += collection.shared[sid].disk
+                    gone.append(sid)
+        chosen.append((u, reason, freed, gone))
+        return freed
+
+    rest = []
+    if policy.max_age is not None:
+        cutoff = now - policy.max_age
+        for u in candidates:
+            if u.last_used(policy.age_by) < cutoff:
+                take(u, "max_age")
+            else:
+                rest.append(u)
+    else:
+        rest = candidates
+    if policy.max_size is not None or policy.min_free is not None:
+        total = collection.total_disk - sum(c[2] for c in chosen)
+        free = free_now + sum(c[2] for c in chosen)
+        rest.sort(key=lambda u: (u.last_used(policy.age_by), u.key))
+        for u in rest:
+            over = policy.max_size is not None and total > policy.max_size
+            short = policy.min_free is not None and free < policy.min_free
+            if not (over or short):
+                break
+            freed = take(u, "max_size" if over else "min_free")
+            total -= freed
+            free += freed
+    return chosen, kept
+
+
+# ------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------
+class PruneError(Exception):
+    """Bad input or an unsafe cache path: nothing was deleted."""
+
+
+class Pruner:
+    """Prune one cache directory. ``run()`` returns the result dict (see the module's RETURN)."""
+
+    def __init__(
+        self,
+        path,
+        fmt="auto",
+        policy=None,
+        check_mode=False,
+        lock_timeout=60,
+        sample_size=20,
+        now=None,
+        one_fs=True,
+    ):
+        self.path = path
+        self.fmt_name = fmt
+        self.policy = policy or Policy()
+        self.check = check_mode
+        self.lock_timeout = lock_timeout
+        self.sample_size = sample_size
+        self.now = now
+        self.one_fs = one_fs
+        self.warnings = []
+
+    def run(self):
+        t0 = time.monotonic()
+        try:
+            fd = open_dir_nofollow(self.path)
+        except OSError as exc:
+            raise PruneError("cannot open %s safely: %s" % (self.path, exc.strerror or exc)) from None
+        tool_fds = []
+        try:
+            result = {
+                "path": self.path,
+                "format": self.fmt_name,
+                "changed": False,
+                "skipped": False,
+                "units": 0,
+                "files": 0,
+                "bytes": 0,
+                "sample": [],
+                "busy": [],
+                "errors": [],
+            }
+            if not lock_dir(fd, self.lock_timeout):
+                result["skipped"] = True
+                result["msg"] = "another prune holds the lock on %s; waited %ss, skipped" % (
+                    self.path,
+                    self.lock_timeout,
+                )
+                return result
+            fmt_name = self.fmt_name
+            if fmt_name == "auto":
+                fmt_name = _formats.detect_format(fd)
+            fmt = _formats.get_format(fmt_name)
+            result["format"] = fmt_name
+            if not fmt.prunable:
+                result["skipped"] = True
+                result["msg"] = "%s is format %s: owned by its tool, never pruned by file" % (self.path, fmt_name)
+                return result
+            if self.policy.empty:
+                result["skipped"] = True
+                result["msg"] = "no retention policy (max_age, max_size, min_free) for %s: nothing to do" % self.path
+                return result
+            try:
+                for parts, kind in fmt.tool_locks:
+                    tfd = take_tool_lock(fd, parts, kind, min(self.lock_timeout, 30), self.check)
+                    if tfd >= 0:
+                        tool_fds.append(tfd)
+            except Busy as exc:
+                result["skipped"] = True
+                result["msg"] = "%s: %s; skipped" % (self.path, exc)
+                return result
+            if "noatime" in mount_options(self.path).split(",") and self.policy.age_by != "mtime":
+                self.warnings.append(
+                    "%s is on a noatime mount: access times are not updated, last use falls back to "
+                    "modification (download) times and the tool's own records" % self.path
+                )
+            now = self.now if self.now is not None else time.time()
+            mounts = mounts_below(self.path)
+            locks = ProcLocks()
+            if fmt.per_file:
+                self._run_per_file(fd, result, now, mounts, locks)
+            else:
+                self._run_units(fd, fmt, result, now, mounts, locks)
+            result["duration"] = round(time.monotonic() - t0, 3)
+            return result
+        finally:
+            for tfd in tool_fds:
+                os.close(tfd)
+            os.close(fd)
+
+    # -- unit formats -----------------------------------------------------------------------
+    def _walker(self, fd, mounts):
+        return Walker(fd, one_fs=self.one_fs)
+
+    def _run_units(self, fd, fmt, result, now, mounts, locks):
+        walker = Walker(fd, one_fs=self.one_fs)
+        col = fmt.collector(fd)
+        for d in walker.walk():
+            base = tuple(d.rel.split("/")) if d.rel else ()
+            for name, st in d.entries:
+                if stat.S_ISDIR(st.st_mode) and (base + (name,) in mounts or locks.held(st)):
+                    d.skip.add(name)
+            col.visit(d)
+        self._walk_notes(walker, result)
+        collection = col.finish()
+        result["before"] = {
+            "bytes": collection.total_disk,
+            "files": collection.total_files,
+            "units": len(collection.units),
+        }
+        chosen, kept = select(collection, self.policy, now, free_bytes(fd))
+        result["kept"] = kept
+        removed = set()
+        dev = os.fstat(fd).st_dev
+        freed_total = 0
+        for u, reason, freed, gone in chosen:
+            locks.maybe_refresh(0.5)
+            busy = self._unit_busy(fd, u, locks, dev)
+            if busy:
+                result["busy"].append("%s (%s)" % (u.key, busy))
+                continue
+            if self.check:
+                files = u.files + sum(len(collection.shared[s].paths) for s in gone)
+                self._count(result, u, reason, freed, files)
+                removed.add(u.key)
+                freed_total += freed
+                continue
+            stats = RemoveStats()
+            for p in u.paths:
+                remove_path(fd, p, locks, mounts, stats, dev)
+            if stats.busy:
+                result["busy"].extend(stats.busy[:10])
+            # shared objects (HF blobs, npm content) only once the unit's references are gone
+            if not stats.busy and not stats.errors:
+                for sid in gone:
+                    for p in collection.shared[sid].paths:
+                        remove_path(fd, p, locks, mounts, stats, dev)
+            for rel, err in stats.errors[:10]:
+                self._error(result, rel, err)
+            if stats.files or stats.dirs:
+                self._count(result, u, reason, stats.disk, stats.files)
+                freed_total += stats.disk
+                if not stats.busy and not stats.errors:
+                    removed.add(u.key)
+        if not self.check and removed:
+            try:
+                for note in fmt.post_prune(fd, collection, removed):
+                    result.setdefault("notes", []).append(note)
+            except OSError as exc:
+                self._error(result, ".", "format clean-up: %s" % (exc.strerror or exc))
+        result["after"] = {
+            "bytes": max(0, collection.total_disk - freed_total),
+            "units": len(collection.units) - len(removed),
+        }
+        result["changed"] = bool(result["units"])
+
+    def _unit_busy(self, fd, u, locks, dev):
+        for lp in u.locks:
+            pfd = open_parent(fd, lp, dev, ())
+            if pfd is None:
+                continue
+            try:
+                try:
+                    st = os.stat(lp[-1], dir_fd=pfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    cfd = open_subdir(pfd, lp[-1], expect=st)
+                    if cfd is None:
+                        continue
+                    try:
+                        for name, est in scan(cfd):
+                            if locks.held(est, cfd, name):
+                                return "tool lock %s/%s held" % ("/".join(lp), name)
+                    finally:
+                        os.close(cfd)
+                elif locks.held(st, pfd, lp[-1]):
+                    return "tool lock %s held" % "/".join(lp)
+            finally:
+                os.close(pfd)
+        return None
+
+    def _count(self, result, u, reason, freed, files):
+        result["units"] += 1
+        result["files"] += files
+        result["bytes"] += freed
+        if len(result["sample"]) < self.sample_size:
+            result["sample"].append(
+                {
+                    "key": u.key,
+                    "name": u.name,
+                    "kind": u.kind,
+                    "bytes": freed,
+                    "last_used": int(u.last_used(self.policy.age_by)),
+                    "reason": reason,
+                }
+            )
+
+    def _error(self, result, rel, err):
+        if len(result["errors"]) < 50:
+            result["errors"].append("%s: %s" % (rel, err))
+
+    def _walk_notes(self, walker, result):
+        for rel, err in walker.errors:
+            self._error(result, rel, err)
+        if walker.other_fs:
+            result["other_fs"] = walker.other_fs[:20]
+
+    # -- generic: file by file ----------------------------------------------------------------
+    def _file_time(self, st):
+        if self.policy.age_by == "atime":
+            return st.st_atime
+        if self.policy.age_by == "mtime":
+            return st.st_mtime
+        return st.st_atime if st.st_atime > st.st_mtime else st.st_mtime
+
+    def _run_per_file(self, fd, result, now, mounts, locks):
+        pol = self.policy
+        young = now - pol.min_age
+        cutoff = now - pol.max_age if pol.max_age is not None else None
+        total_disk = 0
+        lru_cut = None
+        if pol.max_size is not None or pol.min_free is not None:
+            # pass 1: times and sizes only (two arrays), to find the LRU cut-off time
+            times = array("d")
+            sizes = array("q")
+            aged = 0
+            for _d, _name, st in self._files(fd, mounts, locks, result, notes=False):
+                t = self._file_time(st)
+                disk = st.st_blocks * 512 if st.st_nlink <= 1 else 0
+                total_disk += st.st_blocks * 512
+                if max(t, st.st_mtime) >= young:
+                    continue
+                if cutoff is not None and t < cutoff:
+                    aged += disk
+                    continue
+                times.append(t)
+                sizes.append(disk)
+            need = 0
+            if pol.max_size is not None:
+                need = max(need, total_disk - aged - pol.max_size)
+            if pol.min_free is not None:
+                need = max(need, pol.min_free - (free_bytes(fd) + aged))
+            if need > 0 and len(times):
+                order = sorted(range(len(times)), key=times.__getitem__)
+                acc = 0
+                lru_cut = times[order[-1]]
+                for i in order:
+                    acc += sizes[i]
+                    if acc >= need:
+                        lru_cut = times[i]
+                        break
+                del order
+            del times, sizes
+        result["before"] = {"bytes": total_disk} if total_disk else {}
+        # pass 2 (or the only pass): delete, then empty directories bottom-up
+        dirs = []
+        units = files = freed = 0
+        before_bytes = 0
+        remaining = {}
+        for d, name, st in self._files(fd, mounts, locks, result, dirs=dirs, remaining=remaining):
+            before_bytes += st.st_blocks * 512
+            t = self._file_time(st)
+            if max(t, st.st_mtime) >= young:
+                continue
+            reason = None
+            if cutoff is not None and t < cutoff:
+                reason = "max_age"
+            elif lru_cut is not None and t <= lru_cut:
+                reason = "max_size" if pol.max_size is not None else "min_free"
+            if reason is None:
+                continue
+            rel = d.rel + "/" + name if d.rel else name
+            if pol.exclude and matches(pol.exclude, rel, name):
+                continue
+            if locks.held(st, d.fd, name):
+                result["busy"].append(rel)
+                continue
+            if not self.check:
+                try:
+                    os.unlink(name, dir_fd=d.fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self._error(result, rel, exc.strerror or exc)
+                    continue
+            remaining[d.rel] -= 1
+            disk = st.st_blocks * 512 if st.st_nlink <= 1 else 0
+            units += 1
+            files += 1
+            freed += disk
+            if len(result["sample"]) < self.sample_size:
+                result["sample"].append(
+                    {"key": rel, "name": name, "kind": "file", "bytes": disk, "last_used": int(t), "reason": reason}
+                )
+        result["before"] = {"bytes": before_bytes}
+        # empty directories, deepest first; never the cache dir itself nor its top-level dirs
+        removed_dirs = 0
+        for rel, mtime, parent in reversed(dirs):
+            if remaining.get(rel, 1) != 0 or "/" not in rel:
+                continue
+            if mtime >= young or (pol.exclude and matches(pol.exclude, rel, rel.rsplit("/", 1)[-1])):
+                continue
+            if not self.check:
+                parts = tuple(rel.split("/"))
+                pfd = open_parent(fd, parts, os.fstat(fd).st_dev, mounts)
+                if pfd is None:
+                    continue
+                try:
+                    os.rmdir(parts[-1], dir_fd=pfd)
+                except OSError:
+                    continue
+                finally:
+                    os.close(pfd)
+            removed_dirs += 1
+            remaining[parent] -= 1
+        result["units"] = units
+        result["files"] = files
+        result["bytes"] = freed
+        result["dirs"] = removed_dirs
+        result["after"] = {"bytes": max(0, before_bytes - freed)}
+        result["changed"] = bool(units or removed_dirs)
+
+    def _files(self, fd, mounts, locks, result, notes=True, dirs=None, remaining=None):
+        """Yield (dir, name, lstat) for every non-directory entry, honouring excludes and locks."""
+        walker = Walker(fd, one_fs=self.one_fs)
+        exclude = self.policy.exclude
+        for d in walker.walk():
+            locks.maybe_refresh(1.0)
+            base = d.rel + "/" if d.rel else ""
+            nfiles = 0
+            ndirs = 0
+            for name, st in d.entries:
+                if stat.S_ISDIR(st.st_mode):
+                    rel = base + name
+                    if tuple(rel.split("/")) in mounts:
+                        d.skip.add(name)
+                    elif locks.held(st):
+                        d.skip.add(name)
+                        if notes:
+                            result["busy"].append(rel)
+                    elif exclude and matches(exclude, rel, name):
+                        d.skip.add(name)
+                    ndirs += 1
+                else:
+                    nfiles += 1
+            if dirs is not None:
+                parent = d.rel.rsplit("/", 1)[0] if "/" in d.rel else ""
+                dirs.append((d.rel, d.st.st_mtime, parent))
+                # a directory is removable when all its files went and all its subdirs were removed
+                remaining[d.rel] = nfiles + ndirs
+            for name, st in d.entries:
+                if not stat.S_ISDIR(st.st_mode):
+                    yield d, name, st
+        if notes:
+            self._walk_notes(walker, result)
+
+
+def opened(path):
+    """Open a cache directory (absolute) safely; for callers outside Pruner."""
+    return open_dir_nofollow(path)
