@@ -306,15 +306,19 @@ class TreeFixer:
             self._error(rel, exc)
         return differs
 
-    def _file_step(self, dir_fd, name, st, rel):
-        m = st.st_mode & 0o7777
-        want = m | (self.mode & 0o060)
-        if m & 0o111:
+    def _file_want(self, m):
+        """The mode a regular file with mode ``m`` should have (group rw, g+x if executable)."""
+        cur = m & 0o7777
+        want = cur | (self.mode & 0o060)
+        if cur & 0o111:
             want |= self.mode & 0o010
-        want &= ~(0o6000 | self.ww_mask)
-        gid = self.gid
-        if want == m and (gid is None or st.st_gid == gid):
-            return False
+        return want & ~(0o6000 | self.ww_mask)
+
+    def _file_step(self, dir_fd, name, st, rel, want):
+        """Change one regular file that differs; True when it was (or would be) changed.
+
+        The name is opened without following symlinks and must still be the lstat'ed inode.
+        """
         if st.st_nlink > 1 and not self.protected_hardlinks:
             self.skipped["hardlinks"] += 1
             return False
@@ -327,12 +331,14 @@ class TreeFixer:
             return False
         try:
             fst = os.fstat(fd)
-            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(fst.st_mode):
+            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or (fst.st_mode & S_IFMT) != S_IFREG:
                 self._error(_join(rel, name), OSError(errno.ESTALE, "replaced during the walk; skipped"))
                 return False
+            gid = self.gid
             if gid is not None and fst.st_gid != gid:
                 os.fchown(fd, -1, gid)
-            os.fchmod(fd, want)
+            if fst.st_mode & 0o7777 != want:
+                os.fchmod(fd, want)
         except OSError as exc:
             self._error(_join(rel, name), exc)
             return False
@@ -475,7 +481,7 @@ class TreeFixer:
         gid = self.gid
         fadd = mode & 0o060
         fx = mode & 0o010
-        fdrop = 0o6000 | self.ww_mask
+        keep = ~(0o6000 | self.ww_mask)
         for d in walker.walk():
             rel = d.rel
             if rel not in managed:
@@ -492,9 +498,10 @@ class TreeFixer:
                     want = cur | fadd
                     if cur & 0o111:
                         want |= fx
-                    if (want & ~fdrop) == cur and (gid is None or st.st_gid == gid):
+                    want &= keep
+                    if want == cur and (gid is None or st.st_gid == gid):
                         continue
-                    if file_step(dfd, name, st, rel):
+                    if file_step(dfd, name, st, rel, want):
                         changed += 1
                 elif fmt == S_IFDIR:
                     continue  # examined when the walker visits it

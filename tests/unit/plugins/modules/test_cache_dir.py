@@ -282,7 +282,7 @@ def test_file_swapped_for_symlink_during_walk_is_not_followed(tmp_path):
     fixer = _perms.TreeFixer(None, GID, 0o2775)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert fixer._file_step(fd, "f", st, "") is False
+        assert fixer._file_step(fd, "f", st, "", fixer._file_want(st.st_mode)) is False
     finally:
         os.close(fd)
     assert mode_of(outside) == 0o600 and os.lstat(outside).st_gid == 0
