@@ -14,7 +14,8 @@ API (stable: only additions)
                              ``.per_file`` (True for generic: cache_prune deletes file by file, the
                              report's unit is the top-level entry), ``.collector(root_fd)``.
 ``Collector``                ``.visit(d)`` for every ``Dir`` a ``Walker`` yields (it may add names to
-                             ``d.skip``); ``.finish()`` -> ``Collection``. No I/O besides reading
+                             ``d.skip``); ``.finish()`` -> ``Collection``; ``.dir_disk``: allocated
+                             bytes of the visited directories themselves (not in ``total_disk``). No I/O besides reading
                              small metadata files (HF refs, npm index buckets) relative to ``d.fd``.
 ``collect(root_fd, fmt, walker=None)``  convenience: one walk + finish -> ``Collection``.
 ``Collection``               ``.units`` (list of ``Unit``), ``.shared`` (id -> ``Shared``: objects
@@ -223,11 +224,13 @@ class Collector:
         self.other_size = 0
         self.other_disk = 0
         self.other_files = 0
+        self.dir_disk = 0  # allocated bytes of the directories themselves (du counts them)
         self.notes = []
         self._seen_inodes = set()
 
     # -- driving ---------------------------------------------------------------------------
     def visit(self, d):
+        self.dir_disk += d.st.st_blocks * 512
         base = _parts(d.rel)
         for name, st in d.entries:
             parts = base + (name,)

@@ -519,7 +519,7 @@ class Policy:
         return self.max_age is None and self.max_size is None and self.min_free is None
 
 
-def select(collection, policy, now, free_now):
+def select(collection, policy, now, free_now, extra_disk=0):
     """Return [(unit, reason, freed_disk, [shared ids freed])] in deletion order, and a kept summary."""
     refs = {sid: s.refs for sid, s in collection.shared.items()}
     chosen = []
@@ -561,7 +561,7 @@ def select(collection, policy, now, free_now):
     else:
         rest = candidates
     if policy.max_size is not None or policy.min_free is not None:
-        total = collection.total_disk - sum(c[2] for c in chosen)
+        total = collection.total_disk + extra_disk - sum(c[2] for c in chosen)
         free = free_now + sum(c[2] for c in chosen)
         rest.sort(key=lambda u: (u.last_used(policy.age_by), u.key))
         for u in rest:
@@ -605,6 +605,7 @@ class Pruner:
         self.now = now
         self.one_fs = one_fs
         self.warnings = []
+        self.dir_disk = 0
 
     def run(self):
         t0 = time.monotonic()
@@ -690,11 +691,11 @@ class Pruner:
         self._walk_notes(walker, result)
         collection = col.finish()
         result["before"] = {
-            "bytes": collection.total_disk,
+            "bytes": collection.total_disk + col.dir_disk,
             "files": collection.total_files,
             "units": len(collection.units),
         }
-        chosen, kept = select(collection, self.policy, now, free_bytes(fd))
+        chosen, kept = select(collection, self.policy, now, free_bytes(fd), extra_disk=col.dir_disk)
         result["kept"] = kept
         removed = set()
         dev = os.fstat(fd).st_dev
@@ -735,7 +736,7 @@ class Pruner:
             except OSError as exc:
                 self._error(result, ".", "format clean-up: %s" % (exc.strerror or exc))
         result["after"] = {
-            "bytes": max(0, collection.total_disk - freed_total),
+            "bytes": max(0, collection.total_disk + col.dir_disk - freed_total),
             "units": len(collection.units) - len(removed),
         }
         result["changed"] = bool(result["units"])
@@ -808,6 +809,7 @@ class Pruner:
         lru_cut = None
         if pol.max_size is not None or pol.min_free is not None:
             # pass 1: times and sizes only (two arrays), to find the LRU cut-off time
+            self.dir_disk = 0
             times = array("d")
             sizes = array("q")
             aged = 0
@@ -822,6 +824,7 @@ class Pruner:
                     continue
                 times.append(t)
                 sizes.append(disk)
+            total_disk += self.dir_disk
             need = 0
             if pol.max_size is not None:
                 need = max(need, total_disk - aged - pol.max_size)
@@ -838,7 +841,7 @@ class Pruner:
                         break
                 del order
             del times, sizes
-        result["before"] = {"bytes": total_disk} if total_disk else {}
+        self.dir_disk = 0
         # pass 2 (or the only pass): delete, then empty directories bottom-up
         dirs = []
         units = files = freed = 0
@@ -879,6 +882,7 @@ class Pruner:
                 result["sample"].append(
                     {"key": rel, "name": name, "kind": "file", "bytes": disk, "last_used": int(t), "reason": reason}
                 )
+        before_bytes += self.dir_disk
         result["before"] = {"bytes": before_bytes}
         # empty directories, deepest first; never the cache dir itself nor its top-level dirs
         removed_dirs = 0
@@ -913,6 +917,7 @@ class Pruner:
         exclude = self.policy.exclude
         for d in walker.walk():
             locks.maybe_refresh(1.0)
+            self.dir_disk += d.st.st_blocks * 512
             base = d.rel + "/" if d.rel else ""
             nfiles = 0
             ndirs = 0
