@@ -1,0 +1,575 @@
+#!/usr/bin/python
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: cache_prefetch
+short_description: Pre-populate a shared cache with a HuggingFace repository, Python wheels, a .deb or an npm package
+version_added: 0.1.0
+author: mlinfra
+description:
+  - Puts one item into a shared cache with the tool's own download code, so that what lands is
+    laid out exactly as the tool would lay it out for a user, and reports C(changed) only when
+    something had to be fetched. Items already in the cache are not fetched again.
+  - O(kind=huggingface) downloads a model or dataset repository into a HuggingFace hub cache
+    (C(HF_HUB_CACHE)) with C(huggingface_hub.snapshot_download), honouring O(revision),
+    O(allow_patterns) and O(ignore_patterns). The revision is resolved to a commit first and the
+    files it needs are checked with C(snapshot_download(dry_run=true)); only missing files are
+    downloaded.
+  - O(kind=pip) downloads the wheels of one requirement and its dependencies into a wheelhouse
+    directory with C(pip download). What pip would pick is resolved first with
+    C(pip install --dry-run --report); only when a file is missing from the wheelhouse is
+    anything downloaded.
+  - O(kind=apt) downloads a Debian package (and, with O(dependencies=true), what installing it
+    would pull in on this host) into an APT C(archives) directory with python3-apt's
+    C(Version.fetch_binary), which checks the archive's hash; a package whose C(.deb) is already
+    there with the right size and hash is not fetched again.
+  - O(kind=npm) adds a package to an npm cache (C(_cacache)) with C(npm cache add); a spec
+    that C(npm cache ls) already lists a tarball for is not fetched again.
+  - Meant to run as an unprivileged member of the cache group (C(become_user)). The module
+    sets C(umask 0002), and after a download gives the group read/write on the files it
+    created with a private mode (C(huggingface_hub) writes some metadata with C(0600)), acting
+    through C(O_NOFOLLOW) descriptors and never on symlinks.
+requirements:
+  - O(kind=huggingface) - C(huggingface_hub) >= 1.0 (with C(dry_run)), importable by the
+    running interpreter or by O(python); the module re-runs itself under O(python) when needed.
+  - O(kind=pip) - C(pip) >= 23 for the interpreter given in O(executable).
+  - O(kind=apt) - python3-apt (the module re-runs itself under the system Python when needed)
+    and current package lists (C(apt-get update)).
+  - O(kind=npm) - C(npm) >= 8.
+attributes:
+  check_mode:
+    support: full
+    details: Resolves what would be fetched (metadata requests only) and writes nothing.
+  diff_mode:
+    support: full
+    details: Lists the files (or cache keys) present before and after.
+options:
+  kind:
+    description: What to fetch.
+    type: str
+    required: true
+    choices: [huggingface, pip, apt, npm]
+  name:
+    description:
+      - O(kind=huggingface) - repository id (C(org/name)).
+      - O(kind=pip) - one requirement specifier (C(numpy==2.1.0), C(torch>=2.4)).
+      - O(kind=apt) - package name, optionally C(name=version).
+      - O(kind=npm) - package spec (C(is-number@7.0.0), C(@scope/pkg@^1)).
+    type: str
+    required: true
+  dest:
+    description:
+      - Directory the item goes into, created (with its missing parents) with O(dir_mode)
+        when absent. The hub cache (C(<huggingface cache>/hub)), the wheelhouse, the APT
+        C(archives) directory or the npm cache directory.
+    type: path
+    required: true
+  dir_mode:
+    description: Mode of directories this module creates, a quoted octal string.
+    type: str
+    default: "2775"
+  revision:
+    description: O(kind=huggingface) - branch, tag or commit to fetch. A commit pins the content exactly.
+    type: str
+    default: main
+  repo_type:
+    description: O(kind=huggingface) - repository type.
+    type: str
+    choices: [model, dataset]
+    default: model
+  allow_patterns:
+    description: O(kind=huggingface) - only files matching one of these glob patterns are fetched.
+    type: list
+    elements: str
+  ignore_patterns:
+    description: O(kind=huggingface) - files matching one of these glob patterns are not fetched.
+    type: list
+    elements: str
+  endpoint:
+    description:
+      - O(kind=huggingface) - Hub URL. Defaults to C(HF_ENDPOINT) from the environment, else the
+        public Hub.
+    type: str
+  token:
+    description: O(kind=huggingface) - access token for gated or private repositories.
+    type: str
+  python:
+    description:
+      - O(kind=huggingface) - Python interpreter that can import C(huggingface_hub) (a virtualenv's
+        C(bin/python)). Used only when the interpreter running the module cannot.
+    type: path
+  executable:
+    description:
+      - O(kind=pip) - Python interpreter whose pip is used (C(python -m pip)); defaults to the
+        interpreter running the module.
+      - O(kind=npm) - the C(npm) program; defaults to C(npm) on C(PATH).
+    type: path
+  only_binary:
+    description: O(kind=pip) - accept wheels only (C(--only-binary=:all:)); no source builds.
+    type: bool
+    default: true
+  python_version:
+    description:
+      - O(kind=pip) - fetch wheels for this Python version (C(3.11)) rather than the
+        interpreter's own, for example that of the training containers. Needs O(only_binary).
+    type: str
+  platforms:
+    description: O(kind=pip) - wheel platform tags to fetch for (C(manylinux2014_x86_64)). Needs O(only_binary).
+    type: list
+    elements: str
+  index_url:
+    description: O(kind=pip) - package index URL; O(kind=npm) - registry URL.
+    type: str
+  dependencies:
+    description:
+      - O(kind=apt) - also fetch the packages that installing O(name) on this host would pull in.
+      - O(kind=pip) - also fetch the requirement's dependencies.
+    type: bool
+    default: true
+seealso:
+  - module: mlinfra.shared_cache.cache_dir
+"""
+
+EXAMPLES = r"""
+- name: Pre-load a pinned model's weights and configs into the shared hub cache
+  become: true
+  become_user: cache-prefetch
+  mlinfra.shared_cache.cache_prefetch:
+    kind: huggingface
+    name: google-bert/bert-base-uncased
+    revision: 86b5e0934494bd15c9632b12f734a8a67f723594
+    allow_patterns: ["*.json", "*.safetensors", "*.txt"]
+    dest: /mnt/storage/cache/ml-models/huggingface/hub
+    python: /opt/mlinfra/prefetch/bin/python
+
+- name: Wheels for the containers' Python into the wheelhouse
+  mlinfra.shared_cache.cache_prefetch:
+    kind: pip
+    name: numpy==2.1.3
+    dest: /mnt/storage/cache/pip/wheelhouse
+    executable: /opt/mlinfra/prefetch/bin/python
+    python_version: "3.11"
+    platforms: [manylinux2014_x86_64]
+
+- name: A .deb into the APT cache (download only)
+  mlinfra.shared_cache.cache_prefetch:
+    kind: apt
+    name: ffmpeg
+    dest: /mnt/storage/cache/apt/archives
+
+- name: An npm package into the npm cache
+  mlinfra.shared_cache.cache_prefetch:
+    kind: npm
+    name: typescript@5.6.3
+    dest: /mnt/storage/cache/npm
+"""
+
+RETURN = r"""
+fetched:
+  description:
+    - Files (or npm cache keys) that were downloaded, or would be in check mode.
+    - O(kind=huggingface) - files placed into the commit's snapshot; a file whose blob another
+      commit already brought is linked, not downloaded again.
+  returned: always
+  type: list
+  elements: str
+  sample: [config.json, model.safetensors]
+cached:
+  description: Files (or npm cache keys) that were already in the cache.
+  returned: always
+  type: list
+  elements: str
+commit:
+  description: O(kind=huggingface) - the commit the revision resolved to.
+  returned: when O(kind=huggingface)
+  type: str
+  sample: 86b5e0934494bd15c9632b12f734a8a67f723594
+path:
+  description: O(kind=huggingface) - snapshot directory of the commit in the hub cache.
+  returned: when O(kind=huggingface)
+  type: str
+permissions_fixed:
+  description: Number of files and directories this run created privately that were given group read/write.
+  returned: always
+  type: int
+"""
+
+import json
+import os
+import stat
+import sys
+import tempfile
+import time
+from urllib.parse import unquote, urlsplit
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, open_dir_nofollow
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError, parse_mode
+
+UMASK = 0o002
+_NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class PrefetchError(Exception):
+    """Something the admin must fix (message says what); nothing was changed."""
+
+
+def ensure_dir(path, mode):
+    """mkdir -p with ``mode`` for what is created; returns the directories created."""
+    created = []
+    missing = []
+    cur = path
+    while not os.path.isdir(cur):
+        if os.path.lexists(cur):
+            raise PrefetchError("%s exists and is not a directory" % cur)
+        missing.append(cur)
+        cur = os.path.dirname(cur)
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        os.chmod(d, mode)
+        created.append(d)
+    return created
+
+
+def make_group_shared(root, since):
+    """Give the group rw (dirs: rwx) on entries below ``root`` owned by us, changed after ``since``,
+    whose group bits are missing. Never follows a symlink; returns how many were changed."""
+    if not os.path.isdir(root):
+        return 0
+    uid = os.geteuid()
+    fixed = 0
+    fd = open_dir_nofollow(root)
+    try:
+        for d in Walker(fd).walk():
+            for name, st in [("", d.st)] + list(d.entries):
+                if st.st_uid != uid or st.st_ctime < since:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    want = 0o070
+                elif stat.S_ISREG(st.st_mode):
+                    want = 0o060
+                else:
+                    continue
+                if st.st_mode & want == want:
+                    continue
+                if name == "":
+                    os.fchmod(d.fd, stat.S_IMODE(st.st_mode) | want)
+                    fixed += 1
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # fixed when the walk enters it (its own descriptor)
+                try:
+                    ffd = os.open(name, _NOFOLLOW_FILE, dir_fd=d.fd)
+                except OSError:
+                    continue
+                try:
+                    fst = os.fstat(ffd)
+                    if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino) and stat.S_ISREG(fst.st_mode):
+                        os.fchmod(ffd, stat.S_IMODE(fst.st_mode) | want)
+                        fixed += 1
+                finally:
+                    os.close(ffd)
+    finally:
+        os.close(fd)
+    return fixed
+
+
+# --------------------------------------------------------------------------- huggingface
+
+
+def hf_prefetch(module, p):
+    try:
+        from huggingface_hub import HfApi, snapshot_download
+        from huggingface_hub.file_download import repo_folder_name
+    except ImportError:
+        raise PrefetchError(
+            "huggingface_hub is not importable by %s%s; install it there or give python="
+            % (
+                sys.executable,
+                " nor by %s" % p["python"] if p["python"] else "",
+            )
+        ) from None
+    endpoint = p["endpoint"] or os.environ.get("HF_ENDPOINT") or None
+    common = dict(repo_type=p["repo_type"], token=p["token"] or None)
+    api = HfApi(endpoint=endpoint, token=p["token"] or None)
+    info = api.repo_info(p["name"], repo_type=p["repo_type"], revision=p["revision"])
+    commit = info.sha
+    storage = os.path.join(p["dest"], repo_folder_name(repo_id=p["name"], repo_type=p["repo_type"]))
+    patterns = dict(allow_patterns=p["allow_patterns"], ignore_patterns=p["ignore_patterns"])
+    plan = []
+    if os.path.isdir(storage):
+        try:
+            plan = snapshot_download(
+                p["name"], revision=commit, cache_dir=p["dest"], endpoint=endpoint, dry_run=True, **common, **patterns
+            )
+        except TypeError:
+            raise PrefetchError("huggingface_hub %s has no dry_run; use >= 1.0" % _hf_version()) from None
+        # a blob may be cached while this commit's snapshot lacks its link: that is missing too
+        need = sorted(f.filename for f in plan if f.will_download or not os.path.lexists(f.local_path))
+    else:
+        need = None  # nothing of this repository is cached: everything the patterns select
+    ref_stale = False
+    if p["revision"] != commit:
+        ref = os.path.join(storage, "refs", p["revision"])
+        try:
+            with open(ref, encoding="utf-8") as f:
+                ref_stale = f.read().strip() != commit
+        except OSError:
+            ref_stale = True
+    cached = sorted(f.filename for f in plan if not f.will_download and os.path.lexists(f.local_path))
+    result = dict(commit=commit, path=os.path.join(storage, "snapshots", commit), cached=cached)
+    if need == [] and not ref_stale:
+        return False, dict(result, fetched=[])
+    if module.check_mode:
+        if need is None:
+            need = sorted(
+                _hf_filter([s.rfilename for s in info.siblings or []], p["allow_patterns"], p["ignore_patterns"])
+            )
+        return True, dict(result, fetched=need)
+    path = snapshot_download(
+        p["name"], revision=p["revision"], cache_dir=p["dest"], endpoint=endpoint, **common, **patterns
+    )
+    after = snapshot_download(
+        p["name"], revision=commit, cache_dir=p["dest"], endpoint=endpoint, dry_run=True, **common, **patterns
+    )
+    fetched = sorted(set(f.filename for f in after) - set(cached))
+    return True, dict(result, fetched=fetched, path=path, storage=storage)
+
+
+def _hf_filter(files, allow, ignore):
+    from huggingface_hub.utils import filter_repo_objects
+
+    return filter_repo_objects(files, allow_patterns=allow, ignore_patterns=ignore)
+
+
+def _hf_version():
+    import huggingface_hub
+
+    return huggingface_hub.__version__
+
+
+# --------------------------------------------------------------------------- pip
+
+
+def _pip_options(p):
+    opts = []
+    if p["only_binary"]:
+        opts.append("--only-binary=:all:")
+    if p["python_version"]:
+        opts += ["--python-version", p["python_version"]]
+    for plat in p["platforms"] or []:
+        opts += ["--platform", plat]
+    if p["index_url"]:
+        opts += ["--index-url", p["index_url"]]
+    if not p["dependencies"]:
+        opts.append("--no-deps")
+    return opts
+
+
+def pip_prefetch(module, p):
+    python = p["executable"] or sys.executable
+    base = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    with tempfile.TemporaryDirectory(prefix="cache-prefetch-") as tmp:
+        report = os.path.join(tmp, "report.json")
+        cmd = base + ["install", "--dry-run", "--ignore-installed", "--quiet", "--no-cache-dir", "--report", report]
+        if p["python_version"] or p["platforms"]:
+            cmd += ["--target", os.path.join(tmp, "target")]
+        cmd += _pip_options(p) + ["--", p["name"]]
+        rc, out, err = module.run_command(cmd, cwd=tmp)
+        if rc != 0:
+            raise PrefetchError("pip could not resolve %s: %s" % (p["name"], (err or out).strip()[-2000:]))
+        with open(report, encoding="utf-8") as f:
+            items = json.load(f).get("install", [])
+    wanted = sorted(os.path.basename(unquote(urlsplit(i["download_info"]["url"]).path)) for i in items)
+    present = set(os.listdir(p["dest"])) if os.path.isdir(p["dest"]) else set()
+    missing = [w for w in wanted if w not in present]
+    cached = [w for w in wanted if w in present]
+    if not missing:
+        return False, dict(fetched=[], cached=cached, files=wanted)
+    if module.check_mode:
+        return True, dict(fetched=missing, cached=cached, files=wanted)
+    cmd = base + ["download", "--no-cache-dir", "--dest", p["dest"]] + _pip_options(p) + ["--", p["name"]]
+    rc, out, err = module.run_command(cmd, cwd=p["dest"])
+    if rc != 0:
+        raise PrefetchError("pip download %s failed: %s" % (p["name"], (err or out).strip()[-2000:]))
+    present = set(os.listdir(p["dest"]))
+    still = [w for w in missing if w not in present]
+    if still:
+        module.warn("pip download did not produce %s (resolution differs between install and download)" % still)
+    return True, dict(fetched=[w for w in missing if w in present], cached=cached, files=wanted)
+
+
+# --------------------------------------------------------------------------- apt
+
+
+def apt_prefetch(module, p):
+    import apt
+    import apt_pkg
+
+    name, _, version = p["name"].partition("=")
+    cache = apt.Cache()
+    if name not in cache:
+        raise PrefetchError("no package %s in the APT lists (run apt-get update?)" % name)
+    pkg = cache[name]
+    if version:
+        ver = pkg.versions.get(version)
+        if ver is None:
+            raise PrefetchError("%s has no version %s; known: %s" % (name, version, [v.version for v in pkg.versions]))
+    else:
+        ver = pkg.candidate
+        if ver is None:
+            raise PrefetchError("%s has no installable candidate" % name)
+    versions = [ver]
+    if p["dependencies"]:
+        pkg.candidate = ver
+        pkg.mark_install(auto_fix=True, from_user=True)
+        if cache.broken_count:
+            raise PrefetchError("installing %s would break dependencies on this host" % p["name"])
+        versions = [c.candidate for c in cache.get_changes() if c.marked_install or c.marked_upgrade] or [ver]
+    fetched, cached = [], []
+    for v in sorted(versions, key=lambda v: v.package.name):
+        fname = os.path.basename(v.filename)
+        target = os.path.join(p["dest"], fname)
+        if _deb_is_same(target, v, apt_pkg):
+            cached.append(fname)
+            continue
+        fetched.append(fname)
+        if not module.check_mode:
+            v.fetch_binary(p["dest"])
+    return bool(fetched), dict(fetched=fetched, cached=cached)
+
+
+def _deb_is_same(path, version, apt_pkg):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != version.size:
+        return False
+    hashes = version._records.hashes  # the index's expected hashes, as fetch_binary checks them
+    with open(path, "rb") as f:
+        return apt_pkg.Hashes(f).hashes == hashes
+
+
+# --------------------------------------------------------------------------- npm
+
+
+def npm_prefetch(module, p):
+    npm = p["executable"] or module.get_bin_path("npm", required=True)
+    with tempfile.TemporaryDirectory(prefix="cache-prefetch-npm-") as tmp:
+        opts = ["--cache", p["dest"], "--logs-dir", tmp, "--logs-max", "0", "--update-notifier=false"]
+        if p["index_url"]:
+            opts += ["--registry", p["index_url"]]
+        keys = _npm_tarballs(module, npm, opts, p["name"], tmp) if os.path.isdir(p["dest"]) else []
+        if keys:
+            return False, dict(fetched=[], cached=keys)
+        if module.check_mode:
+            return True, dict(fetched=[p["name"]], cached=[])
+        rc, out, err = module.run_command([npm, "cache", "add", p["name"]] + opts, cwd=tmp)
+        if rc != 0:
+            raise PrefetchError("npm cache add %s failed: %s" % (p["name"], (err or out).strip()[-2000:]))
+        return True, dict(fetched=_npm_tarballs(module, npm, opts, p["name"], tmp) or [p["name"]], cached=[])
+
+
+def _npm_tarballs(module, npm, opts, spec, cwd):
+    rc, out, err = module.run_command([npm, "cache", "ls", spec] + opts, cwd=cwd)
+    if rc != 0:
+        raise PrefetchError("npm cache ls %s failed: %s" % (spec, (err or out).strip()[-2000:]))
+    return sorted(line.strip() for line in out.splitlines() if "/-/" in line and line.strip().endswith(".tgz"))
+
+
+# --------------------------------------------------------------------------- main
+
+KINDS = {"huggingface": hf_prefetch, "pip": pip_prefetch, "apt": apt_prefetch, "npm": npm_prefetch}
+
+
+def _respawn_for(module, p):
+    """Re-run under an interpreter that has the library this kind needs (like ansible.builtin.apt)."""
+    lib = {"huggingface": "huggingface_hub", "apt": "apt"}.get(p["kind"])
+    if lib is None:
+        return
+    try:
+        __import__(lib)
+        return
+    except ImportError:
+        pass
+    if has_respawned():
+        return
+    candidates = [p["python"]] if p["kind"] == "huggingface" and p["python"] else []
+    if p["kind"] == "apt":
+        candidates = ["/usr/bin/python3", "/usr/bin/python"]
+    interpreter = probe_interpreters_for_module(candidates, lib) if candidates else None
+    if interpreter:
+        respawn_module(interpreter)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            kind=dict(type="str", required=True, choices=list(KINDS)),
+            name=dict(type="str", required=True),
+            dest=dict(type="path", required=True),
+            dir_mode=dict(type="str", default="2775"),
+            revision=dict(type="str", default="main"),
+            repo_type=dict(type="str", default="model", choices=["model", "dataset"]),
+            allow_patterns=dict(type="list", elements="str"),
+            ignore_patterns=dict(type="list", elements="str"),
+            endpoint=dict(type="str"),
+            token=dict(type="str", no_log=True),
+            python=dict(type="path"),
+            executable=dict(type="path"),
+            only_binary=dict(type="bool", default=True),
+            python_version=dict(type="str"),
+            platforms=dict(type="list", elements="str"),
+            index_url=dict(type="str"),
+            dependencies=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not p["name"].strip() or p["name"].startswith("-"):
+        module.fail_json(msg="name must be a %s item, not %r" % (p["kind"], p["name"]))
+    if not os.path.isabs(p["dest"]):
+        module.fail_json(msg="dest must be an absolute path, got %r" % p["dest"])
+    try:
+        dir_mode = parse_mode(p["dir_mode"], "dir_mode")
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
+    if (p["python_version"] or p["platforms"]) and not p["only_binary"]:
+        module.fail_json(msg="python_version and platforms need only_binary=true (pip cannot build for another target)")
+    if dir_mode & 0o002:
+        module.fail_json(msg="dir_mode %s would make the cache world-writable" % p["dir_mode"])
+    _respawn_for(module, p)
+    os.umask(UMASK)
+    started = time.time() - 1
+    created = []
+    try:
+        if not module.check_mode:
+            created = ensure_dir(p["dest"], dir_mode)
+        changed, result = KINDS[p["kind"]](module, p)
+        fixed = 0
+        if changed and not module.check_mode:
+            fixed = make_group_shared(result.pop("storage", p["dest"]), started)
+        result.pop("storage", None)
+    except PrefetchError as exc:
+        module.fail_json(msg=str(exc), created=created)
+    except Exception as exc:  # the tool's own errors (network, 404, ...) with the item named
+        module.fail_json(msg="%s %s: %s: %s" % (p["kind"], p["name"], type(exc).__name__, exc), created=created)
+    before = "\n".join(result["cached"]) + "\n"
+    after = "\n".join(sorted(result["cached"] + result["fetched"])) + "\n"
+    module.exit_json(
+        changed=changed or bool(created),
+        permissions_fixed=fixed,
+        created=created,
+        diff=dict(before=before, after=after, before_header=p["dest"], after_header=p["dest"]),
+        **result,
+    )
+
+
+if __name__ == "__main__":
+    main()
