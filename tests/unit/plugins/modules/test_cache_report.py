@@ -1,0 +1,149 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The cache_report module driven like Ansible drives it, on real temporary trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_report
+
+
+def run_module(capsys, check=False, **args):
+    args["_ansible_check_mode"] = check
+    with patch_module_args(args), pytest.raises(SystemExit):
+        cache_report.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def du_b1(path):
+    out = subprocess.run(["du", "-sxB1", path], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.fixture
+def root():
+    d = tempfile.mkdtemp(prefix="cr-module-")
+    pip = os.path.join(d, "pip", "http-v2", "a", "b")
+    os.makedirs(pip)
+    for i in range(12):
+        with open(os.path.join(pip, "entry%d" % i), "wb") as fh:
+            fh.write(b"p" * (1000 * i))
+    hf = os.path.join(d, "ml-models", "huggingface", "hub", "models--o--m")
+    os.makedirs(os.path.join(hf, "blobs"))
+    os.makedirs(os.path.join(hf, "snapshots", "c" * 40))
+    with open(os.path.join(hf, "blobs", "f" * 64), "wb") as fh:
+        fh.write(b"w" * 123456)
+    os.symlink("../../blobs/" + "f" * 64, os.path.join(hf, "snapshots", "c" * 40, "model.bin"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def catalog(root):
+    """Entries shaped like shared_cache_catalog (extra keys included)."""
+    return [
+        {
+            "name": "huggingface",
+            "path": "ml-models/huggingface",
+            "abs_path": root + "/ml-models/huggingface",
+            "format": "huggingface",
+            "category": "ml-models",
+            "description": "HF",
+            "env": {"HF_HUB_CACHE": "hub"},
+            "retention": {"max_age": None, "age_by": "newest"},
+            "mode": "2775",
+        },
+        {"name": "pip", "path": "pip", "format": "pip", "category": "packages", "retention": {"age_by": "mtime"}},
+        {"name": "npm", "path": "npm", "format": "npm", "category": "languages"},
+    ]
+
+
+def test_report_of_a_catalog(capsys, root):
+    res = run_module(capsys, caches=catalog(root), root=root, render=["table", "prometheus", "html"])
+    assert res["changed"] is False
+    by = {c["name"]: c for c in res["caches"]}
+    assert by["huggingface"]["bytes"] == du_b1(root + "/ml-models/huggingface")
+    assert by["pip"]["bytes"] == du_b1(root + "/pip")
+    assert by["pip"]["files"] == 12 and by["pip"]["dirs"] == 3
+    assert by["npm"]["exists"] is False
+    assert by["huggingface"]["units"][0]["kind"] == "revision"
+    assert res["filesystem"]["path"] == root
+    for key in ("size", "used", "avail", "percent", "warning", "critical"):
+        assert key in res["filesystem"]
+    assert res["totals"]["bytes"] == by["huggingface"]["bytes"] + by["pip"]["bytes"]
+    assert res["history_entry"]["total"] == res["totals"]["bytes"]
+    assert res["history_entry"]["caches"]["pip"] == by["pip"]["bytes"]
+    assert "Total Cache Usage" in res["table"]
+    assert "shared_cache_size_bytes{" in res["prometheus"]
+    assert res["html"].startswith("<!DOCTYPE html>")
+
+
+def test_check_mode_reports_the_same(capsys, root):
+    a = run_module(capsys, caches=catalog(root), root=root, workers=1)
+    b = run_module(capsys, check=True, caches=catalog(root), root=root, workers=2)
+
+    def strip(res):
+        # a walk reads directories, which may move their atime (relatime): HF revisions take
+        # their snapshot directory's times into last_used, so that one figure may move.
+        out = []
+        for c in res["caches"]:
+            c = {k: v for k, v in c.items() if k != "seconds"}
+            c["units"] = [{k: v for k, v in u.items() if k != "last_used"} for u in c["units"]]
+            out.append(c)
+        return out
+
+    assert strip(a) == strip(b)
+    assert b["changed"] is False
+
+
+def test_thresholds_warn(capsys, root):
+    res = run_module(capsys, caches=catalog(root), root=root, warn_percent=0, critical_percent=0)
+    assert res["filesystem"]["warning"] and res["filesystem"]["critical"]
+    assert "full" in json.dumps(res.get("warnings", []))
+
+
+def test_history_file_feeds_the_page(capsys, root):
+    hist = os.path.join(root, "history.jsonl")
+    with open(hist, "w") as fh:
+        for i in range(3):
+            fh.write(json.dumps({"t": 1700000000 + i * 3600, "total": 1000 * i, "fs_used": 5000}) + "\n")
+    res = run_module(capsys, caches=catalog(root), root=root, render=["html"], history_file=hist)
+    assert 'id="growth" data-points="4"' in res["html"]
+    assert "table" not in res
+
+
+@pytest.mark.parametrize(
+    ("caches", "extra", "msg"),
+    [
+        ([{"name": "x", "path": "rel"}], {}, "relative and no 'root'"),
+        ([{"name": "x", "path": "/a/../b"}], {}, "'..'"),
+        ([{"name": "x", "path": "/"}], {}, "refusing"),
+        ([{"path": "/srv/x"}], {}, "needs a non-empty 'name'"),
+        ([{"name": "x", "path": "/srv/x"}, {"name": "x", "path": "/srv/y"}], {}, "twice"),
+        ([{"name": "x", "path": "/srv/x", "format": "zip"}], {}, "unknown format"),
+        ([{"name": "x", "path": "/srv/x", "category": "misc"}], {}, "unknown category"),
+        ([{"name": "x", "path": "/srv/x", "retention": {"age_by": "ctime"}}], {}, "age_by"),
+        ([{"name": "x", "path": "/srv/x"}], {"warn_percent": 95, "critical_percent": 90}, "warn"),
+        ([{"name": "x", "path": "/srv/x"}], {"age_days": [0]}, "age_days"),
+        ([{"name": "x", "path": "/srv/x"}], {"top": -1}, "top"),
+    ],
+)
+def test_bad_input_fails_clearly(capsys, caches, extra, msg):
+    res = run_module(capsys, caches=caches, **extra)
+    assert res.get("failed") is True
+    assert msg in res["msg"]
+
+
+def test_symlinked_cache_is_reported_not_followed(capsys, root):
+    os.symlink("/etc", os.path.join(root, "evil"))
+    res = run_module(capsys, caches=[{"name": "evil", "path": "evil"}], root=root)
+    c = res["caches"][0]
+    assert c["error"] and c["bytes"] == 0 and c["files"] == 0
+    assert "evil" in json.dumps(res.get("warnings", []))
