@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Run the "alice downloads, bob gets it from the cache" proof in the running workspace containers.
+
+For each user in order (the first is alice), in the container ``workspace-<user>``:
+  1. as root: ``apt-get update`` (package lists are per container, not timed), then the timed
+     ``apt-get install`` of the APT packages through the shared /var/cache/apt;
+  2. as the user, in a login shell (the image's /etc/profile.d sets umask 002 for the cache group):
+     a venv, pip bootstrapped to a version that writes group-usable cache files (``--no-cache-dir``,
+     not timed), then the timed ``pip install`` of the pip packages through the shared pip cache.
+The bytes received by the container's network interface are read around each timed step.
+Then bob, in his container, must be able to modify every file alice left in the shared pip cache.
+
+Writes a JSON report (``--out``) and exits 1 when a check failed; the checks are listed in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+
+CHECK_FILES = r"""
+import os, sys, tempfile
+root, owner = sys.argv[1], int(sys.argv[2])
+files = dirs = 0
+failed = []
+for top, dnames, fnames in os.walk(root):
+    for d in dnames:
+        p = os.path.join(top, d)
+        st = os.lstat(p)
+        if st.st_uid != owner:
+            continue
+        dirs += 1
+        try:  # create and remove an entry in a directory the other user made
+            fd, tmp = tempfile.mkstemp(dir=p)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            failed.append("%s: %s" % (p, exc))
+    for f in fnames:
+        p = os.path.join(top, f)
+        st = os.lstat(p)
+        if st.st_uid != owner or not os.path.isfile(p):
+            continue
+        files += 1
+        try:  # open for writing (a real permission check) and touch it
+            with open(p, "r+b"):
+                pass
+            os.utime(p)
+        except OSError as exc:
+            failed.append("%s: %s" % (p, exc))
+print(json.dumps({"files": files, "dirs": dirs, "failed": failed[:20], "failed_count": len(failed)}))
+""".replace("import os, sys, tempfile", "import json, os, sys, tempfile")
+
+
+def dexec(container, user, script, login=True, check=True):
+    cmd = ["docker", "exec", "-u", user, "-e", "DEBIAN_FRONTEND=noninteractive", container]
+    cmd += ["bash", "-lc" if login else "-c", script]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if check and proc.returncode != 0:
+        raise SystemExit(
+            "%s as %s failed (rc %d): %s\n%s\n%s" % (container, user, proc.returncode, script, proc.stdout, proc.stderr)
+        )
+    return proc, secs
+
+
+def rx_bytes(container):
+    proc, _ = dexec(container, "root", "cat /sys/class/net/eth0/statistics/rx_bytes", login=False)
+    return int(proc.stdout.strip())
+
+
+def apt_phase(container, packages):
+    dexec(container, "root", "apt-get update -qq")
+    before = rx_bytes(container)
+    proc, secs = dexec(container, "root", "apt-get install -y --no-install-recommends " + " ".join(packages) + " 2>&1")
+    rx = rx_bytes(container) - before
+    need = re.search(r"^Need to get (\S+ \S+?)(?:/| of)", proc.stdout, re.M)
+    gets = re.findall(r"^Get:\d+ (\S+) .*?\[(.*?)\]$", proc.stdout, re.M)
+    return {
+        "seconds": round(secs, 3),
+        "rx_bytes": rx,
+        "need_to_get": need.group(1) if need else None,
+        "get_lines": len(gets),
+        "fetched": [line for line in proc.stdout.splitlines() if line.startswith("Get:")],
+        "output_tail": proc.stdout.splitlines()[-5:],
+    }
+
+
+def pip_phase(container, user, packages, bootstrap):
+    dexec(
+        container,
+        user,
+        "rm -rf ~/venv && python3 -m venv ~/venv && ~/venv/bin/pip install -q --no-cache-dir "
+        "--disable-pip-version-check '%s'" % bootstrap,
+    )
+    before = rx_bytes(container)
+    proc, secs = dexec(
+        container,
+        user,
+        "~/venv/bin/pip install --progress-bar off --disable-pip-version-check %s 2>&1" % " ".join(packages),
+    )
+    rx = rx_bytes(container) - before
+    downloading = re.findall(r"^\s*Downloading (\S+)", proc.stdout, re.M)
+    cached = re.findall(r"^\s*Using cached (\S+)", proc.stdout, re.M)
+    version, _ = dexec(container, user, "~/venv/bin/pip --version")
+    return {
+        "seconds": round(secs, 3),
+        "rx_bytes": rx,
+        "downloading": downloading,
+        "using_cached": cached,
+        "pip_version": version.stdout.split()[1],
+        "output": proc.stdout.splitlines()[-40:],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", nargs=2, default=["alice", "bob"])
+    ap.add_argument("--apt", nargs="+", required=True)
+    ap.add_argument("--pip", nargs="+", required=True)
+    ap.add_argument("--pip-bootstrap", default="pip==25.3")
+    ap.add_argument("--pip-cache", default="/cache/pip")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    report = {"users": args.users, "apt_packages": args.apt, "pip_packages": args.pip}
+    for user in args.users:
+        container = "workspace-" + user
+        report[user] = {"apt": apt_phase(container, args.apt)}
+        report[user]["pip"] = pip_phase(container, user, args.pip, args.pip_bootstrap)
+        report[user]["seconds"] = round(report[user]["apt"]["seconds"] + report[user]["pip"]["seconds"], 3)
+        report[user]["rx_bytes"] = report[user]["apt"]["rx_bytes"] + report[user]["pip"]["rx_bytes"]
+
+    alice, bob = args.users
+    uid, _ = dexec("workspace-" + bob, "root", "id -u " + alice, login=False)
+    # The walker script arrives on stdin.
+    proc = subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-i",
+            "-u",
+            bob,
+            "workspace-" + bob,
+            "bash",
+            "-lc",
+            "python3 - %s %s" % (args.pip_cache, uid.stdout.strip()),
+        ],
+        input=CHECK_FILES,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit("modify check failed: %s" % proc.stderr)
+    report["bob_modifies_alice"] = json.loads(proc.stdout)
+
+    a, b = report[alice], report[bob]
+    a_files = {f.rsplit("/", 1)[-1] for f in a["pip"]["downloading"]}
+    b_again = sorted(f for f in (x.rsplit("/", 1)[-1] for x in b["pip"]["downloading"]) if f in a_files)
+    checks = {
+        "alice's apt downloaded packages": a["apt"]["get_lines"] > 0,
+        "bob's apt needed 0 B": (b["apt"]["need_to_get"] or "").startswith("0 B") and b["apt"]["get_lines"] == 0,
+        "alice's pip downloaded the packages": len(a["pip"]["downloading"]) >= len(args.pip),
+        "bob's pip downloaded nothing alice fetched": not b_again,
+        "bob's pip used the cache for every package": len(b["pip"]["using_cached"]) >= len(args.pip),
+        "pip writes group-usable cache files (>= 25.0)": int(b["pip"]["pip_version"].split(".")[0]) >= 25,
+        "bob can modify every file alice left": report["bob_modifies_alice"]["failed_count"] == 0
+        and report["bob_modifies_alice"]["files"] > 0,
+    }
+    report["redownloaded_by_bob"] = b_again
+    report["checks"] = checks
+    report["ratio"] = round(a["seconds"] / b["seconds"], 2) if b["seconds"] else None
+    report["pip_ratio"] = round(a["pip"]["seconds"] / b["pip"]["seconds"], 2) if b["pip"]["seconds"] else None
+    report["apt_ratio"] = round(a["apt"]["seconds"] / b["apt"]["seconds"], 2) if b["apt"]["seconds"] else None
+    with open(args.out, "w") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    for name, ok in checks.items():
+        print("%-48s %s" % (name, "ok" if ok else "FAILED"))
+    print(
+        "alice %.2fs (apt %.2fs, pip %.2fs, %d bytes) / bob %.2fs (apt %.2fs, pip %.2fs, %d bytes): %sx"
+        % (
+            a["seconds"],
+            a["apt"]["seconds"],
+            a["pip"]["seconds"],
+            a["rx_bytes"],
+            b["seconds"],
+            b["apt"]["seconds"],
+            b["pip"]["seconds"],
+            b["rx_bytes"],
+            report["ratio"],
+        )
+    )
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,643 @@
+#!/usr/bin/python
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: cache_doctor
+short_description: Check that a host or a workspace container really uses the shared cache
+version_added: 0.1.0
+author: mlinfra
+description:
+  - The troubleshooting section of the shared cache guide, automated. Run on the host
+    (O(context=host), cache paths are the catalog's C(abs_path)) or inside a workspace container
+    (O(context=container), paths are the catalog's C(mount)), for example through the
+    C(community.docker.docker) connection.
+  - "Checks: every cache directory is there (and, in a container, is a mount rather than the
+    container's own layer); it has the cache group, setgid and group write, nothing world-writable;
+    the environment variables of the catalog point into it; C(HF_HOME) is not shared (it holds each
+    user's token); one member of the cache group can write and another member can then modify and
+    add to what was written; APT keeps downloaded packages and no C(docker-clean) is left; the
+    filesystem has room; pip and huggingface_hub are new enough to write group-usable files in a
+    shared cache (pip 25.0, huggingface_hub 1.4)."
+  - Every failed check gives one line with its fix (RV(lines)); the module fails when any check
+    failed (unless O(fail_on_problem=false)).
+options:
+  catalog:
+    description: The resolved catalog, the fact C(shared_cache_catalog) of the C(mlinfra.shared_cache.catalog) role.
+    type: list
+    elements: dict
+    required: true
+  context:
+    description: Where the module runs; decides which path of each entry is checked.
+    type: str
+    choices: [host, container]
+    default: host
+  group:
+    description: The cache group.
+    type: str
+    default: cache
+  members:
+    description:
+      - Two users of O(group) for the write-then-modify probe (the first writes, the second modifies).
+        Default the first two members of O(group) in the group database.
+    type: list
+    elements: str
+  probe:
+    description: Run the write-then-modify probe (needs root to switch users; skipped in check mode).
+    type: bool
+    default: true
+  probe_umask:
+    description:
+      - umask of the probe's processes, as a quoted octal string. V(0022), the usual default of
+        non-login processes, shows whether sharing works without relying on a login shell's C(umask 002).
+    type: str
+    default: "0022"
+  env_source:
+    description:
+      - Environment to check. V(process) is the module's own (in a container started with the env
+        file, the container's). V(login) is that of C(bash -lc env) (C(/etc/profile.d)). V(file)
+        sources O(env_file). V(none) skips the environment checks.
+      - Default V(login) on the host and V(process) in a container.
+    type: str
+    choices: [process, login, file, none]
+  env_file:
+    description: Shell script to source when O(env_source=file) (e.g. the C(cache_env) profile script).
+    type: path
+  check_apt:
+    description: Check APT's keep-downloaded setting. Default V(true) in a container, V(false) on the host.
+    type: bool
+  apt_deleting_confs:
+    description:
+      - File names in APT's C(apt.conf.d) whose presence defeats the cache (the C(docker-clean) of
+        the Debian and Ubuntu images).
+    type: list
+    elements: str
+    default: [docker-clean]
+  min_free:
+    description: Free space each cache filesystem needs, as a size (V(10G)) or a percentage (V(5%)).
+    type: str
+    default: 5%
+  pythons:
+    description:
+      - Python interpreters whose pip and huggingface_hub are checked (a virtual environment's
+        C(bin/python) for example). Tools that are not installed are skipped.
+    type: list
+    elements: str
+    default: [python3]
+  min_pip:
+    description: Lowest pip version allowed.
+    type: str
+    default: "25.0"
+  min_huggingface_hub:
+    description: Lowest huggingface_hub version allowed.
+    type: str
+    default: "1.4"
+  fail_on_problem:
+    description: Fail when a check failed. With V(false) the result only lists the problems.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    description: The probe, the only check that writes (and removes) a file, is skipped.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+notes:
+  - The probe creates C(.cache-doctor-<random>) in each cache directory as the first member, then
+    as the second member appends to the file, creates and renames a file in that directory, and
+    finally removes it all. Nothing stays behind.
+"""
+
+EXAMPLES = r"""
+- name: Check the host
+  mlinfra.shared_cache.cache_doctor:
+    catalog: "{{ shared_cache_catalog }}"
+    group: "{{ shared_cache_group }}"
+
+- name: Check a workspace container (run through the community.docker.docker connection)
+  mlinfra.shared_cache.cache_doctor:
+    catalog: "{{ shared_cache_catalog }}"
+    context: container
+    pythons: [python3, /home/alice/venv/bin/python]
+"""
+
+RETURN = r"""
+checks:
+  description: Every check, passed or not.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    check:
+      description: Check name (mount, layout, env, hf_home, probe, apt, free_space, pip, huggingface_hub, group).
+      type: str
+    target: {description: What was checked (a path, a variable, an interpreter)., type: str}
+    ok: {description: Whether it passed (null when skipped)., type: bool}
+    msg: {description: What was found., type: str}
+    fix: {description: How to fix it (failed checks)., type: str}
+  sample: [{check: env, target: PIP_CACHE_DIR, ok: false, msg: "unset", fix: "add the env file"}]
+problems:
+  description: Number of failed checks.
+  returned: always
+  type: int
+lines:
+  description: One line per failed check, with its fix.
+  returned: always
+  type: list
+  elements: str
+  sample: ["FAIL env PIP_CACHE_DIR: unset (expected /cache/pip); fix: ..."]
+"""
+
+import grp
+import os
+import pwd
+import re
+import secrets
+import shutil
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
+    ParamError,
+    is_within,
+    parse_mode,
+    parse_size,
+)
+
+# The probe runs /bin/sh as each member (any interpreter of Ansible's may be unreadable to them).
+PROBE_WRITE = 'mkdir -- "$1" && printf "first member\\n" > "$1/written"'
+PROBE_MODIFY = (
+    'printf "second member\\n" >> "$1/written" && printf "x\\n" > "$1/added" '
+    '&& mv -- "$1/added" "$1/renamed" && rm -- "$1/renamed"'
+)
+
+TOOL_VERSION = r"""
+import sys
+try:
+    if sys.argv[1] == "pip":
+        import pip
+        print(pip.__version__)
+    else:
+        import huggingface_hub
+        print(huggingface_hub.__version__)
+except ImportError:
+    print("")
+"""
+
+
+def version_tuple(text):
+    """'25.0.1' -> (25, 0, 1); '1.4.0rc1' -> (1, 4, 0). Unparseable parts stop the tuple."""
+    out = []
+    for part in str(text).split("."):
+        match = re.match(r"\d+", part)
+        if not match:
+            break
+        out.append(int(match.group(0)))
+    return tuple(out)
+
+
+class Doctor:
+    def __init__(self, module):
+        self.module = module
+        self.p = module.params
+        self.checks = []
+
+    def add(self, check, target, ok, msg, fix=""):
+        self.checks.append({"check": check, "target": target, "ok": ok, "msg": msg, "fix": "" if ok else fix})
+
+    def path_of(self, entry):
+        return entry["mount"] if self.p["context"] == "container" else entry["abs_path"]
+
+    # -- mounts and layout -------------------------------------------------------------------
+    def mount_points(self):
+        points = set()
+        try:
+            with open("/proc/self/mountinfo") as fh:
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) > 4:
+                        points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+        except OSError:
+            return None
+        return points
+
+    def check_dirs(self, gid):
+        mounts = self.mount_points() if self.p["context"] == "container" else None
+        ok_paths = []
+        for entry in self.p["catalog"]:
+            path = self.path_of(entry)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                self.add(
+                    "mount" if self.p["context"] == "container" else "layout",
+                    path,
+                    False,
+                    "cache %s: %s" % (entry["name"], os.strerror(exc.errno)),
+                    self.fix_missing(entry),
+                )
+                continue
+            if not os.path.isdir(path) or os.path.islink(path):
+                self.add(
+                    "layout",
+                    path,
+                    False,
+                    "cache %s: not a directory (or a symlink)" % entry["name"],
+                    "replace it with a real directory: " + self.fix_layout(entry),
+                )
+                continue
+            if mounts is not None:
+                if path in mounts:
+                    self.add("mount", path, True, "mounted")
+                else:
+                    self.add(
+                        "mount",
+                        path,
+                        False,
+                        "cache %s is not mounted: writes stay in this container's own layer" % entry["name"],
+                        self.fix_missing(entry),
+                    )
+                    continue
+            want = parse_mode(entry.get("mode") or "2775")
+            problems = []
+            if gid is not None and st.st_gid != gid:
+                problems.append("group is gid %d, not %s (gid %d)" % (st.st_gid, self.p["group"], gid))
+            if not st.st_mode & 0o2000:
+                problems.append("setgid bit missing (new files would not get the cache group)")
+            if (st.st_mode & 0o070) != (want & 0o070):
+                problems.append("group permissions %o, expected %o" % ((st.st_mode >> 3) & 7, (want >> 3) & 7))
+            if st.st_mode & 0o002:
+                problems.append("world-writable")
+            if problems:
+                self.add(
+                    "layout", path, False, "cache %s: %s" % (entry["name"], "; ".join(problems)), self.fix_layout(entry)
+                )
+            else:
+                self.add("layout", path, True, "group, setgid and mode %04o" % (st.st_mode & 0o7777))
+                ok_paths.append((entry, path))
+        return ok_paths
+
+    def fix_missing(self, entry):
+        if self.p["context"] == "container":
+            return (
+                "mount %s:%s:rw in the workspace service (mlinfra.shared_cache.compose_volumes) and "
+                "recreate the container" % (entry["abs_path"], entry["mount"])
+            )
+        return self.fix_layout(entry)
+
+    def fix_layout(self, entry):
+        if self.p["context"] == "container":
+            return (
+                "fix it on the host: mlinfra.shared_cache.cache_dir path=%s group=%s mode=%s recurse=true; "
+                "and give the group the same gid in the image" % (entry["abs_path"], self.p["group"], entry["mode"])
+            )
+        return "mlinfra.shared_cache.cache_dir path=%s group=%s mode=%s recurse=true (not chmod -R 777)" % (
+            entry["abs_path"],
+            self.p["group"],
+            entry["mode"],
+        )
+
+    # -- environment ---------------------------------------------------------------------------
+    def environment(self):
+        source = self.p["env_source"] or ("process" if self.p["context"] == "container" else "login")
+        if source == "none":
+            return None, source
+        if source == "process":
+            return dict(os.environ), source
+        if source == "file":
+            if not self.p["env_file"]:
+                self.module.fail_json(msg="env_source=file needs env_file")
+            script = '. "$1" >/dev/null 2>&1; env -0'
+            cmd = ["bash", "-c", script, "doctor", self.p["env_file"]]
+        else:
+            cmd = ["bash", "-lc", "env -0"]
+        rc, out, err = self.module.run_command(cmd, encoding=None)
+        if rc != 0:
+            self.add("env", source, False, "could not read the environment: %s" % err.strip(), "check %s" % cmd)
+            return None, source
+        env = {}
+        for item in out.split(b"\0"):
+            if b"=" in item:
+                k, v = item.split(b"=", 1)
+                env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+        return env, source
+
+    def check_env(self):
+        env, source = self.environment()
+        if env is None:
+            return
+        where = {
+            "process": "the container's env file (compose env_file, mlinfra.shared_cache.cache_env)",
+            "login": "/etc/profile.d/shared-cache.sh (mlinfra.shared_cache.cache_env)",
+            "file": self.p["env_file"],
+        }.get(source)
+        for entry in self.p["catalog"]:
+            base = self.path_of(entry)
+            for var, sub in sorted((entry.get("env") or {}).items()):
+                want = base + ("/" + sub if sub else "")
+                have = env.get(var)
+                if have is not None and have.rstrip("/") == want:
+                    self.add("env", var, True, have)
+                else:
+                    self.add(
+                        "env",
+                        var,
+                        False,
+                        "%s (expected %s)" % ("unset" if have is None else have, want),
+                        "set %s=%s in %s" % (var, want, where),
+                    )
+        hf_home = env.get("HF_HOME")
+        shared = [e for e in self.p["catalog"] if hf_home and is_within(hf_home.rstrip("/"), self.path_of(e))]
+        if shared:
+            self.add(
+                "hf_home",
+                "HF_HOME",
+                False,
+                "HF_HOME=%s is inside the shared cache %s: every user's token would be shared and "
+                "`hf auth login` chmods it 0700" % (hf_home, shared[0]["name"]),
+                "unset HF_HOME (it defaults to ~/.cache/huggingface per user); share HF_HUB_CACHE instead",
+            )
+        else:
+            self.add("hf_home", "HF_HOME", True, "per user (%s)" % (hf_home or "unset"))
+
+    # -- write-then-modify probe ---------------------------------------------------------------
+    def members(self, group_entry):
+        if self.p["members"]:
+            return self.p["members"]
+        names = list(group_entry.gr_mem) if group_entry else []
+        if group_entry:
+            names += sorted(
+                p.pw_name for p in pwd.getpwall() if p.pw_gid == group_entry.gr_gid and p.pw_name not in names
+            )
+        return names[:2]
+
+    def as_user(self, user, code, arg):
+        pw = pwd.getpwnam(user)
+        groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+        mask = int(self.p["probe_umask"], 8)
+
+        def demote():
+            os.setgroups(groups)
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            os.umask(mask)
+
+        proc = subprocess.run(
+            ["/bin/sh", "-c", code, "probe", arg],
+            preexec_fn=demote,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        return proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
+
+    def check_probe(self, ok_paths, group_entry):
+        if not self.p["probe"]:
+            return
+        if self.module.check_mode:
+            self.add("probe", "-", None, "skipped in check mode")
+            return
+        if os.geteuid() != 0:
+            self.module.warn("cache_doctor: not root, the write-then-modify probe is skipped")
+            self.add("probe", "-", None, "skipped: needs root to act as two group members")
+            return
+        members = self.members(group_entry)
+        for user in members:
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                self.add(
+                    "probe",
+                    user,
+                    False,
+                    "user %s does not exist here" % user,
+                    "create %s (same uid as on the host) or fix the members option" % user,
+                )
+                return
+        if len(members) < 2:
+            self.add(
+                "probe",
+                self.p["group"],
+                False,
+                "group %s has %d member(s); the probe needs two" % (self.p["group"], len(members)),
+                "add the workspace users to %s (shared_cache_users)" % self.p["group"],
+            )
+            return
+        first, second = members[0], members[1]
+        for entry, path in ok_paths:
+            probe = os.path.join(path, ".cache-doctor-" + secrets.token_hex(6))
+            try:
+                rc, err = self.as_user(first, PROBE_WRITE, probe)
+                if rc != 0:
+                    self.add(
+                        "probe", path, False, "%s cannot write in %s: %s" % (first, path, err), self.fix_layout(entry)
+                    )
+                    continue
+                rc, err = self.as_user(second, PROBE_MODIFY, probe)
+                if rc != 0:
+                    self.add(
+                        "probe",
+                        path,
+                        False,
+                        "%s cannot modify what %s wrote (umask %s): %s" % (second, first, self.p["probe_umask"], err),
+                        "set the default ACL and setgid: " + self.fix_layout(entry),
+                    )
+                else:
+                    self.add("probe", path, True, "%s wrote, %s modified" % (first, second))
+            finally:
+                shutil.rmtree(probe, ignore_errors=True)
+
+    # -- APT ---------------------------------------------------------------------------------------
+    def check_apt(self):
+        want = self.p["check_apt"]
+        if want is None:
+            want = self.p["context"] == "container"
+        if not want or not any(e.get("format") == "apt" for e in self.p["catalog"]):
+            return
+        apt_config = self.module.get_bin_path("apt-config")
+        if not apt_config:
+            self.add("apt", "apt-config", None, "apt not installed: skipped")
+            return
+        rc, out, err = self.module.run_command([apt_config, "dump"])
+        if rc != 0:
+            self.add(
+                "apt", "apt-config", False, "apt-config dump failed: %s" % err.strip(), "fix the APT configuration"
+            )
+            return
+        fix = "apply mlinfra.shared_cache.apt_keep_cache (or its Dockerfile fragment) and rebuild the image"
+        keep = re.search(r'^Binary::apt::APT::Keep-Downloaded-Packages "([^"]*)";', out, re.M)
+        if keep and keep.group(1).lower() in ("true", "1", "yes"):
+            self.add("apt", "Keep-Downloaded-Packages", True, "true")
+        else:
+            self.add(
+                "apt",
+                "Keep-Downloaded-Packages",
+                False,
+                "Binary::apt::APT::Keep-Downloaded-Packages is %s" % (keep.group(1) if keep else "unset"),
+                fix,
+            )
+        rc, shell_out, _err = self.module.run_command([apt_config, "shell", "PARTS", "Dir::Etc::parts/d"])
+        match = re.search(r"PARTS='([^']*)'", shell_out or "")
+        parts = match.group(1) if rc == 0 and match else "/etc/apt/apt.conf.d/"
+        clean = [
+            os.path.join(parts, name)
+            for name in self.p["apt_deleting_confs"]
+            if os.path.exists(os.path.join(parts, name))
+        ]
+        deleting = [
+            line
+            for line in out.splitlines()
+            if re.match(r"^(DPkg|APT::Update)::Post-Invoke", line, re.I) and "/var/cache/apt/archives" in line
+        ]
+        if clean or deleting:
+            self.add(
+                "apt",
+                "docker-clean",
+                False,
+                "a config deletes downloaded packages after each run: %s" % (clean[0] if clean else deleting[0]),
+                "remove %s: %s" % (clean[0] if clean else "that Post-Invoke", fix),
+            )
+        else:
+            self.add("apt", "docker-clean", True, "no config deletes downloaded packages")
+
+    # -- free space --------------------------------------------------------------------------------
+    def check_space(self):
+        spec = str(self.p["min_free"]).strip()
+        seen = set()
+        for entry in self.p["catalog"]:
+            path = self.path_of(entry)
+            try:
+                st = os.stat(path)
+                vfs = os.statvfs(path)
+            except OSError:
+                continue
+            if st.st_dev in seen:
+                continue
+            seen.add(st.st_dev)
+            free = vfs.f_bavail * vfs.f_frsize
+            total = vfs.f_blocks * vfs.f_frsize
+            if spec.endswith("%"):
+                need = int(total * float(spec[:-1]) / 100.0)
+            else:
+                need = parse_size(spec, "min_free")
+            ok = free >= need
+            self.add(
+                "free_space",
+                path,
+                ok,
+                "%.1f GiB free of %.1f GiB (need %.1f GiB)" % (free / 2.0**30, total / 2.0**30, need / 2.0**30),
+                "free space: mlinfra.shared_cache.cache_prune on the host (retention), or grow the filesystem",
+            )
+
+    # -- tools -------------------------------------------------------------------------------------
+    def check_tools(self):
+        for python in self.p["pythons"]:
+            exe = python if os.path.isabs(python) else self.module.get_bin_path(python)
+            if not exe or not os.path.exists(exe):
+                self.add("pip", python, None, "interpreter not found: skipped")
+                continue
+            for tool, minimum, fix in (
+                ("pip", self.p["min_pip"], "%s -m pip install --upgrade 'pip>=%s'"),
+                ("huggingface_hub", self.p["min_huggingface_hub"], "%s -m pip install --upgrade 'huggingface_hub>=%s'"),
+            ):
+                rc, out, err = self.module.run_command([exe, "-c", TOOL_VERSION, tool])
+                version = out.strip()
+                if rc != 0:
+                    self.add(tool, exe, False, "cannot run %s: %s" % (exe, err.strip()), "check the interpreter")
+                elif not version:
+                    self.add(tool, exe, None, "not installed: skipped")
+                elif version_tuple(version) >= version_tuple(minimum):
+                    self.add(tool, exe, True, version)
+                else:
+                    self.add(
+                        tool,
+                        exe,
+                        False,
+                        "%s %s < %s: it creates cache files only their owner can use" % (tool, version, minimum),
+                        fix % (exe, minimum),
+                    )
+
+    def run(self):
+        try:
+            group_entry = grp.getgrnam(self.p["group"])
+        except KeyError:
+            group_entry = None
+            self.add(
+                "group",
+                self.p["group"],
+                False,
+                "group %s does not exist here" % self.p["group"],
+                "create it (ansible.builtin.group) with the gid the host uses",
+            )
+        ok_paths = self.check_dirs(group_entry.gr_gid if group_entry else None)
+        self.check_env()
+        self.check_probe(ok_paths, group_entry)
+        self.check_apt()
+        self.check_space()
+        self.check_tools()
+        failed = [c for c in self.checks if c["ok"] is False]
+        lines = ["FAIL %s %s: %s; fix: %s" % (c["check"], c["target"], c["msg"], c["fix"]) for c in failed]
+        return failed, lines
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            catalog=dict(type="list", elements="dict", required=True),
+            context=dict(type="str", choices=["host", "container"], default="host"),
+            group=dict(type="str", default="cache"),
+            members=dict(type="list", elements="str"),
+            probe=dict(type="bool", default=True),
+            probe_umask=dict(type="str", default="0022"),
+            env_source=dict(type="str", choices=["process", "login", "file", "none"]),
+            env_file=dict(type="path"),
+            check_apt=dict(type="bool"),
+            apt_deleting_confs=dict(type="list", elements="str", default=["docker-clean"]),
+            min_free=dict(type="str", default="5%"),
+            pythons=dict(type="list", elements="str", default=["python3"]),
+            min_pip=dict(type="str", default="25.0"),
+            min_huggingface_hub=dict(type="str", default="1.4"),
+            fail_on_problem=dict(type="bool", default=True),
+        ),
+        required_if=[("env_source", "file", ["env_file"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        if not re.match(r"^0?[0-7]{3}$", p["probe_umask"]):
+            raise ParamError("probe_umask: %r is not an octal umask such as '0022'" % p["probe_umask"])
+        spec = str(p["min_free"]).strip()
+        if spec.endswith("%"):
+            try:
+                pct = float(spec[:-1])
+            except ValueError:
+                raise ParamError("min_free: %r is not a percentage such as 5%%" % spec) from None
+            if not 0 <= pct < 100:
+                raise ParamError("min_free: %r must be between 0%% and 100%%" % spec)
+        else:
+            parse_size(spec, "min_free")
+        for i, entry in enumerate(p["catalog"]):
+            for key in ("name", "abs_path", "mount"):
+                if not isinstance(entry.get(key), str) or not entry[key]:
+                    raise ParamError(
+                        "catalog[%d]: missing %s; pass the resolved catalog (shared_cache_catalog)" % (i, key)
+                    )
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
+    doctor = Doctor(module)
+    failed, lines = doctor.run()
+    result = dict(changed=False, checks=doctor.checks, problems=len(failed), lines=lines)
+    if failed and p["fail_on_problem"]:
+        module.fail_json(msg="%d problem(s):\n%s" % (len(failed), "\n".join(lines)), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
