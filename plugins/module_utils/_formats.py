@@ -34,7 +34,8 @@ API (stable: only additions)
                              the order they must be removed), ``.shared`` (ids into
                              ``Collection.shared``), ``.locks`` (tuples of tool lock files that must
                              not be held), ``.keep`` (None, or why the unit must not be deleted),
-                             ``.last_used(age_by)`` with age_by in ('atime', 'mtime', 'newest').
+                             ``.last_used(age_by)`` with age_by in ('atime', 'mtime', 'newest'),
+                             ``.stale`` (True for left-overs of interrupted downloads, STALE_KINDS).
 ``Format.tool_locks``        list of (relative path tuple, 'flock'|'fcntl') of the tool's own
                              cache-wide locks (apt ``archives/lock``, cargo ``.package-cache``).
 ``Format.post_prune(root_fd, collection, removed_keys)``  format clean-up after units went (empty HF
@@ -58,6 +59,9 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Wa
 
 FORMATS = ("huggingface", "torch", "pip", "conda", "apt", "npm", "go", "cargo", "generic", "external")
 AGE_BY = ("atime", "mtime", "newest")
+# Left-overs of interrupted downloads: cache_prune removes them once older than min_age,
+# whatever max_age says (Unit.stale).
+STALE_KINDS = frozenset(["incomplete download", "partial download", "temporary file"])
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
@@ -82,6 +86,7 @@ class Unit:
         "locks",
         "keep",
         "timed",
+        "stale",
     )
 
     def __init__(self, key, kind, name=None):
@@ -101,6 +106,7 @@ class Unit:
         self.locks = []
         self.keep = None
         self.timed = False
+        self.stale = kind in STALE_KINDS
 
     def last_used(self, age_by="newest"):
         """Newest evidence of use: the tool's own record and the files' atime/mtime per age_by."""
@@ -283,10 +289,12 @@ class Collector:
         return u
 
     def add_dir(self, key, kind, anchor, st, name=None, timed=True):
+        """Attach a directory to unit ``key``. Only its mtime counts: every walk (ours, du,
+        scan_cache_dir) updates a directory's atime, so it says nothing about use."""
         u = self.unit(key, kind, name)
         u.add_path(anchor)
-        if timed:
-            u.touch(st)
+        if timed and st.st_mtime > u.mtime:
+            u.mtime = st.st_mtime
         return u
 
     def other(self, st):
@@ -461,6 +469,7 @@ class _HFCollector(Collector):
                 u = self.unit(key, "revision")
                 u.files += 1
                 u.own_size += st.st_size
+                u.own_disk += st.st_blocks * 512  # targets over 60 bytes take a block on ext4
                 if blob is not None:
                     self.snap_blobs.setdefault((parts[off], rev), set()).add(blob)
             else:
@@ -468,8 +477,7 @@ class _HFCollector(Collector):
         elif sub == "refs":
             data = _read_small(d.fd, name, 4096)
             rev = data.decode("ascii", "replace").strip() if data else ""
-            repo.refs["/".join(parts[off + 2 :])] = (rev, parts)
-            self.other(st)
+            repo.refs["/".join(parts[off + 2 :])] = (rev, parts, st)
         elif sub == ".no_exist":
             self.other(st)
         else:
@@ -485,11 +493,17 @@ class _HFCollector(Collector):
                 self.shared[(repo_name, b)].refs += 1
                 bst = repo.blobs[b]
                 u.touch(bst)
-            refs = sorted(r for r, (target, _p) in repo.refs.items() if target == rev)
+            refs = sorted(r for r, (target, _p, _s) in repo.refs.items() if target == rev)
             label = repo_name.split("--", 1)[1].replace("--", "/") if "--" in repo_name else repo_name
             u.name = "%s %s%s" % (label, rev[:12], (" (%s)" % ", ".join(refs)) if refs else "")
             snap_path = repo.prefix + ("snapshots", rev)
-            paths = [p for r, (target, p) in sorted(repo.refs.items()) if target == rev]
+            paths = []
+            for _r, (target, p, rst) in sorted(repo.refs.items()):
+                if target == rev:
+                    paths.append(p)
+                    u.files += 1
+                    u.own_size += rst.st_size
+                    u.own_disk += rst.st_blocks * 512
             if rev in repo.no_exist:
                 paths.append(repo.prefix + (".no_exist", rev))
             paths.append(snap_path)
@@ -497,6 +511,10 @@ class _HFCollector(Collector):
             lockdir = self.lock_dirs.get(repo_name)
             if lockdir is not None:
                 u.locks.append(lockdir)
+        for repo in self.repos.values():
+            for _r, (target, _p, rst) in repo.refs.items():
+                if target not in repo.snapshots:
+                    self.other(rst)  # a ref to a missing revision: left to huggingface_hub
         # blobs no snapshot references: their own unit, so they can be reclaimed by age
         for repo_name, repo in self.repos.items():
             lockdir = self.lock_dirs.get(repo_name)

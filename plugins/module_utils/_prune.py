@@ -551,15 +551,14 @@ def select(collection, policy, now, free_now, extra_disk=0):
         return freed
 
     rest = []
-    if policy.max_age is not None:
-        cutoff = now - policy.max_age
-        for u in candidates:
-            if u.last_used(policy.age_by) < cutoff:
-                take(u, "max_age")
-            else:
-                rest.append(u)
-    else:
-        rest = candidates
+    cutoff = now - policy.max_age if policy.max_age is not None else None
+    for u in candidates:
+        if u.stale:
+            take(u, "stale")
+        elif cutoff is not None and u.last_used(policy.age_by) < cutoff:
+            take(u, "max_age")
+        else:
+            rest.append(u)
     if policy.max_size is not None or policy.min_free is not None:
         total = collection.total_disk + extra_disk - sum(c[2] for c in chosen)
         free = free_now + sum(c[2] for c in chosen)
