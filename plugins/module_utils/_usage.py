@@ -257,12 +257,14 @@ def build_report(
     critical_percent=90.0,
     workers=None,
     now=None,
+    size_hints=None,
 ):
     """Measure every cache and the filesystems they live on; return the whole report dict.
 
     ``caches`` is a list of dicts with ``name``, ``path`` (absolute), and optionally ``format``,
     ``category``, ``description``, ``age_by``. ``workers`` > 1 measures caches in parallel
-    worker processes (the walk is system-call bound; processes overlap it on several cores).
+    worker processes (the walk is system-call bound; processes overlap it on several cores);
+    ``size_hints`` (cache name -> bytes of an earlier report) makes the largest start first.
     """
     t0 = time.monotonic()
     now = time.time() if now is None else now
@@ -283,7 +285,7 @@ def build_report(
         workers = default_workers(len(jobs))
     results = None
     if workers > 1 and len(jobs) > 1:
-        results = _parallel(jobs, workers)
+        results = _parallel(jobs, workers, size_hints)
     if results is None:
         results = [measure_cache(**j) for j in jobs]
     out_caches = []
@@ -369,21 +371,29 @@ def build_report(
     }
 
 
-def _parallel(jobs, workers):
-    """Run measure_cache jobs in forked worker processes; None when processes are unavailable."""
+def _parallel(jobs, workers, size_hints=None):
+    """Run measure_cache jobs in forked worker processes; None when processes are unavailable.
+
+    Jobs are handed out one at a time, largest first when ``size_hints`` (name -> files or
+    bytes of an earlier report) tell which is largest, so one big cache does not finish last.
+    """
     try:
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
     except (ImportError, ValueError):
         return None
-    # Largest-first is unknown before walking; hand jobs out one by one (imap) so a big cache
-    # does not hold back the others.
+    hints = size_hints or {}
+    order = sorted(range(len(jobs)), key=lambda i: -(hints.get(jobs[i]["name"]) or 0))
     try:
         with ctx.Pool(processes=workers) as pool:
-            return pool.map(_measure_job, jobs, chunksize=1)
+            done = pool.map(_measure_job, [jobs[i] for i in order], chunksize=1)
     except OSError:
         return None
+    results = [None] * len(jobs)
+    for i, r in zip(order, done, strict=True):
+        results[i] = r
+    return results
 
 
 # --------------------------------------------------------------------------------------------

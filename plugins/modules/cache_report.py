@@ -85,7 +85,8 @@ options:
   history_file:
     description:
       - JSON-lines history of earlier reports (one RV(history_entry) per line), read to draw the
-        growth chart of the HTML page. Read only; a missing file means no history.
+        growth chart of the HTML page and to start the largest caches first. Read only; a
+        missing file means no history.
     type: path
   history_limit:
     description: At most this many history entries are read.
@@ -327,6 +328,12 @@ def main():
     except ParamError as exc:
         module.fail_json(msg=str(exc))
 
+    history = []
+    if p["history_file"]:
+        try:
+            history = read_history(p["history_file"], p["history_limit"])
+        except (OSError, UnicodeDecodeError) as exc:
+            module.warn("history %s not read: %s" % (p["history_file"], exc))
     report = build_report(
         caches,
         root=root,
@@ -336,6 +343,7 @@ def main():
         warn_percent=p["warn_percent"],
         critical_percent=p["critical_percent"],
         workers=p["workers"] or None,
+        size_hints=(history[-1].get("caches") if history else None),
     )
     for r in report["caches"]:
         if r["error"]:
@@ -364,12 +372,6 @@ def main():
     if "prometheus" in p["render"]:
         report["prometheus"] = render_prometheus(report)
     if "html" in p["render"]:
-        history = []
-        if p["history_file"]:
-            try:
-                history = read_history(p["history_file"], p["history_limit"])
-            except (OSError, UnicodeDecodeError) as exc:
-                module.warn("history %s not read: %s" % (p["history_file"], exc))
         report["html"] = render_html(report, history, title=p["title"])
     missing = [r["name"] for r in report["caches"] if not r["exists"]]
     if missing and len(missing) == len(report["caches"]):
