@@ -118,6 +118,48 @@ def pip_phase(container, user, packages, bootstrap):
     }
 
 
+def concurrent_apt(containers, packages):
+    """Both containers download the same new packages at the same moment into the shared archives.
+
+    APT holds archives/lock (fcntl, shared through the bind mount) while it downloads; with the
+    DPkg::Lock::Timeout the apt_keep_cache role sets, the second run waits and then needs 0 B.
+    """
+    cmd = "apt-get install -y --download-only --no-install-recommends %s 2>&1" % " ".join(packages)
+    procs = [
+        subprocess.Popen(
+            ["docker", "exec", "-u", "root", c, "bash", "-c", cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for c in containers
+    ]
+    runs = []
+    for c, p in zip(containers, procs, strict=True):
+        out = p.communicate()[0]
+        runs.append(
+            {
+                "container": c,
+                "rc": p.returncode,
+                "get_lines": len(re.findall(r"^Get:", out, re.M)),
+                "lock_error": "Could not get lock" in out,
+                "tail": out.splitlines()[-3:],
+            }
+        )
+    check, _ = dexec(
+        containers[0],
+        "root",
+        'for f in /var/cache/apt/archives/*.deb; do dpkg-deb --info "$f" >/dev/null || echo BROKEN $f; done; '
+        "ls /var/cache/apt/archives/partial | wc -l",
+        login=False,
+    )
+    return {
+        "runs": runs,
+        "broken": [x for x in check.stdout.splitlines() if x.startswith("BROKEN")],
+        "partial_left": int(check.stdout.split()[-1]),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", nargs=2, default=["alice", "bob"])
@@ -125,6 +167,7 @@ def main():
     ap.add_argument("--pip", nargs="+", required=True)
     ap.add_argument("--pip-bootstrap", default="pip==25.3")
     ap.add_argument("--pip-cache", default="/cache/pip")
+    ap.add_argument("--apt-concurrent", nargs="+", default=["tree"])
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -159,6 +202,8 @@ def main():
         raise SystemExit("modify check failed: %s" % proc.stderr)
     report["bob_modifies_alice"] = json.loads(proc.stdout)
 
+    report["concurrent_apt"] = conc = concurrent_apt(["workspace-" + u for u in args.users], args.apt_concurrent)
+
     a, b = report[alice], report[bob]
     a_files = {f.rsplit("/", 1)[-1] for f in a["pip"]["downloading"]}
     b_again = sorted(f for f in (x.rsplit("/", 1)[-1] for x in b["pip"]["downloading"]) if f in a_files)
@@ -171,6 +216,10 @@ def main():
         "pip writes group-usable cache files (>= 25.0)": int(b["pip"]["pip_version"].split(".")[0]) >= 25,
         "bob can modify every file alice left": report["bob_modifies_alice"]["failed_count"] == 0
         and report["bob_modifies_alice"]["files"] > 0,
+        "concurrent apt runs both succeed, one download": all(r["rc"] == 0 for r in conc["runs"])
+        and sum(r["get_lines"] for r in conc["runs"]) == len(args.apt_concurrent)
+        and not conc["broken"]
+        and conc["partial_left"] == 0,
     }
     report["redownloaded_by_bob"] = b_again
     report["checks"] = checks
