@@ -28,7 +28,7 @@ def test_root_is_group_shared_not_world_writable(host):
     assert root.mode == 0o2775
 
 
-@pytest.mark.parametrize("name,entry", ENTRIES, ids=[n for n, _ in ENTRIES])
+@pytest.mark.parametrize("name,entry", ENTRIES, ids=[name for name, _entry in ENTRIES])
 def test_every_catalog_cache_exists_with_its_mode(host, name, entry):
     path = os.path.join(ROOT, entry["path"])
     f = host.file(path)

@@ -66,7 +66,7 @@ def test_add_and_drop_entries(defaults):
     assert "gdrive" not in entries and "jetbrains" not in entries
     assert entries["ollama"]["mount"] == "/cache/ml-models/ollama"
     assert entries["ollama"]["mode"] == "2775"
-    assert [e for e in entries] == sorted(entries)
+    assert list(entries) == sorted(entries)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ def walk_names(root):
         w = Walker(fd)
         seen = {}
         for d in w.walk():
-            seen[d.rel] = sorted(n for n, _ in d.entries)
+            seen[d.rel] = sorted(name for name, _st in d.entries)
         return seen, w
     finally:
         os.close(fd)
