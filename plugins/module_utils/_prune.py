@@ -946,6 +946,29 @@ class Pruner:
             self._walk_notes(walker, result)
 
 
-def opened(path):
-    """Open a cache directory (absolute) safely; for callers outside Pruner."""
-    return open_dir_nofollow(path)
+def human(n):
+    """1536 -> '1.5KiB' (powers of 1024, as parse_size reads them)."""
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return ("%d%s" % (n, unit)) if unit == "B" else ("%.1f%s" % (n, unit))
+        n /= 1024.0
+    return "%dB" % n
+
+
+def summary_line(res, check=False, name=None):
+    """One log line for a Pruner result (the module's ``summary``, the scheduled job's log)."""
+    label = name or res["path"]
+    if res.get("skipped"):
+        return "cache_prune %s skipped: %s" % (label, res.get("msg", ""))
+    return "cache_prune %s format=%s %sunits=%d files=%d freed=%s busy=%d errors=%d duration=%.1fs" % (
+        label,
+        res["format"],
+        "(dry run) " if check else "",
+        res["units"],
+        res["files"],
+        human(res["bytes"]),
+        len(res["busy"]),
+        len(res["errors"]),
+        res.get("duration", 0.0),
+    )

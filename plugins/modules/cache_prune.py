@@ -233,31 +233,6 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
 )
 
 
-def human(n):
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return ("%d%s" % (n, unit)) if unit == "B" else ("%.1f%s" % (n, unit))
-        n /= 1024.0
-    return "%dB" % n
-
-
-def summary_line(res, check):
-    if res.get("skipped"):
-        return "cache_prune %s skipped: %s" % (res["path"], res.get("msg", ""))
-    return "cache_prune %s format=%s %sunits=%d files=%d freed=%s busy=%d errors=%d duration=%.1fs" % (
-        res["path"],
-        res["format"],
-        "(check) " if check else "",
-        res["units"],
-        res["files"],
-        human(res["bytes"]),
-        len(res["busy"]),
-        len(res["errors"]),
-        res.get("duration", 0.0),
-    )
-
-
 def build_policy(params):
     """Parse and check every limit; raises ParamError before anything is touched."""
     max_age = parse_duration(params["max_age"], "max_age")
@@ -341,10 +316,10 @@ def main():
             "%d entr%s of %s could not be read or removed: %s"
             % (len(res["errors"]), "y" if len(res["errors"]) == 1 else "ies", path, "; ".join(res["errors"][:3]))
         )
-    res["summary"] = summary_line(res, module.check_mode)
+    res["summary"] = _prune.summary_line(res, module.check_mode)
     if module._diff and "before" in res:
         res["diff"] = {
-            side: "%s: %s in %s units\n" % (path, human(res[side].get("bytes")), res[side].get("units", "?"))
+            side: "%s: %s in %s units\n" % (path, _prune.human(res[side].get("bytes")), res[side].get("units", "?"))
             for side in ("before", "after")
         }
     changed = res.pop("changed", False)
