@@ -124,7 +124,7 @@ def _playbook(workdir, text, tree):
 
 def _best(fn, repeat):
     best_t, best_rss = None, None
-    for _ in range(repeat):
+    for _i in range(repeat):
         t, rss = fn()
         if best_t is None or t < best_t:
             best_t = t
@@ -158,7 +158,7 @@ def rows(n_files, workdir):
     _ours(coll, tree)  # make it correct (and warm the cache)
     ours_t = peer_t = None
     rss = 0.0
-    for _ in range(REPEAT):
+    for _i in range(REPEAT):
         t, r = _ours(coll, tree)
         ours_t = t if ours_t is None else min(ours_t, t)
         rss = max(rss, r or 0)
@@ -169,7 +169,7 @@ def rows(n_files, workdir):
     # 2. wrong tree, fixing
     ours_t = peer_t = None
     rss = 0.0
-    for _ in range(max(1, REPEAT - 1)):
+    for _i in range(max(1, REPEAT - 1)):
         _reset_wrong(tree)
         t, r = _ours(coll, tree)
         ours_t = t if ours_t is None else min(ours_t, t)

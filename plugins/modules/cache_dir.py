@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: cache_dir
 short_description: Create a shared cache directory tree with group ownership, setgid and a default POSIX ACL
 version_added: 0.1.0
-author: mlinfra
+author: mlinfra (@mlinfra)
 description:
   - Ensures a cache directory (and optional subdirectories) exists with an owner, a group and a
     mode (default C(2775), setgid so that new files inherit the group) and a default POSIX ACL that
@@ -109,6 +109,7 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Linux (POSIX ACLs as extended attributes; other POSIX systems without the ACL part).
 seealso:
   - name: ACL(5)
     description: POSIX access control lists on Linux.
@@ -217,8 +218,11 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import
 )
 
 
-def run(params, check_mode=False, warn=print):
+def run(params, check_mode=False, warn=None):
     """Do the work of the module; returns the result dict. Raises ParamError/PermsError for bad input."""
+    warnings = []
+    if warn is None:
+        warn = warnings.append
     path = validate_cache_root(params["path"], "path")
     mode = parse_mode(params["mode"], "mode")
     if world_writable(mode):
