@@ -359,6 +359,9 @@ def test_other_filesystems_are_not_entered(tmp_path, capsys):
         assert res["other_fs"] == ["mnt"]
         assert mode_of(mnt / "f") == 0o600
         assert "another filesystem" in warnings_of(res)
+        crossed = run_module(capsys, path=str(root), recurse=True, one_fs=False)
+        assert crossed["other_fs"] == []
+        assert mode_of(mnt / "f") == 0o660
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
 
@@ -391,3 +394,44 @@ def test_diff_shows_root_attributes(tmp_path, capsys):
     assert res["diff"]["before"]["mode"] == "0755" and res["diff"]["before"]["default_acl"] == []
     assert res["diff"]["after"]["mode"] == "2775" and res["diff"]["after"]["group"] == GROUP
     assert "default:group:%s:rwx" % GROUP in res["diff"]["after"]["default_acl"]
+
+
+def test_recurse_never_changes_content_owners_and_acl_false_leaves_acls(tmp_path, capsys):
+    root = wrong_tree(tmp_path)
+    res = run_module(capsys, path=str(root), owner=OWNER, recurse=True, acl=False)
+    assert res["acl_supported"] is None
+    assert os.lstat(root).st_uid == UID  # the managed directory gets the owner...
+    assert os.lstat(root / "http" / "a" / "f0").st_uid == 0  # ...content keeps its own
+    assert os.lstat(root / "http").st_uid == 0
+    for p in (root, root / "http", root / "http" / "a"):
+        assert _perms.ACL_DEFAULT not in os.listxattr(p)
+    assert mode_of(root / "http" / "a" / "f0") == 0o660
+
+
+def test_hard_links_are_skipped_when_the_kernel_does_not_protect_them(tmp_path):
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "single").write_text("s")
+    (root / "linked").write_text("l")
+    os.link(root / "linked", tmp_path / "outside-link")  # a second name outside the cache
+    for name in ("single", "linked"):
+        os.chmod(root / name, 0o600)
+    fixer = _perms.TreeFixer(None, GID, 0o2775)
+    fixer.protected_hardlinks = False  # as on a host with fs.protected_hardlinks = 0
+    fd, managed = fixer.ensure(str(root), [])
+    try:
+        fixer.walk(fd, managed)
+    finally:
+        os.close(fd)
+    assert fixer.skipped["hardlinks"] == 1
+    assert mode_of(root / "linked") == 0o600 and os.lstat(root / "linked").st_gid == 0
+    assert mode_of(root / "single") == 0o660 and os.lstat(root / "single").st_gid == GID
+
+
+def test_existing_file_as_path_is_refused(tmp_path, capsys):
+    f = tmp_path / "notadir"
+    f.write_text("x")
+    os.chmod(f, 0o600)
+    res = run_module(capsys, path=str(f))
+    assert res["failed"] is True and "not a directory" in res["msg"]
+    assert mode_of(f) == 0o600
