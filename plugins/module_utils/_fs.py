@@ -22,6 +22,22 @@ import os
 import stat
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def _open_dir(name, dir_fd):
+    """os.open(name, O_DIR) with O_NOATIME where allowed (owner or CAP_FOWNER).
+
+    Reading a directory moves its atime (relatime: once a day); a periodic walk (cache_report's
+    cron, cache_prune) would otherwise make every directory look used and defeat age policies.
+    """
+    if O_NOATIME:
+        try:
+            return os.open(name, O_DIR | O_NOATIME, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+    return os.open(name, O_DIR, dir_fd=dir_fd)
 
 
 class WalkError(OSError):
@@ -41,7 +57,7 @@ def open_dir_nofollow(path):
     try:
         for part in [p for p in path.split("/") if p]:
             try:
-                nfd = os.open(part, O_DIR, dir_fd=fd)
+                nfd = _open_dir(part, fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(fd, part):
                     raise WalkError(
@@ -69,7 +85,7 @@ def open_subdir(dir_fd, name, expect=None):
     ``expect`` is the lstat result seen before; when the opened directory is not that same
     inode (it was swapped), the descriptor is closed and None is returned.
     """
-    fd = os.open(name, O_DIR, dir_fd=dir_fd)
+    fd = _open_dir(name, dir_fd)
     if expect is not None:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):

@@ -548,3 +548,15 @@ def test_html_renders_in_chromium(base, known):
     for hexcolor in (_usage.COLORS["ml-models"], _usage.COLORS["packages"], "#e15759"):
         rgb = bytes.fromhex(hexcolor[1:])
         assert colors.get(rgb, 0) > 20, "%s not drawn" % hexcolor
+
+
+def test_walk_leaves_directory_atimes_alone(known):
+    """A report every few minutes must not make directories look used (relatime moves a read
+    directory's atime once a day): the walker opens directories with O_NOATIME."""
+    old = NOW - 10 * DAY
+    dirs = [known] + [os.path.join(known, p) for p in ("a", "a/b", "c", "d", "e")]
+    for d in dirs:
+        os.utime(d, (old, old))
+    _usage.measure_cache("k", known, fmt="generic")
+    for d in dirs:
+        assert os.stat(d).st_atime == pytest.approx(old, abs=1e-3), d
