@@ -72,12 +72,16 @@ def _empty(name, path):
     }
 
 
-def measure_cache(name, path, fmt=None, now=None, age_days=(30, 90), age_by="newest", top=10, max_errors=100):
+def measure_cache(
+    name, path, fmt=None, now=None, age_days=(30, 90), age_by="newest", top=10, max_errors=100, max_units=50000
+):
     """Walk one cache once and return its figures (a dict, see RETURN of the cache_report module).
 
     ``fmt`` names the cache's format (``_formats``): when given and ``top`` > 0, the same walk
     feeds the format's collector and the ``top`` largest units (HF revision, wheel, conda
-    package, npm entry, module@version, .deb, ...) are returned in ``units``.
+    package, npm entry, module@version, .deb, ...) are returned in ``units``. The collector
+    keeps every unit in memory (about 1 KB each): past ``max_units`` units (0 = no limit) it
+    is dropped and ``units_error`` says so, the sizes stay whole.
     Never raises for what it finds in the tree: a missing cache gives ``exists: false``, a root
     that cannot be opened safely gives ``error``, unreadable subtrees are counted and named.
     """
@@ -121,6 +125,13 @@ def measure_cache(name, path, fmt=None, now=None, age_days=(30, 90), age_by="new
                 except Exception as exc:  # noqa: BLE001 - units are extra; sizes must still come out
                     out["units_error"] = "%s: %s" % (type(exc).__name__, exc)
                     collector = None
+                else:
+                    if max_units and len(collector.units) > max_units:
+                        out["units_error"] = (
+                            "more than %d units: largest units not computed, to bound memory (raise max_units)"
+                            % max_units
+                        )
+                        collector = None
             for _name, st in d.entries:
                 kind = st.st_mode & _S_IFMT
                 if kind == _S_IFDIR:
@@ -258,6 +269,7 @@ def build_report(
     workers=None,
     now=None,
     size_hints=None,
+    max_units=50000,
 ):
     """Measure every cache and the filesystems they live on; return the whole report dict.
 
@@ -279,6 +291,7 @@ def build_report(
                 "age_by": c.get("age_by") or age_by,
                 "top": top,
                 "fmt": c.get("format") or "generic",
+                "max_units": max_units,
             }
         )
     if workers is None:

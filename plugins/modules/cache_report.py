@@ -48,6 +48,14 @@ options:
     description: How many of the largest units to return per cache and overall. V(0) skips unit accounting.
     type: int
     default: 10
+  max_units:
+    description:
+      - Unit accounting keeps every unit of a cache in memory (about 1 KB each). Past this many
+        units in one cache (a pip HTTP cache of millions of entries) the largest units of that
+        cache are not computed and RV(caches[].units_error) says so; sizes stay whole. V(0)
+        means no limit.
+    type: int
+    default: 50000
   age_days:
     description: Ages in days for which the bytes and files not used since are returned.
     type: list
@@ -296,6 +304,7 @@ def main():
             caches=dict(type="list", elements="dict", required=True),
             root=dict(type="path"),
             top=dict(type="int", default=10),
+            max_units=dict(type="int", default=50000),
             age_days=dict(type="list", elements="int", default=[30, 90]),
             age_by=dict(type="str", choices=list(AGE_BY), default="newest"),
             warn_percent=dict(type="float", default=80.0),
@@ -323,6 +332,8 @@ def main():
                 "warn_percent and critical_percent: need 0 <= warn (%s) <= critical (%s) <= 100"
                 % (p["warn_percent"], p["critical_percent"])
             )
+        if p["max_units"] < 0:
+            raise ParamError("max_units: must be 0 (no limit) or more, got %d" % p["max_units"])
         if p["history_limit"] < 0:
             raise ParamError("history_limit: must be 0 or more")
     except ParamError as exc:
@@ -344,6 +355,7 @@ def main():
         critical_percent=p["critical_percent"],
         workers=p["workers"] or None,
         size_hints=(history[-1].get("caches") if history else None),
+        max_units=p["max_units"],
     )
     for r in report["caches"]:
         if r["error"]:

@@ -560,3 +560,14 @@ def test_walk_leaves_directory_atimes_alone(known):
     _usage.measure_cache("k", known, fmt="generic")
     for d in dirs:
         assert os.stat(d).st_atime == pytest.approx(old, abs=1e-3), d
+
+
+def test_max_units_bounds_memory_not_sizes(base):
+    pip = os.path.join(base, "pip")
+    for i in range(30):
+        write(os.path.join(pip, "http-v2", "%x" % (i % 4), "%02d" % i), 1000 + i)
+    capped = _usage.measure_cache("pip", pip, fmt="pip", top=5, max_units=10)
+    full = _usage.measure_cache("pip", pip, fmt="pip", top=5, max_units=0)
+    assert capped["units"] == [] and "more than 10 units" in capped["units_error"]
+    assert full["units_error"] is None and len(full["units"]) == 5 and full["units_count"] == 30
+    assert capped["bytes"] == full["bytes"] == du(pip, "-B1")
