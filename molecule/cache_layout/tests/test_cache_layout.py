@@ -103,3 +103,16 @@ def test_nothing_is_world_writable(host):
 def test_eve_cannot_create_caches(host):
     denied(host, "eve", "mkdir %s/eve-cache" % ROOT)
     denied(host, "eve", "touch %s/pip/wheel.whl" % ROOT)
+
+
+def test_legacy_777_tree_was_brought_into_line(host):
+    d = ROOT + "/pip/legacy"
+    # chmod -R 777 left everything 0777: world write goes, group gets setgid on directories
+    for path, mode in ((d, 0o2775), (d + "/wheels", 0o2775), (d + "/wheels/old.whl", 0o775)):
+        f = host.file(path)
+        assert f.mode == mode, path
+        assert f.group == "cache" and f.user == "alice", path
+    acl = host.check_output("getfacl -p --omit-header -d %s/wheels" % d).split()
+    assert "group:cache:rwx" in acl
+    ok(host, "bob", "echo bob > %s/wheels/old.whl && echo new > %s/wheels/new.whl" % (d, d))
+    denied(host, "eve", "echo evil > %s/wheels/old.whl" % d)
