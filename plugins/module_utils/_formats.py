@@ -484,15 +484,21 @@ class _HFCollector(Collector):
             self.other(st)
 
     def finish_units(self):
+        for (repo_name, _rev), blobs in self.snap_blobs.items():
+            for b in blobs:
+                if (repo_name, b) in self.shared:
+                    self.shared[(repo_name, b)].refs += 1
         for (repo_name, rev), blobs in self.snap_blobs.items():
             repo = self.repos[repo_name]
             u = self.unit(repo_name + "@" + rev, "revision")
             present = [b for b in sorted(blobs) if b in repo.blobs]
+            # last use: the blobs only this revision has (loading it reads them); a blob shared
+            # with another revision says when *some* revision was used. All blobs if none is own.
+            own = [b for b in present if self.shared[(repo_name, b)].refs == 1] or present
             for b in present:
                 u.shared.append((repo_name, b))
-                self.shared[(repo_name, b)].refs += 1
-                bst = repo.blobs[b]
-                u.touch(bst)
+            for b in own:
+                u.touch(repo.blobs[b])
             refs = sorted(r for r, (target, _p, _s) in repo.refs.items() if target == rev)
             label = repo_name.split("--", 1)[1].replace("--", "/") if "--" in repo_name else repo_name
             u.name = "%s %s%s" % (label, rev[:12], (" (%s)" % ", ".join(refs)) if refs else "")

@@ -79,6 +79,13 @@ class ProcLocks:
         self.keys = keys
         self.stamp = time.monotonic()
 
+    def on_device(self, dev):
+        """True when some lock is held on the filesystem ``dev`` (or locks cannot be listed)."""
+        if not self.available:
+            return True
+        key = (os.major(dev), os.minor(dev))
+        return any(k[:2] == key for k in self.keys)
+
     def maybe_refresh(self, interval=1.0):
         if time.monotonic() - self.stamp >= interval:
             self.refresh()
@@ -741,6 +748,9 @@ class Pruner:
         result["changed"] = bool(result["units"])
 
     def _unit_busy(self, fd, u, locks, dev):
+        held = self._held_inside(fd, u, locks, dev)
+        if held:
+            return "%s is locked by a process" % held
         for lp in u.locks:
             pfd = open_parent(fd, lp, dev, ())
             if pfd is None:
@@ -762,6 +772,42 @@ class Pruner:
                         os.close(cfd)
                 elif locks.held(st, pfd, lp[-1]):
                     return "tool lock %s held" % "/".join(lp)
+            finally:
+                os.close(pfd)
+        return None
+
+    def _held_inside(self, fd, u, locks, dev):
+        """The first entry of the unit a process holds a lock on, or None: the unit then waits
+        whole for a later run instead of losing half of itself (skipped cheaply when no lock at
+        all is held on this filesystem)."""
+        if not locks.on_device(dev):
+            return None
+        for p in u.paths:
+            pfd = open_parent(fd, p, dev, ())
+            if pfd is None:
+                continue
+            try:
+                try:
+                    st = os.stat(p[-1], dir_fd=pfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if locks.held(st, pfd, p[-1]):
+                    return "/".join(p)
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                try:
+                    sfd = open_subdir(pfd, p[-1], expect=st)
+                except OSError:
+                    continue
+                if sfd is None:
+                    continue
+                try:
+                    for d in Walker(sfd, one_fs=True).walk():
+                        for name, est in d.entries:
+                            if locks.held(est, d.fd, name):
+                                return "/".join(p + tuple(d.rel.split("/") if d.rel else ()) + (name,))
+                finally:
+                    os.close(sfd)
             finally:
                 os.close(pfd)
         return None

@@ -294,9 +294,11 @@ def hf(tmp_path):
     )
     b = make_hf_repo(hub, "datasets--org--b", {r_b: {"data/train.parquet": b"D" * 30000}}, {"main": r_b})
     age(hub, 200)
-    # the new revision of a: used today (its snapshot, its blob)
+    # the new revision of a: used today (its snapshot; reading its config read the blob the old
+    # revision shares, which must not make the old revision look used)
     now = time.time()
     os.utime(a / "snapshots" / r_new, (now, now))
+    os.utime(a / "blobs" / hashlib.sha256(shared).hexdigest(), (now, now - 200 * DAY))
     write(a / "blobs" / ("e" * 64), b"orphan", age_days=200)
     write(a / "blobs" / ("f" * 64 + ".incomplete"), b"stale", age_days=3)
     write(a / "blobs" / ("9" * 64 + ".incomplete"), b"downloading")
@@ -512,3 +514,25 @@ def test_pruner_api_reports_busy_units_without_touching_them(tmp_path):
     assert res["format"] == "torch" and res["units"] == 1
     assert os.path.exists(cache / "hub" / "checkpoints" / "a.pth")
     assert not os.path.exists(cache / "hub" / "checkpoints" / "b.pth")
+
+
+def test_a_unit_with_one_locked_file_waits_whole(tmp_path):
+    """A conda package one of whose files a process locks is kept entirely (not half-deleted)."""
+    cache = tmp_path / "conda"
+    pkg = cache / "pkgs" / "zlib-1.2.13-h5eee18b_0"
+    write(pkg / "lib" / "libz.so", b"L", age_days=200)
+    write(pkg / "info" / "repodata_record.json", b"{}", age_days=200)
+    write(cache / "pkgs" / "zlib-1.2.13-h5eee18b_0.conda", b"T", age_days=200)
+    write(cache / "pkgs" / "urls.txt", b"")
+    age(pkg, 200)
+    p = hold_lock(pkg / "lib" / "libz.so", "flock")
+    try:
+        res = _prune.Pruner(str(cache), policy=_prune.Policy(max_age=90 * DAY)).run()
+    finally:
+        p.kill()
+        p.wait()
+    assert res["units"] == 0 and any("libz.so" in b for b in res["busy"])
+    assert (cache / "pkgs" / "zlib-1.2.13-h5eee18b_0.conda").exists()
+    assert (pkg / "info" / "repodata_record.json").exists()
+    res = _prune.Pruner(str(cache), policy=_prune.Policy(max_age=90 * DAY)).run()
+    assert res["units"] == 1 and not pkg.exists()
