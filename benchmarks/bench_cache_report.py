@@ -104,7 +104,7 @@ def rows(n_files, workdir):
     ours, seed, dusb, rss = [], [], [], 0.0
     # warm the page cache; its per-cache sizes are the history a cron run would have
     _t, _r, hints = _ours(coll, caches, root, {})
-    for _ in range(REPEAT):
+    for _round in range(REPEAT):
         t, r, _h = _ours(coll, caches, root, hints)
         ours.append(t)
         rss = max(rss, r)

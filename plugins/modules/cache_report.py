@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: cache_report
 short_description: Report the usage of every shared cache in one pass (sizes, ages, largest units, disk)
 version_added: 0.1.0
-author: mlinfra
+author: mlinfra (@mlinfra)
 description:
   - Walks every cache once, never following a symbolic link and never leaving the cache's
     filesystem, and returns per cache the bytes on disk (equal to C(du -sxB1) of the same tree,
@@ -107,9 +107,14 @@ options:
 attributes:
   check_mode:
     support: full
-    details: The module only reads; it runs the same in check mode.
+    description: The module only reads; it runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to diff.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux (descriptor-relative walk, statvfs).
 notes:
   - Sizes count what the user running the module can see. Run it as root for whole figures;
     it is safe to (descriptor-relative walk, no symbolic link followed).
@@ -150,20 +155,48 @@ caches:
   type: list
   elements: dict
   contains:
-    name: {description: Cache name., type: str}
-    path: {description: Absolute path measured., type: str}
-    exists: {description: Whether the directory exists., type: bool}
-    error: {description: Why the cache could not be walked (symbolic link in its path, ...) or null., type: str}
-    bytes: {description: Bytes on disk, equal to C(du -sxB1 path)., type: int}
-    apparent_bytes: {description: Apparent bytes, equal to C(du -sxb path)., type: int}
-    files: {description: Regular files (every hard link counted, like C(find -type f))., type: int}
-    dirs: {description: Directories below the cache directory., type: int}
-    symlinks: {description: Symbolic links (never followed)., type: int}
-    hardlinks: {description: Extra names of files already counted (their bytes are counted once)., type: int}
-    oldest_atime: {description: Oldest access time of a file (epoch seconds) or null., type: float}
-    newest_atime: {description: Newest access time of a file., type: float}
-    oldest_mtime: {description: Oldest modification time of a file., type: float}
-    newest_mtime: {description: Newest modification time of a file., type: float}
+    name:
+      description: Cache name.
+      type: str
+    path:
+      description: Absolute path measured.
+      type: str
+    exists:
+      description: Whether the directory exists.
+      type: bool
+    error:
+      description: Why the cache could not be walked (symbolic link in its path, ...) or null.
+      type: str
+    bytes:
+      description: Bytes on disk, equal to C(du -sxB1 path).
+      type: int
+    apparent_bytes:
+      description: Apparent bytes, equal to C(du -sxb path).
+      type: int
+    files:
+      description: Regular files (every hard link counted, like C(find -type f)).
+      type: int
+    dirs:
+      description: Directories below the cache directory.
+      type: int
+    symlinks:
+      description: Symbolic links (never followed).
+      type: int
+    hardlinks:
+      description: Extra names of files already counted (their bytes are counted once).
+      type: int
+    oldest_atime:
+      description: Oldest access time of a file (epoch seconds) or null.
+      type: float
+    newest_atime:
+      description: Newest access time of a file.
+      type: float
+    oldest_mtime:
+      description: Oldest modification time of a file.
+      type: float
+    newest_mtime:
+      description: Newest modification time of a file.
+      type: float
     not_accessed:
       description: Per O(age_days), bytes on disk and files not used (per O(age_by)) for that many days.
       type: list
@@ -172,8 +205,12 @@ caches:
       description: Subtrees that could not be read (first 100), with the error.
       type: list
       sample: [{path: private/dir, error: Permission denied}]
-    unreadable_count: {description: Number of unreadable subtrees., type: int}
-    other_filesystems: {description: Mount points below the cache, not counted., type: list}
+    unreadable_count:
+      description: Number of unreadable subtrees.
+      type: int
+    other_filesystems:
+      description: Mount points below the cache, not counted.
+      type: list
     units:
       description: The O(top) largest units of the cache's format, largest first.
       type: list
@@ -185,9 +222,15 @@ caches:
           apparent_bytes: 440473133
           files: 6
           last_used: 1764200000.0
-    units_count: {description: How many units the cache holds., type: int}
-    units_error: {description: Why unit accounting stopped (sizes are still whole), or null., type: str}
-    seconds: {description: Time spent walking this cache., type: float}
+    units_count:
+      description: How many units the cache holds.
+      type: int
+    units_error:
+      description: Why unit accounting stopped (sizes are still whole), or null.
+      type: str
+    seconds:
+      description: Time spent walking this cache.
+      type: float
 categories:
   description: Per category (C(ml-models), C(packages), C(languages), C(other)) bytes, files and cache names.
   returned: always
@@ -205,13 +248,27 @@ filesystem:
   returned: when a filesystem could be examined
   type: dict
   contains:
-    path: {description: Path examined., type: str}
-    size: {description: Size in bytes., type: int}
-    used: {description: Used bytes (as C(df))., type: int}
-    avail: {description: Bytes available to unprivileged users (as C(df))., type: int}
-    percent: {description: "used / (used + avail) * 100, like C(df)'s Use%.", type: float}
-    warning: {description: percent >= O(warn_percent)., type: bool}
-    critical: {description: percent >= O(critical_percent)., type: bool}
+    path:
+      description: Path examined.
+      type: str
+    size:
+      description: Size in bytes.
+      type: int
+    used:
+      description: Used bytes (as C(df)).
+      type: int
+    avail:
+      description: Bytes available to unprivileged users (as C(df)).
+      type: int
+    percent:
+      description: "used / (used + avail) * 100, like C(df)'s Use%."
+      type: float
+    warning:
+      description: percent >= O(warn_percent).
+      type: bool
+    critical:
+      description: percent >= O(critical_percent).
+      type: bool
 filesystems:
   description: Every distinct filesystem holding a cache (same fields as RV(filesystem) plus C(caches)).
   returned: always
