@@ -204,6 +204,35 @@ def attrs_of(st, acl_entries):
 
 # --------------------------------------------------------------------------- the work
 
+_open, _fstat, _fchown, _fchmod, _close = os.open, os.fstat, os.fchown, os.fchmod, os.close
+
+
+def fix_file(dir_fd, name, st, want, gid):
+    """Give regular file ``name`` (lstat'ed as ``st``) group ``gid`` and mode ``want``, safely.
+
+    Opened relative to ``dir_fd`` with O_NOFOLLOW|O_NONBLOCK (a symlink fails with ELOOP, a
+    FIFO does not block); the descriptor must be the lstat'ed inode and a regular file, then
+    fchown/fchmod act on it. Returns None, or the OSError that stopped it (nothing changed
+    when the entry was swapped).
+    """
+    try:
+        fd = _open(name, O_FILE, dir_fd=dir_fd)
+    except OSError as exc:
+        return exc
+    try:
+        fst = _fstat(fd)
+        if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or (fst.st_mode & S_IFMT) != S_IFREG:
+            return OSError(errno.ESTALE, "replaced during the walk; skipped")
+        if gid is not None and fst.st_gid != gid:
+            _fchown(fd, -1, gid)
+        if fst.st_mode & 0o7777 != want:
+            _fchmod(fd, want)
+    except OSError as exc:
+        return exc
+    finally:
+        _close(fd)
+    return None
+
 
 class TreeFixer:
     """Bring a cache directory, its managed subdirectories and (optionally) its content into line.
@@ -315,35 +344,16 @@ class TreeFixer:
         return want & ~(0o6000 | self.ww_mask)
 
     def _file_step(self, dir_fd, name, st, rel, want):
-        """Change one regular file that differs; True when it was (or would be) changed.
-
-        The name is opened without following symlinks and must still be the lstat'ed inode.
-        """
+        """Change one regular file that differs; True when it was (or would be) changed."""
         if st.st_nlink > 1 and not self.protected_hardlinks:
             self.skipped["hardlinks"] += 1
             return False
         if self.check_mode:
             return True
-        try:
-            fd = os.open(name, O_FILE, dir_fd=dir_fd)
-        except OSError as exc:
-            self._error(_join(rel, name), exc)
+        err = fix_file(dir_fd, name, st, want, self.gid)
+        if err is not None:
+            self._error(_join(rel, name), err)
             return False
-        try:
-            fst = os.fstat(fd)
-            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or (fst.st_mode & S_IFMT) != S_IFREG:
-                self._error(_join(rel, name), OSError(errno.ESTALE, "replaced during the walk; skipped"))
-                return False
-            gid = self.gid
-            if gid is not None and fst.st_gid != gid:
-                os.fchown(fd, -1, gid)
-            if fst.st_mode & 0o7777 != want:
-                os.fchmod(fd, want)
-        except OSError as exc:
-            self._error(_join(rel, name), exc)
-            return False
-        finally:
-            os.close(fd)
         return True
 
     # ----------------------------------------------------------------- phases
@@ -474,7 +484,8 @@ class TreeFixer:
     def walk(self, root_fd, managed):
         """Recurse: one top-down walk, one lstat per entry, write only what differs."""
         walker = Walker(root_fd, one_fs=self.one_fs)
-        file_step = self._file_step
+        protected = self.protected_hardlinks
+        check_mode = self.check_mode
         examined = changed = 0
         symlinks = special = 0
         mode = self.mode
@@ -501,8 +512,15 @@ class TreeFixer:
                     want &= keep
                     if want == cur and (gid is None or st.st_gid == gid):
                         continue
-                    if file_step(dfd, name, st, rel, want):
-                        changed += 1
+                    if st.st_nlink > 1 and not protected:
+                        self.skipped["hardlinks"] += 1
+                        continue
+                    if not check_mode:
+                        err = fix_file(dfd, name, st, want, gid)
+                        if err is not None:
+                            self._error(_join(rel, name), err)
+                            continue
+                    changed += 1
                 elif fmt == S_IFDIR:
                     continue  # examined when the walker visits it
                 elif fmt == S_IFLNK:

@@ -39,6 +39,8 @@ notes:
     during the walk is skipped and reported). Symlinks, sockets, FIFOs and devices are never
     changed. When C(fs.protected_hardlinks) is not C(1), files with several hard links are
     skipped, so a planted hard link cannot hand a file outside the cache to the group.
+  - Nothing is read from files, so access and modification times, which C(cache_prune) ages
+    entries by, are left as they were (only the change time moves).
   - The owner of content is never changed by O(recurse); O(owner) applies to O(path) and
     O(subdirs) only. Missing parents of O(path) are created owned by the user running the
     module with mode C(0755), like C(mkdir -p).

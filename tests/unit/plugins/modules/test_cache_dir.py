@@ -435,3 +435,14 @@ def test_existing_file_as_path_is_refused(tmp_path, capsys):
     res = run_module(capsys, path=str(f))
     assert res["failed"] is True and "not a directory" in res["msg"]
     assert mode_of(f) == 0o600
+
+
+def test_recurse_keeps_access_and_modification_times(tmp_path, capsys):
+    """cache_prune ages entries by atime/mtime: fixing permissions must not make them look fresh."""
+    root = wrong_tree(tmp_path)
+    f = root / "http" / "a" / "f0"
+    os.utime(f, (1_000_000_000, 1_100_000_000))
+    res = run_module(capsys, path=str(root), recurse=True)
+    assert res["changed_entries"] > 0 and mode_of(f) == 0o660
+    st = os.lstat(f)
+    assert (st.st_atime, st.st_mtime) == (1_000_000_000, 1_100_000_000)
