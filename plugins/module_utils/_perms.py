@@ -266,6 +266,7 @@ class TreeFixer:
         self.protected_hardlinks = protected_hardlinks()
         self.before = None
         self.after = None
+        self.managed_errors = []  # errors on path or subdirs: the declared state was not reached
 
     # ----------------------------------------------------------------- helpers
     def _error(self, rel, exc):
@@ -420,11 +421,13 @@ class TreeFixer:
         if self.acl_gid is None:
             self.acl_gid = st.st_gid
         self.examined += 1
+        first_error = len(self.errors)
         if self._dir_step(root_fd, st, "", True):
             self.changed += 1
         for rel in sorted(r for r in managed if r):
             parent_rel, _sep, name = rel.rpartition("/")
             self._ensure_sub(root_fd, rel, parent_rel, name, path)
+        self.managed_errors = self.errors[first_error:]
         return root_fd, managed
 
     def _ensure_sub(self, root_fd, rel, parent_rel, name, path):

@@ -73,6 +73,8 @@ options:
     description:
       - Directories relative to O(path) to create and manage with the same owner, group, mode
         and ACL (every component of C(hub/checkpoints) is managed).
+      - A subdirectory that exists as something else, a symlink included, makes the module fail
+        (the symlink is not followed).
     type: list
     elements: str
     default: []
@@ -251,6 +253,11 @@ def run(params, check_mode=False, warn=None):
     )
     root_fd, managed = fixer.ensure(path, subdirs)
     try:
+        if fixer.managed_errors:
+            raise PermsError(
+                "%s: could not bring the directory or its subdirs into line: %s"
+                % (path, "; ".join("%s: %s" % (e["path"], e["error"]) for e in fixer.managed_errors))
+            )
         if params["recurse"] and root_fd is not None:
             fixer.walk(root_fd, managed)
         after = fixer.after_attrs(root_fd)

@@ -446,3 +446,15 @@ def test_recurse_keeps_access_and_modification_times(tmp_path, capsys):
     assert res["changed_entries"] > 0 and mode_of(f) == 0o660
     st = os.lstat(f)
     assert (st.st_atime, st.st_mtime) == (1_000_000_000, 1_100_000_000)
+
+
+def test_subdir_replaced_by_a_symlink_fails_and_is_not_followed(tmp_path, capsys):
+    elsewhere = tmp_path / "home-alice-hub"
+    elsewhere.mkdir(mode=0o700)
+    root = tmp_path / "hf"
+    run_module(capsys, path=str(root), subdirs=["xet"])
+    (root / "hub").symlink_to(elsewhere)
+    res = run_module(capsys, path=str(root), subdirs=["hub", "xet"])
+    assert res["failed"] is True and "hub" in res["msg"] and "not a directory" in res["msg"]
+    assert mode_of(elsewhere) == 0o700 and os.lstat(elsewhere).st_gid == 0
+    assert _perms.ACL_DEFAULT not in os.listxattr(elsewhere)
