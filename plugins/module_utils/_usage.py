@@ -32,6 +32,7 @@ CATEGORY_TITLES = (
     ("other", "Other Caches"),
 )
 AGE_BY = ("atime", "mtime", "newest")
+PARALLEL_MIN_SECONDS = 1.0
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFREG = stat.S_IFREG
@@ -270,13 +271,16 @@ def build_report(
     now=None,
     size_hints=None,
     max_units=50000,
+    last_seconds=None,
 ):
     """Measure every cache and the filesystems they live on; return the whole report dict.
 
     ``caches`` is a list of dicts with ``name``, ``path`` (absolute), and optionally ``format``,
     ``category``, ``description``, ``age_by``. ``workers`` > 1 measures caches in parallel
     worker processes (the walk is system-call bound; processes overlap it on several cores);
-    ``size_hints`` (cache name -> bytes of an earlier report) makes the largest start first.
+    ``size_hints`` (cache name -> bytes of an earlier report) makes the largest start first;
+    with ``workers`` None, ``last_seconds`` (the earlier report's duration) under
+    PARALLEL_MIN_SECONDS keeps the walk in this process (workers cost more than they save).
     """
     t0 = time.monotonic()
     now = time.time() if now is None else now
@@ -295,7 +299,12 @@ def build_report(
             }
         )
     if workers is None:
-        workers = default_workers(len(jobs))
+        # Worker processes cost ~0.1 s (import, fork): worth it for big trees only. The last
+        # report's duration (history) tells; without history, assume big caches.
+        if last_seconds is not None and last_seconds < PARALLEL_MIN_SECONDS:
+            workers = 1
+        else:
+            workers = default_workers(len(jobs))
     results = None
     if workers > 1 and len(jobs) > 1:
         results = _parallel(jobs, workers, size_hints)
@@ -438,6 +447,7 @@ def history_entry(report):
         "fs_used": fs.get("used"),
         "fs_size": fs.get("size"),
         "caches": {r["name"]: r["bytes"] for r in report["caches"]},
+        "seconds": report["seconds"],
     }
 
 

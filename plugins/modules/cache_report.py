@@ -79,7 +79,9 @@ options:
   workers:
     description:
       - Worker processes measuring caches in parallel. V(0) uses one per available CPU (at most
-        one per cache); V(1) measures one cache after the other in the module's own process.
+        one per cache), unless the last report in O(history_file) took under a second (workers
+        then cost more than they save); V(1) measures one cache after the other in the module's
+        own process.
     type: int
     default: 0
   render:
@@ -412,6 +414,7 @@ def main():
         critical_percent=p["critical_percent"],
         workers=p["workers"] or None,
         size_hints=(history[-1].get("caches") if history else None),
+        last_seconds=(history[-1].get("seconds") if history else None),
         max_units=p["max_units"],
     )
     for r in report["caches"]:

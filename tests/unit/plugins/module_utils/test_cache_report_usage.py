@@ -571,3 +571,13 @@ def test_max_units_bounds_memory_not_sizes(base):
     assert capped["units"] == [] and "more than 10 units" in capped["units_error"]
     assert full["units_error"] is None and len(full["units"]) == 5 and full["units_count"] == 30
     assert capped["bytes"] == full["bytes"] == du(pip, "-B1")
+
+
+def test_workers_follow_the_last_report_duration(base, known):
+    caches = [{"name": "a", "path": known}, {"name": "b", "path": os.path.join(base, "outside")}]
+    quick = _usage.build_report(caches, last_seconds=0.2)
+    assert quick["workers"] == 1
+    slow = _usage.build_report(caches, last_seconds=30.0)
+    assert slow["workers"] == _usage.default_workers(2)
+    assert [c["bytes"] for c in quick["caches"]] == [c["bytes"] for c in slow["caches"]]
+    assert _usage.history_entry(slow)["seconds"] == slow["seconds"]
