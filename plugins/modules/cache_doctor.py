@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: cache_doctor
 short_description: Check that a host or a workspace container really uses the shared cache
 version_added: 0.1.0
-author: mlinfra
+author: mlinfra (@mlinfra)
 description:
   - The troubleshooting section of the shared cache guide, automated. Run on the host
     (O(context=host), cache paths are the catalog's C(abs_path)) or inside a workspace container
@@ -104,9 +104,11 @@ attributes:
     description: The probe, the only check that writes (and removes) a file, is skipped.
   diff_mode:
     support: none
+    description: The module changes nothing to show a diff of.
   platform:
     support: full
     platforms: posix
+    description: Linux hosts and containers (uses /proc/self/mountinfo and POSIX users and groups).
 notes:
   - The probe creates C(.cache-doctor-<random>) in each cache directory as the first member, then
     as the second member appends to the file, creates and renames a file in that directory, and
@@ -136,10 +138,18 @@ checks:
     check:
       description: Check name (mount, layout, env, hf_home, probe, apt, free_space, pip, huggingface_hub, group).
       type: str
-    target: {description: What was checked (a path, a variable, an interpreter)., type: str}
-    ok: {description: Whether it passed (null when skipped)., type: bool}
-    msg: {description: What was found., type: str}
-    fix: {description: How to fix it (failed checks)., type: str}
+    target:
+      description: What was checked, a path, a variable or an interpreter.
+      type: str
+    ok:
+      description: Whether it passed (null when skipped).
+      type: bool
+    msg:
+      description: What was found.
+      type: str
+    fix:
+      description: How to fix it (failed checks).
+      type: str
   sample: [{check: env, target: PIP_CACHE_DIR, ok: false, msg: "unset", fix: "add the env file"}]
 problems:
   description: Number of failed checks.
@@ -395,6 +405,7 @@ class Doctor:
             text=True,
             cwd="/",
             env={"PATH": "/usr/bin:/bin"},
+            check=False,
         )
         return proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
 
