@@ -740,7 +740,7 @@ def integrity_ids(integrity):
     """'sha512-<b64> sha1-<b64>' -> [('sha512', hex), ...] (content-v2 path pieces)."""
     out = []
     for item in str(integrity or "").split():
-        algo, _, b64 = item.partition("-")
+        algo, _sep, b64 = item.partition("-")
         if not b64:
             continue
         b64 = b64.split("?", 1)[0]
@@ -758,7 +758,7 @@ def parse_npm_bucket(data):
     for line in data.decode("utf-8", "replace").split("\n"):
         if not line:
             continue
-        digest, _, js = line.partition("\t")
+        digest, _sep, js = line.partition("\t")
         if hashlib.sha1(js.encode("utf-8")).hexdigest() != digest:  # noqa: S324 - cacache's own check
             continue
         try:

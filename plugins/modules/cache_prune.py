@@ -43,15 +43,18 @@ description:
     than O(min_age) is deleted.
   - Bad input (unparseable sizes or ages, negative values, an unknown format, a path that is not
     a directory) fails with a clear message and deletes nothing.
-author:
-  - mlinfra
+author: mlinfra (@mlinfra)
 attributes:
   check_mode:
     support: full
-    details: Lists what would go (count, bytes, a capped sample of units) and deletes nothing.
+    description: Lists what would go (count, bytes, a capped sample of units) and deletes nothing.
   diff_mode:
     support: full
-    details: The diff shows the cache's size and units before and after.
+    description: The cache's size and units before and after.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux (C(/proc/locks) and C(/proc/self/mountinfo) are read; elsewhere only C(flock) locks are seen).
 options:
   path:
     description: The cache directory to prune (absolute, no symbolic link in any component).
@@ -207,6 +210,11 @@ skipped:
     no policy, external format); RV(msg) says why.
   returned: always
   type: bool
+msg:
+  description: Why the cache was skipped.
+  returned: when RV(skipped) is true
+  type: str
+  sample: "another prune holds the lock on /mnt/storage/cache/pip; waited 60s, skipped"
 duration:
   description: Seconds the run took.
   returned: when the cache was walked
@@ -322,8 +330,8 @@ def main():
             side: "%s: %s in %s units\n" % (path, _prune.human(res[side].get("bytes")), res[side].get("units", "?"))
             for side in ("before", "after")
         }
-    changed = res.pop("changed", False)
-    module.exit_json(changed=changed, **res)
+    res["changed"] = bool(res.get("changed"))
+    module.exit_json(**res)
 
 
 if __name__ == "__main__":
