@@ -81,7 +81,7 @@ def rows(n_files, workdir):
     coll = _collection_path(workdir)
     os.sync()  # the copies' dirty pages would otherwise be written back during whichever runs first
 
-    find_s, _ = run_timed(["find", copies["find"], "-type", "f", "-mtime", "+%d" % CUT_DAYS, "-delete"])
+    find_s, _find_rss = run_timed(["find", copies["find"], "-type", "f", "-mtime", "+%d" % CUT_DAYS, "-delete"])
     age_s, age_rss = python_timed_checked(CODE, coll, "age", copies["age"], str(CUT_DAYS * 86400))
     total = _du(copies["lru"])
     old_disk = n_old * os.lstat(os.path.join(master, "d0000", "s000", "f00001")).st_blocks * 512
@@ -121,7 +121,7 @@ def python_timed_checked(code, *args):
         + code
         + "\nprint(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
     )
-    out = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError("prune failed: %s" % out.stderr[-2000:])
     info = json.loads(out.stderr.strip().splitlines()[-1])

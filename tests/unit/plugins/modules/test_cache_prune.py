@@ -126,6 +126,13 @@ def test_symlink_in_a_parent_component_is_refused(capsys, tmp_path, gen):
     assert tree(gen) == before
 
 
+def mount_tmpfs(mnt, size):
+    """Mount a small tmpfs at mnt (root only); False when that is not possible here."""
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "t", str(mnt)], check=False).returncode == 0
+
+
 # -- policies -------------------------------------------------------------------------------
 def test_check_mode_reports_the_same_figures_as_the_real_run(capsys, gen):
     before = tree(gen)
@@ -175,7 +182,7 @@ def test_min_free_evicts_until_enough_space(capsys, tmp_path):
     """On a small tmpfs of its own (the shared disk's free space moves with other writers)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "t", str(mnt)]).returncode:
+    if not mount_tmpfs(mnt, "512k"):
         pytest.skip("needs root and mount(8)")
     try:
         root = mnt / "cache"
@@ -326,7 +333,7 @@ def test_other_filesystem_inside_the_cache_is_left(capsys, tmp_path):
     write(root / "local" / "old", b"o", age_days=200)
     mnt = root / "mnt"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "t", str(mnt)]).returncode:
+    if not mount_tmpfs(mnt, "1m"):
         pytest.skip("needs root and mount(8)")
     try:
         write(mnt / "inner" / "old", b"o", age_days=200)
@@ -394,7 +401,7 @@ def test_two_prunes_at_once_delete_each_file_once(tmp_path):
     def one():
         results.append(_prune.Pruner(str(root), policy=_prune.Policy(max_age=90 * DAY)).run())
 
-    threads = [threading.Thread(target=one) for _ in range(2)]
+    threads = [threading.Thread(target=one) for _i in range(2)]
     for t in threads:
         t.start()
     for t in threads:

@@ -62,7 +62,7 @@ def tree(path):
 
 
 def tool(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False, **kw)
 
 
 # -- pip --------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_go_read_only_module_dirs_go_with_their_download_files_as_the_owner(open
         os.chmod(p, 0o755)  # noqa: S103 - as go leaves them
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run(
-        [sys.executable, "-c", PRUNE_AS, str(cache), str(uid)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", PRUNE_AS, str(cache), str(uid)], capture_output=True, text=True, env=env, check=False
     )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
