@@ -1003,7 +1003,9 @@ def _cargo_last_use(root_fd):
 class CargoFormat(Format):
     name = "cargo"
     description = "cargo home: unit = a crate (.crate + src dir with .cargo-ok), git checkouts and dbs"
-    tool_locks = (((".package-cache",), "flock"),)
+    # cargo's own gc takes both exclusively: downloads hold the first, builds reading extracted
+    # sources hold the second shared (cargo >= 1.74; a missing file is no lock)
+    tool_locks = (((".package-cache",), "flock"), ((".package-cache-mutate",), "flock"))
     collector_class = _CargoCollector
 
 

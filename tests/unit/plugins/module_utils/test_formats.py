@@ -254,3 +254,40 @@ def test_collector_fits_in_a_callers_own_walk(tmp_path):
         os.close(fd)
     assert n_dirs == 7
     assert [(u.key, u.size) for u in res.units] == [("http-v2/h1", 7)]
+
+
+def test_cargo_last_use_database_is_preferred_to_file_times(tmp_path):
+    """cargo >= 1.78 records last use in $CARGO_HOME/.global-cache (its own schema, below)."""
+    import sqlite3
+    import time
+
+    root = tmp_path / "cargo"
+    idx = "index.crates.io-6f17d22bba15001f"
+    old = time.time() - 200 * 86400
+    write(root / "registry" / "cache" / idx / "itoa-1.0.9.crate", b"C", mtime=old)
+    write(root / "registry" / "src" / idx / "itoa-1.0.9" / "src" / "lib.rs", b"fn", mtime=old)
+    write(root / "registry" / "cache" / idx / "ryu-1.0.15.crate", b"C", mtime=old)
+    for d in (root / "registry" / "src" / idx / "itoa-1.0.9" / "src", root / "registry" / "src" / idx / "itoa-1.0.9"):
+        os.utime(d, (old, old))
+    used = int(time.time()) - 86400
+    conn = sqlite3.connect(str(root / ".global-cache"))
+    conn.executescript(
+        """
+        CREATE TABLE registry_index (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+            timestamp INTEGER NOT NULL);
+        CREATE TABLE registry_crate (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+            timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
+        CREATE TABLE registry_src (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER,
+            timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
+        """
+    )
+    conn.execute("INSERT INTO registry_index (name, timestamp) VALUES (?, ?)", (idx, used))
+    conn.execute("INSERT INTO registry_crate VALUES (1, 'itoa-1.0.9.crate', 1, ?)", (int(old),))
+    conn.execute("INSERT INTO registry_src VALUES (1, 'itoa-1.0.9', 2, ?)", (used,))
+    conn.commit()
+    conn.close()
+    units = by_key(collect(root, "cargo"))
+    assert units[idx + "/itoa-1.0.9"].recorded == used
+    assert units[idx + "/itoa-1.0.9"].last_used("newest") == used
+    assert units[idx + "/ryu-1.0.15"].recorded is None
+    assert units[idx + "/ryu-1.0.15"].last_used("newest") < used - 100 * 86400
