@@ -45,3 +45,44 @@ def test_default_acl_gives_the_group_rw_on_new_files(host):
     acl = host.check_output("getfacl -p %s/pip", ROOT)
     assert "default:group::rwx" in acl
     assert "default:mask::rwx" in acl
+
+
+def test_apt_keeps_downloaded_packages(host):
+    out = host.check_output("apt-config dump Binary::apt::APT::Keep-Downloaded-Packages")
+    assert 'Keep-Downloaded-Packages "true"' in out
+    assert not host.file("/etc/apt/apt.conf.d/docker-clean").exists
+
+
+def test_login_shells_get_the_shared_cache_environment(host):
+    env = host.check_output("bash -lc 'env'")
+    assert "PIP_CACHE_DIR=%s/pip" % ROOT in env
+    assert "HF_HUB_CACHE=%s/ml-models/huggingface/hub" % ROOT in env
+    assert "HF_HOME=" not in env, "HF_HOME holds per-user tokens and must stay per user"
+    # umask 002 applies to members of the cache group only; root's stays as it was.
+    assert host.check_output("bash -lc umask") == "0022"
+
+
+def test_members_get_umask_002_in_login_shells(host):
+    host.run_test("id verify-member || useradd -m -G %s verify-member", GROUP)
+    assert host.check_output("su -l verify-member -s /bin/bash -c umask") == "0002"
+
+
+def test_prune_is_scheduled(host):
+    # No systemd as PID 1 in the container: the role falls back to cron.
+    cron = host.file("/etc/cron.d/mlinfra-shared-cache-prune")
+    assert cron.exists and cron.mode & 0o022 == 0
+    assert "mlinfra-cache-prune" in cron.content_string
+    assert host.file("/usr/local/sbin/mlinfra-cache-prune").is_file
+
+
+def test_scheduled_prune_runs_dry(host):
+    cmd = host.run("/usr/local/sbin/mlinfra-cache-prune --dry-run")
+    assert cmd.rc == 0, cmd.stderr
+    assert "pip" in cmd.stdout + cmd.stderr
+
+
+def test_show_cache_info_reports_every_cache(host):
+    out = host.check_output("/usr/local/bin/show-cache-info")
+    assert "Total" in out
+    for label in ("pip", "HuggingFace"):
+        assert label.lower() in out.lower()
