@@ -820,6 +820,7 @@ def render_html(report, history=(), title="Shared cache report"):
     )
     for r in ranked:
         last = max([x for x in (r["newest_atime"], r["newest_mtime"]) if x is not None] or [0]) or None
+        measured = r["exists"] and not r["error"]
         notes = []
         if r["error"]:
             notes.append(r["error"])
@@ -846,11 +847,11 @@ def render_html(report, history=(), title="Shared cache report"):
                 r["dirs"],
                 _e(r["name"]),
                 _e(r["category"]),
-                humanize(r["bytes"]),
-                humanize(r["apparent_bytes"]),
-                "{:,}".format(r["files"]),
-                "{:,}".format(r["dirs"]),
-                idle,
+                humanize(r["bytes"]) if measured else "-",
+                humanize(r["apparent_bytes"]) if measured else "-",
+                "{:,}".format(r["files"]) if measured else "-",
+                "{:,}".format(r["dirs"]) if measured else "-",
+                idle if measured else "".join("<td>-</td>" for _d in days),
                 _e(_age(now, last)),
                 _e("; ".join(notes)),
             )
