@@ -284,3 +284,19 @@ def test_awx_module_arguments_validate(task):
     assert messages
     for msg in messages:
         assert "127.0.0.1:9" in msg and "Connection refused" in msg, msg
+
+
+def _groups(node, out):
+    for name, child in (node.get("children") or {}).items():
+        out.add(name)
+        _groups(child or {}, out)
+    return out
+
+
+def test_limits_name_groups_of_the_inventory_source():
+    inventory = _load(ROOT / AWX["shared_cache_awx_inventory_source_path"])
+    groups = _groups(inventory["all"], set())
+    for template in TEMPLATES.values():
+        if "limit" in template:
+            assert template["limit"] in groups, template["name"]
+    assert TEMPLATES["prune"]["limit"] == "cache_servers"
