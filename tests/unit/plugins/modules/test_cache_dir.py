@@ -11,6 +11,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -36,6 +37,22 @@ def run_module(capsys, check=False, diff=True, **args):
     with patch_module_args(args), pytest.raises(SystemExit):
         cache_dir.main()
     return json.loads(capsys.readouterr().out)
+
+
+def run_module_process(tmp_path, **args):
+    """Run the module file in a fresh interpreter (warnings travel in its JSON whatever else
+    the test process has imported: controller code loaded by other tests reroutes them)."""
+    args.setdefault("group", GROUP)
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible_collections.mlinfra.shared_cache.plugins.modules.cache_dir", str(args_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+    )
+    return json.loads(proc.stdout)
 
 
 def warnings_of(res):
@@ -332,7 +349,7 @@ def test_bad_input_fails_clearly_and_changes_nothing(tmp_path, capsys, args, mes
 
 def test_world_writable_allowed_warns(tmp_path, capsys):
     path = tmp_path / "ww"
-    res = run_module(capsys, path=str(path), mode="2777", allow_world_writable=True)
+    res = run_module_process(tmp_path, path=str(path), mode="2777", allow_world_writable=True)
     assert mode_of(path) == 0o2777
     assert "world-writable" in warnings_of(res)
 
@@ -355,7 +372,7 @@ def test_other_filesystems_are_not_entered(tmp_path, capsys):
     try:
         (mnt / "f").write_text("x")
         os.chmod(mnt / "f", 0o600)
-        res = run_module(capsys, path=str(root), recurse=True)
+        res = run_module_process(tmp_path, path=str(root), recurse=True)
         assert res["other_fs"] == ["mnt"]
         assert mode_of(mnt / "f") == 0o600
         assert "another filesystem" in warnings_of(res)
@@ -376,7 +393,7 @@ def test_filesystem_without_acls_falls_back_with_a_warning(tmp_path, capsys):
             if exc.errno not in _perms.ACL_UNSUPPORTED:
                 pytest.skip("this ramfs supports xattrs")
         path = mnt / "pip"
-        res = run_module(capsys, path=str(path), subdirs=["wheels"])
+        res = run_module_process(tmp_path, path=str(path), subdirs=["wheels"])
         assert res["acl_supported"] is False
         assert "does not support POSIX ACLs" in warnings_of(res)
         assert mode_of(path) == 0o2775 and os.lstat(path).st_gid == GID
