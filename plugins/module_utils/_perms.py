@@ -323,7 +323,7 @@ class TreeFixer:
             if st.st_uid != want_uid or st.st_gid != want_gid:
                 differs = True
                 if not self.check_mode:
-                    os.fchown(fd, want_uid, want_gid)
+                    os.fchown(fd, want_uid if managed else -1, want_gid)
             # fchown may clear setgid: compare against the mode we saw, always write after a chown.
             if m != want_mode or (differs and not self.check_mode):
                 if m != want_mode:
