@@ -197,6 +197,7 @@ permissions_fixed:
   type: int
 """
 
+import hashlib
 import json
 import os
 import stat
@@ -409,7 +410,7 @@ def pip_prefetch(module, p):
 
 def apt_prefetch(module, p):
     import apt
-    import apt_pkg
+    import apt.progress.base
 
     name, _, version = p["name"].partition("=")
     cache = apt.Cache()
@@ -435,25 +436,29 @@ def apt_prefetch(module, p):
     for v in sorted(versions, key=lambda v: v.package.name):
         fname = os.path.basename(v.filename)
         target = os.path.join(p["dest"], fname)
-        if _deb_is_same(target, v, apt_pkg):
+        if _deb_is_same(target, v):
             cached.append(fname)
             continue
         fetched.append(fname)
         if not module.check_mode:
-            v.fetch_binary(p["dest"])
+            # a silent progress: the default one prints to stdout, where the module's JSON goes
+            v.fetch_binary(p["dest"], progress=apt.progress.base.AcquireProgress())
     return bool(fetched), dict(fetched=fetched, cached=cached)
 
 
-def _deb_is_same(path, version, apt_pkg):
+def _deb_is_same(path, version):
+    """The .deb at ``path`` is the archive the index describes (size, then SHA256)."""
     try:
         st = os.lstat(path)
     except OSError:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_size != version.size:
         return False
-    hashes = version._records.hashes  # the index's expected hashes, as fetch_binary checks them
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return apt_pkg.Hashes(f).hashes == hashes
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == version.sha256
 
 
 # --------------------------------------------------------------------------- npm
@@ -560,8 +565,8 @@ def main():
         module.fail_json(msg=str(exc), created=created)
     except Exception as exc:  # the tool's own errors (network, 404, ...) with the item named
         module.fail_json(msg="%s %s: %s: %s" % (p["kind"], p["name"], type(exc).__name__, exc), created=created)
-    before = "\n".join(result["cached"]) + "\n"
-    after = "\n".join(sorted(result["cached"] + result["fetched"])) + "\n"
+    before = "".join(line + "\n" for line in result["cached"])
+    after = "".join(line + "\n" for line in sorted(result["cached"] + result["fetched"]))
     module.exit_json(
         changed=changed or bool(created),
         permissions_fixed=fixed,
