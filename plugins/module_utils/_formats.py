@@ -189,12 +189,26 @@ def _parts(rel):
     return tuple(rel.split("/")) if rel else ()
 
 
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
 def _read_small(dir_fd, name, limit=1 << 20):
-    """Read a small regular file without following a symlink; None on any problem."""
-    try:
-        fd = os.open(name, _O_READ, dir_fd=dir_fd)
-    except OSError:
-        return None
+    """Read a small regular file without following a symlink; None on any problem.
+
+    Opened with O_NOATIME where allowed (owner or CAP_FOWNER): reading an npm index bucket or an
+    HF ref must not make it look used to the next run (its atime is the tool's use signal).
+    """
+    fd = None
+    if _O_NOATIME:
+        try:
+            fd = os.open(name, _O_READ | _O_NOATIME, dir_fd=dir_fd)
+        except OSError:
+            fd = None
+    if fd is None:
+        try:
+            fd = os.open(name, _O_READ, dir_fd=dir_fd)
+        except OSError:
+            return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
@@ -421,7 +435,8 @@ class _HFCollector(Collector):
         if off >= 0 and len(parts) == off + 3 and parts[off + 1] == "snapshots":
             repo = self._repo(parts, off)
             rev = parts[off + 2]
-            u = self.add_dir(repo.prefix[-1] + "@" + rev, "revision", parts, st)
+            # not timed: a snapshot directory's mtime moves when anything inside is removed
+            u = self.add_dir(repo.prefix[-1] + "@" + rev, "revision", parts, st, timed=False)
             repo.snapshots[rev] = u
             self.snap_blobs.setdefault((parts[off], rev), set())
         elif off >= 0 and len(parts) == off + 3 and parts[off + 1] == ".no_exist":
@@ -470,6 +485,10 @@ class _HFCollector(Collector):
                 u.files += 1
                 u.own_size += st.st_size
                 u.own_disk += st.st_blocks * 512  # targets over 60 bytes take a block on ext4
+                # the link's mtime is when that file was downloaded; its atime is not a use
+                # (readlink, ours included, updates it)
+                if st.st_mtime > u.mtime:
+                    u.mtime = st.st_mtime
                 if blob is not None:
                     self.snap_blobs.setdefault((parts[off], rev), set()).add(blob)
             else:
@@ -560,6 +579,16 @@ class HuggingFaceFormat(Format):
                 off = _hf_offset(top)
                 if off >= 0:
                     repos.setdefault(top[: off + 1], []).append(u.key in removed_keys)
+        # nested refs (refs/pr/1) leave their directory behind: remove it once empty
+        for u in collection.units:
+            if u.kind != "revision" or u.key not in removed_keys:
+                continue
+            for p in u.paths:
+                off = _hf_offset(p)
+                if off >= 0 and len(p) > off + 3 and p[off + 1] == "refs":
+                    for cut in range(len(p) - 1, off + 2, -1):
+                        if not _prune.rmdir_if_empty(root_fd, p[:cut]):
+                            break
         for prefix, flags in repos.items():
             if not all(flags):
                 continue

@@ -408,6 +408,20 @@ def _rmtree(parent_fd, name, st, parts, locks, mounts, stats, dev):
     return True
 
 
+def rmdir_if_empty(root_fd, parts):
+    """rmdir ``parts`` below ``root_fd`` if it is an empty directory (never follows links)."""
+    pfd = open_parent(root_fd, parts, os.fstat(root_fd).st_dev, ())
+    if pfd is None:
+        return False
+    try:
+        os.rmdir(parts[-1], dir_fd=pfd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pfd)
+
+
 def dir_is_prunable_repo(root_fd, prefix):
     """True when an HF repo dir has no snapshot and no blob left (only refs / .no_exist)."""
     dev = os.fstat(root_fd).st_dev

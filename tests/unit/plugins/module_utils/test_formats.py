@@ -291,3 +291,20 @@ def test_cargo_last_use_database_is_preferred_to_file_times(tmp_path):
     assert units[idx + "/itoa-1.0.9"].last_used("newest") == used
     assert units[idx + "/ryu-1.0.15"].recorded is None
     assert units[idx + "/ryu-1.0.15"].last_used("newest") < used - 100 * 86400
+
+
+def test_reading_npm_index_buckets_does_not_make_them_look_used(tmp_path):
+    """The collector reads every bucket; with O_NOATIME the next run still sees the old atime."""
+    import hashlib
+    import json
+
+    js = json.dumps({"key": "k", "integrity": "sha512-AAAA", "time": 1})
+    bucket = write(
+        tmp_path / "npm" / "_cacache" / "index-v5" / "aa" / "bb" / "cc",
+        "\n%s\t%s" % (hashlib.sha1(js.encode()).hexdigest(), js),  # noqa: S324 - cacache format
+        mtime=1_600_000_000,
+    )
+    for _run in range(2):
+        units = by_key(collect(tmp_path / "npm", "npm"))
+        assert units["index-v5/aa/bb/cc"].atime == 1_600_000_000
+    assert os.stat(bucket).st_atime == 1_600_000_000

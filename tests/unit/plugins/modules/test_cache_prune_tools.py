@@ -297,7 +297,7 @@ def hf(tmp_path):
     # the new revision of a: used today (its snapshot; reading its config read the blob the old
     # revision shares, which must not make the old revision look used)
     now = time.time()
-    os.utime(a / "snapshots" / r_new, (now, now))
+    os.utime(a / "snapshots" / r_new / "config.json", (now, now), follow_symlinks=False)
     os.utime(a / "blobs" / hashlib.sha256(shared).hexdigest(), (now, now - 200 * DAY))
     write(a / "blobs" / ("e" * 64), b"orphan", age_days=200)
     write(a / "blobs" / ("f" * 64 + ".incomplete"), b"stale", age_days=3)
@@ -536,3 +536,44 @@ def test_a_unit_with_one_locked_file_waits_whole(tmp_path):
     assert (pkg / "info" / "repodata_record.json").exists()
     res = _prune.Pruner(str(cache), policy=_prune.Policy(max_age=90 * DAY)).run()
     assert res["units"] == 1 and not pkg.exists()
+
+
+KILL_HF = """
+import sys
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
+print("start", flush=True)
+_prune.Pruner(sys.argv[1], fmt="huggingface", policy=_prune.Policy(max_age=90 * 86400)).run()
+"""
+
+
+def test_huggingface_prune_killed_mid_run_leaves_a_valid_cache_and_converges(tmp_path):
+    hub = tmp_path / "hf" / "hub"
+    revs = ["%040x" % i for i in range(1, 41)]
+    for n, rev in enumerate(revs):
+        files = {"config.json": b"{}", "tokenizer.json": b"T%d" % n}
+        files.update({"shard-%02d.bin" % j: b"W%d-%d" % (n, j) for j in range(25)})
+        make_hf_repo(hub, "models--org--big", {rev: files}, {"pr/%d" % n: rev})
+    make_hf_repo(hub, "models--org--big", {"f" * 40: {"config.json": b"{}"}}, {"main": "f" * 40})
+    age(hub, 200)
+    now = time.time()
+    os.utime(hub / "models--org--big" / "snapshots" / ("f" * 40) / "config.json", (now, now), follow_symlinks=False)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.Popen([sys.executable, "-c", KILL_HF, str(hub.parent)], stdout=subprocess.PIPE, env=env)
+    p.stdout.readline()
+    snaps = hub / "models--org--big" / "snapshots"
+    deadline = time.monotonic() + 30
+    while len(os.listdir(snaps)) > 35 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    p.kill()
+    p.wait()
+    left = len(os.listdir(snaps))
+    assert 1 < left < 41, "not killed mid-run (%d snapshots left)" % left
+    # what a kill leaves is a cache huggingface_hub reads without complaint
+    info, repos = hf_scan(hub)
+    assert not info.warnings, info.warnings
+    res = _prune.Pruner(str(hub.parent), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY)).run()
+    assert not res["errors"]
+    info, repos = hf_scan(hub)
+    assert not info.warnings and repos == {"org/big": ["f" * 40]}
+    assert os.listdir(hub / "models--org--big" / "blobs") == [hashlib.sha256(b"{}").hexdigest()]
+    assert os.listdir(hub / "models--org--big" / "refs") == ["main"]
