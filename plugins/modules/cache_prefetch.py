@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: cache_prefetch
 short_description: Pre-populate a shared cache with a HuggingFace repository, Python wheels, a .deb or an npm package
 version_added: 0.1.0
-author: mlinfra
+author: mlinfra (@mlinfra)
 description:
   - Puts one item into a shared cache with the tool's own download code, so that what lands is
     laid out exactly as the tool would lay it out for a user, and reports C(changed) only when
@@ -42,10 +42,10 @@ requirements:
 attributes:
   check_mode:
     support: full
-    details: Resolves what would be fetched (metadata requests only) and writes nothing.
+    description: Resolves what would be fetched (metadata requests only) and writes nothing.
   diff_mode:
     support: full
-    details: Lists the files (or cache keys) present before and after.
+    description: Lists the files (or cache keys) present before and after.
 options:
   kind:
     description: What to fetch.
@@ -412,7 +412,7 @@ def apt_prefetch(module, p):
     import apt
     import apt.progress.base
 
-    name, _, version = p["name"].partition("=")
+    name, _sep, version = p["name"].partition("=")
     cache = apt.Cache()
     if name not in cache:
         raise PrefetchError("no package %s in the APT lists (run apt-get update?)" % name)

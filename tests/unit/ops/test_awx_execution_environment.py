@@ -51,6 +51,7 @@ def test_ansible_builder_create_offline(tmp_path):
             "Containerfile",
         ],
         capture_output=True,
+        check=False,
         text=True,
         env=env,
         cwd=ROOT,
@@ -77,6 +78,7 @@ def test_ansible_builder_create_offline(tmp_path):
     run = subprocess.run(
         [str(galaxy), "collection", "install", "--force", "--no-deps", "-r", str(local_reqs), "-p", str(dest)],
         capture_output=True,
+        check=False,
         text=True,
         env=env,
         cwd=tmp_path,

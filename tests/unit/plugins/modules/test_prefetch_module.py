@@ -116,7 +116,9 @@ def test_hf_model_fetch_then_ok(capsys, tmp_path):
         assert res["changed"] is False
 
         # widening the patterns fetches only the new file
-        res = run(capsys, **dict(args, allow_patterns=["*.json", "*.safetensors", "onnx/*"]))
+        wider = dict(args)
+        wider["allow_patterns"] = ["*.json", "*.safetensors", "onnx/*"]
+        res = run(capsys, **wider)
         assert res["changed"] is True and res["fetched"] == ["onnx/model.onnx"]
         assert len(hub.downloads()) == 4
 
@@ -131,7 +133,9 @@ def test_hf_revision_pinning(capsys, tmp_path):
         old = run(capsys, **args)["commit"]
         # a new commit on main
         hub.hub.repos["model"][MODEL]["main"]["config.json"] = b'{"model_type": "bert", "hidden_size": 16}\n'
-        pinned = run(capsys, **dict(args, revision=old))
+        pinned_args = dict(args)
+        pinned_args["revision"] = old
+        pinned = run(capsys, **pinned_args)
         assert pinned["changed"] is False and pinned["commit"] == old
         downloads = len(hub.downloads())
         moved = run(capsys, **args)
@@ -255,4 +259,6 @@ def test_npm_cache_add(capsys, tmp_path):
     res = run(capsys, **args)
     assert res["changed"] is False and len(res["cached"]) == 1, res
     # a different version of the same package is not "cached"
-    assert run(capsys, check=True, **dict(args, name="is-number@6.0.0"))["changed"] is True
+    other = dict(args)
+    other["name"] = "is-number@6.0.0"
+    assert run(capsys, check=True, **other)["changed"] is True
