@@ -38,6 +38,7 @@ API (stable: only additions)
                              ``.stale`` (True for left-overs of interrupted downloads, STALE_KINDS).
 ``Format.tool_locks``        list of (relative path tuple, 'flock'|'fcntl') of the tool's own
                              cache-wide locks (apt ``archives/lock``, cargo ``.package-cache``).
+``TRASH_NAME``               top-level directory cache_prune uses while removing units; left out.
 ``Format.post_prune(root_fd, collection, removed_keys)``  format clean-up after units went (empty HF
                              repos, conda ``urls.txt``); returns a list of notes.
 
@@ -62,6 +63,9 @@ AGE_BY = ("atime", "mtime", "newest")
 # Left-overs of interrupted downloads: cache_prune removes them once older than min_age,
 # whatever max_age says (Unit.stale).
 STALE_KINDS = frozenset(["incomplete download", "partial download", "temporary file"])
+# cache_prune moves a unit here (one rename per path) before deleting it, so the tool never sees
+# half a unit; collectors leave it out (it only lasts during a prune, or until the next one).
+TRASH_NAME = ".mlinfra-prune-trash"
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
@@ -252,7 +256,11 @@ class Collector:
     def visit(self, d):
         self.dir_disk += d.st.st_blocks * 512
         base = _parts(d.rel)
-        for name, st in d.entries:
+        entries = d.entries
+        if not d.rel:
+            d.skip.add(TRASH_NAME)
+            entries = [e for e in entries if e[0] != TRASH_NAME]
+        for name, st in entries:
             parts = base + (name,)
             if stat.S_ISDIR(st.st_mode):
                 if self.enter(parts, st, d) is False:

@@ -10,6 +10,8 @@
   and must be the inode that was lstat'ed), never leaves the filesystem or enters a mount point,
   and skips anything a process holds a lock on (flock, POSIX or OFD lock, from /proc/locks,
   re-read before each unit) together with everything below it.
+- A unit's paths are renamed into ``.mlinfra-prune-trash`` (same filesystem) before anything is
+  deleted (``Trash``): a killed prune leaves whole units; the next run deletes the leftovers.
 - Read-only directories (Go's module cache) are made writable (fchmod on the opened descriptor)
   before their entries are removed.
 """
@@ -422,6 +424,91 @@ def rmdir_if_empty(root_fd, parts):
         os.close(pfd)
 
 
+def _exists(dir_fd, name):
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class Trash:
+    """A directory of the cache itself (same filesystem) a unit's paths are renamed into before
+    they are deleted: a unit leaves its place in one rename per path, so a prune killed mid-way
+    leaves whole units (or a unit missing whole paths, which each format orders to stay valid),
+    never a half-deleted directory. Leftovers are deleted by the next run."""
+
+    def __init__(self, root_fd, dev):
+        self.root_fd = root_fd
+        self.dev = dev
+        self.n = 0
+        self.leftover = None
+        try:
+            st = os.stat(_formats.TRASH_NAME, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            self.leftover = remove_path(root_fd, (_formats.TRASH_NAME,), None, (), RemoveStats(), dev)
+        try:
+            os.mkdir(_formats.TRASH_NAME, 0o700, dir_fd=root_fd)
+        except FileExistsError:
+            pass
+        st = os.stat(_formats.TRASH_NAME, dir_fd=root_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
+            raise OSError(errno.ENOTDIR, "%s is not a directory of the cache" % _formats.TRASH_NAME)
+        self.fd = open_subdir(root_fd, _formats.TRASH_NAME, expect=st)
+        if self.fd is None:
+            raise OSError(errno.ESTALE, "%s replaced while opening it" % _formats.TRASH_NAME)
+
+    def move(self, parts, mounts, stats):
+        """Rename ``parts`` into the trash; returns the name there, or None (gone / unsafe)."""
+        if not parts or parts in mounts:
+            return None
+        pfd = open_parent(self.root_fd, parts, self.dev, mounts)
+        if pfd is None:
+            return None
+        try:
+            try:
+                st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if st.st_dev != self.dev:
+                stats.errors.append(("/".join(parts), "on another filesystem; left"))
+                return None
+            self.n += 1
+            new = "%d" % self.n
+            try:
+                os.rename(parts[-1], new, src_dir_fd=pfd, dst_dir_fd=self.fd)
+            except PermissionError:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise
+                # moving a read-only directory (Go) rewrites its '..': make it writable first
+                cfd = open_subdir(pfd, parts[-1], expect=st)
+                if cfd is None:
+                    return None
+                try:
+                    _make_writable(cfd, st)
+                finally:
+                    os.close(cfd)
+                os.rename(parts[-1], new, src_dir_fd=pfd, dst_dir_fd=self.fd)
+            return new
+        except OSError as exc:
+            stats.errors.append(("/".join(parts), exc.strerror or str(exc)))
+            return None
+        finally:
+            os.close(pfd)
+
+    def purge(self, name, locks, stats):
+        return remove_path(self.fd, (name,), locks, (), stats, self.dev)
+
+    def close(self):
+        os.close(self.fd)
+        try:
+            os.rmdir(_formats.TRASH_NAME, dir_fd=self.root_fd)
+        except OSError:
+            pass  # something locked is left inside: the next run deletes it
+
+
 def dir_is_prunable_repo(root_fd, prefix):
     """True when an HF repo dir has no snapshot and no blob left (only refs / .no_exist)."""
     dev = os.fstat(root_fd).st_dev
@@ -720,6 +807,32 @@ class Pruner:
         removed = set()
         dev = os.fstat(fd).st_dev
         freed_total = 0
+        trash = None
+        if not self.check and (chosen or _exists(fd, _formats.TRASH_NAME)):
+            trash = Trash(fd, dev)
+            if trash.leftover is not None and (trash.leftover.files or trash.leftover.dirs):
+                result.setdefault("notes", []).append(
+                    "deleted %d file(s) left by an interrupted prune" % trash.leftover.files
+                )
+        try:
+            freed_total = self._remove_chosen(fd, chosen, collection, result, locks, mounts, dev, trash, removed)
+        finally:
+            if trash is not None:
+                trash.close()
+        if not self.check and removed:
+            try:
+                for note in fmt.post_prune(fd, collection, removed):
+                    result.setdefault("notes", []).append(note)
+            except OSError as exc:
+                self._error(result, ".", "format clean-up: %s" % (exc.strerror or exc))
+        result["after"] = {
+            "bytes": max(0, collection.total_disk + col.dir_disk - freed_total),
+            "units": len(collection.units) - len(removed),
+        }
+        result["changed"] = bool(result["units"])
+
+    def _remove_chosen(self, fd, chosen, collection, result, locks, mounts, dev, trash, removed):
+        freed_total = 0
         for u, reason, freed, gone in chosen:
             locks.maybe_refresh(0.5)
             busy = self._unit_busy(fd, u, locks, dev)
@@ -733,33 +846,30 @@ class Pruner:
                 freed_total += freed
                 continue
             stats = RemoveStats()
+            moved = []
             for p in u.paths:
-                remove_path(fd, p, locks, mounts, stats, dev)
-            if stats.busy:
-                result["busy"].extend(stats.busy[:10])
+                name = trash.move(p, mounts, stats)
+                if name is not None:
+                    moved.append(name)
             # shared objects (HF blobs, npm content) only once the unit's references are gone
-            if not stats.busy and not stats.errors:
+            if not stats.errors:
                 for sid in gone:
                     for p in collection.shared[sid].paths:
-                        remove_path(fd, p, locks, mounts, stats, dev)
+                        name = trash.move(p, mounts, stats)
+                        if name is not None:
+                            moved.append(name)
+            for name in moved:
+                trash.purge(name, locks, stats)
+            if stats.busy:
+                result["busy"].extend(stats.busy[:10])
             for rel, err in stats.errors[:10]:
                 self._error(result, rel, err)
             if stats.files or stats.dirs:
                 self._count(result, u, reason, stats.disk, stats.files)
                 freed_total += stats.disk
-                if not stats.busy and not stats.errors:
+                if not stats.errors:
                     removed.add(u.key)
-        if not self.check and removed:
-            try:
-                for note in fmt.post_prune(fd, collection, removed):
-                    result.setdefault("notes", []).append(note)
-            except OSError as exc:
-                self._error(result, ".", "format clean-up: %s" % (exc.strerror or exc))
-        result["after"] = {
-            "bytes": max(0, collection.total_disk + col.dir_disk - freed_total),
-            "units": len(collection.units) - len(removed),
-        }
-        result["changed"] = bool(result["units"])
+        return freed_total
 
     def _unit_busy(self, fd, u, locks, dev):
         held = self._held_inside(fd, u, locks, dev)
@@ -861,6 +971,8 @@ class Pruner:
         return st.st_atime if st.st_atime > st.st_mtime else st.st_mtime
 
     def _run_per_file(self, fd, result, now, mounts, locks):
+        if not self.check and _exists(fd, _formats.TRASH_NAME):
+            Trash(fd, os.fstat(fd).st_dev).close()  # leftovers of an interrupted unit-format run
         pol = self.policy
         young = now - pol.min_age
         cutoff = now - pol.max_age if pol.max_age is not None else None
@@ -983,7 +1095,9 @@ class Pruner:
             for name, st in d.entries:
                 if stat.S_ISDIR(st.st_mode):
                     rel = base + name
-                    if tuple(rel.split("/")) in mounts:
+                    if not d.rel and name == _formats.TRASH_NAME:
+                        d.skip.add(name)
+                    elif tuple(rel.split("/")) in mounts:
                         d.skip.add(name)
                     elif locks.held(st):
                         d.skip.add(name)

@@ -31,7 +31,10 @@ description:
   - Safety, meant to run as root on a tree users write to - symbolic links are never followed
     (every directory is opened with C(O_NOFOLLOW) relative to its parent and must be the inode
     that was examined, so a directory swapped for a symlink during the run cannot redirect it);
-    removal is done relative to open directory descriptors; the run never leaves the cache's
+    removal is done relative to open directory descriptors; a unit first leaves its place by
+    one rename per path into C(.mlinfra-prune-trash) at the top of the cache (same filesystem)
+    and is deleted from there, so a prune killed mid-way never leaves half a unit for the tool
+    to trip on (the next run deletes the leftovers); the run never leaves the cache's
     filesystem nor enters a mount point below it; O(path) must lie inside O(root) and neither may
     be C(/) or a system directory.
   - Concurrency - an exclusive C(flock) on the cache directory itself keeps two prunes of one

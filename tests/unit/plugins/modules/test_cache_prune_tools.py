@@ -577,3 +577,17 @@ def test_huggingface_prune_killed_mid_run_leaves_a_valid_cache_and_converges(tmp
     assert not info.warnings and repos == {"org/big": ["f" * 40]}
     assert os.listdir(hub / "models--org--big" / "blobs") == [hashlib.sha256(b"{}").hexdigest()]
     assert os.listdir(hub / "models--org--big" / "refs") == ["main"]
+
+
+def test_units_leave_through_the_trash_and_leftovers_of_a_killed_run_go_next_time(tmp_path):
+    cache = tmp_path / "pip"
+    write(cache / "http-v2" / "a" / "b" / "c" / "d" / "e" / "h1", b"h", age_days=200)
+    write(cache / "http-v2" / "a" / "b" / "c" / "d" / "e" / "h1.body", b"b" * 5000, age_days=200)
+    # what a prune killed between its renames and its deletes leaves behind
+    write(cache / ".mlinfra-prune-trash" / "7" / "half" / "file", b"x" * 3000)
+    chk = _prune.Pruner(str(cache), policy=_prune.Policy(max_age=90 * DAY), check_mode=True).run()
+    assert chk["units"] == 1 and chk["before"]["units"] == 1  # the trash is nobody's unit
+    res = _prune.Pruner(str(cache), policy=_prune.Policy(max_age=90 * DAY)).run()
+    assert res["units"] == 1 and res["files"] == 2
+    assert any("interrupted prune" in n for n in res.get("notes", []))
+    assert sorted(os.listdir(cache)) == ["http-v2"]
