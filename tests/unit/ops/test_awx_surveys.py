@@ -236,6 +236,7 @@ def _env():
 
 
 def test_awx_configure_syntax():
+    pytest.importorskip("ansible_collections.awx.awx", reason="awx.awx (from the ansible package) not installed")
     run = subprocess.run(
         [_ansible_bin("ansible-playbook"), "--syntax-check", str(PLAYBOOK)],
         capture_output=True,
