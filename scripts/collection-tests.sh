@@ -45,7 +45,7 @@ PY
     ;;
   units)
     cd "$dest"
-    PYTHONPATH="$work" "$py" -m pytest -q -p no:cacheprovider tests/unit
+    PYTHONPATH="$work" "$py" -m pytest -q -rs -p no:cacheprovider tests/unit
     ;;
   *) echo "usage: $0 sanity|units VENV" >&2; exit 2 ;;
 esac
