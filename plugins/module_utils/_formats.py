@@ -645,13 +645,16 @@ class _PipCollector(Collector):
             u = self.add(key, "wheel", parts[:-1], st)
             if name.endswith(".whl"):
                 u.name = name
+        elif top == "wheelhouse" and len(parts) == 2:
+            # Wheels pre-fetched by cache_prefetch (found by pip through PIP_FIND_LINKS).
+            self.add("wheelhouse/" + name, "prefetched wheel", parts, st, name=name)
         else:
             self.other(st)
 
 
 class PipFormat(Format):
     name = "pip"
-    description = "pip cache: unit = an HTTP response (headers + body) or a built-wheel directory"
+    description = "pip cache: unit = an HTTP response (headers + body), a built-wheel directory or a prefetched wheel"
     collector_class = _PipCollector
 
 

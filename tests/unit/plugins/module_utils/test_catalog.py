@@ -31,7 +31,7 @@ def test_builtin_catalog_has_every_seed_cache(defaults):
     entries = by_name(resolve(defaults["shared_cache_caches"], {}, defaults["shared_cache_root"]))
     assert set(entries) == SEED_CACHES
     assert entries["pip"]["abs_path"] == "/mnt/storage/cache/pip"
-    assert entries["pip"]["env"] == {"PIP_CACHE_DIR": ""}
+    assert entries["pip"]["env"] == {"PIP_CACHE_DIR": "", "PIP_FIND_LINKS": "wheelhouse"}
     assert entries["apt"]["mount"] == "/var/cache/apt"
     assert entries["huggingface"]["abs_path"] == "/mnt/storage/cache/ml-models/huggingface"
     assert "HF_HOME" not in entries["huggingface"]["env"], "HF_HOME holds per-user tokens: never shared"

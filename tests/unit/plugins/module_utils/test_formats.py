@@ -108,6 +108,7 @@ def test_pip_http_and_wheels(tmp_path):
     write(wdir / "toml-0.10.2-py2.py3-none-any.whl", b"Z" * 50)
     write(wdir / "origin.json", b"{}")
     write(root / "selfcheck" / "abc", b"{}")
+    write(root / "wheelhouse" / "six-1.16.0-py2.py3-none-any.whl", b"W" * 30)
     assert detect(root) == "pip"
     units = by_key(collect(root, "pip"))
     http = units["http-v2/" + "f" * 56]
@@ -116,6 +117,8 @@ def test_pip_http_and_wheels(tmp_path):
     assert wheel.kind == "wheel" and wheel.name == "toml-0.10.2-py2.py3-none-any.whl"
     assert wheel.paths == [("wheels", "c4", "5e", "5d", "6606")]
     assert not any(k.startswith("selfcheck") for k in units)
+    pre = units["wheelhouse/six-1.16.0-py2.py3-none-any.whl"]
+    assert pre.kind == "prefetched wheel" and pre.paths == [("wheelhouse", "six-1.16.0-py2.py3-none-any.whl")]
 
 
 def test_conda_package_dir_and_tarball_are_one_unit(tmp_path):
