@@ -43,7 +43,7 @@ run_build() {
   local tmp rc=0 m
   tmp="$(mktemp -d)"
   ansible-galaxy collection build --force --output-path "$tmp/dist" . >/dev/null &&
-    ansible-galaxy collection install --offline -p "$tmp/collections" "$tmp"/dist/mlinfra-shared_cache-*.tar.gz >/dev/null || rc=1
+    ANSIBLE_COLLECTIONS_PATH="$tmp/collections" ansible-galaxy collection install --offline --force -p "$tmp/collections" "$tmp"/dist/mlinfra-shared_cache-*.tar.gz >/dev/null || rc=1
   if [ $rc = 0 ]; then
     for m in plugins/modules/*.py; do
       [ -e "$m" ] || continue
