@@ -7,6 +7,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+COLLECTION = Path(__file__).resolve().parents[1]
 
 
 def run_timed(cmd, **kwargs):
@@ -58,3 +61,13 @@ def make_tree(root, n_files, files_per_dir=100, size=512, seed_mtime=None):
                 made += 1
         d1 += 1
     return made
+
+
+def collection_path(workdir):
+    """A PYTHONPATH entry where ansible_collections.mlinfra.shared_cache is this working tree."""
+    base = os.path.join(workdir, "coll")
+    link = os.path.join(base, "ansible_collections", "mlinfra", "shared_cache")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if not os.path.islink(link):
+        os.symlink(str(COLLECTION), link)
+    return base

@@ -28,11 +28,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from _util import make_tree, python_timed, run_timed
+from _util import collection_path, make_tree, python_timed, run_timed
 
-COLLECTION = Path(__file__).resolve().parents[1]
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 GROUP = os.environ.get("BENCH_GROUP", "users")
 
@@ -72,16 +70,6 @@ PLAY_FILE = """- hosts: localhost
         mode: g+rwX
         recurse: true
 """
-
-
-def _collection_path(workdir):
-    """A PYTHONPATH entry where ansible_collections.mlinfra.shared_cache is this tree."""
-    base = os.path.join(workdir, "coll")
-    link = os.path.join(base, "ansible_collections", "mlinfra", "shared_cache")
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if not os.path.islink(link):
-        os.symlink(str(COLLECTION), link)
-    return base
 
 
 def _ours(coll, tree):
@@ -156,7 +144,7 @@ def _row(name, peer, ours, theirs, target, rss):
 
 def rows(n_files, workdir):
     grp.getgrnam(GROUP)  # fail early with KeyError when the group is missing
-    coll = _collection_path(workdir)
+    coll = collection_path(workdir)
     tree = os.path.join(workdir, "tree")
     os.mkdir(tree)
     t0 = time.perf_counter()

@@ -20,11 +20,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from _util import make_tree, run_timed
+from _util import collection_path, make_tree, run_timed
 
-COLLECTION = Path(__file__).resolve().parents[1]
 OLD_DAYS = 200
 CUT_DAYS = 100
 
@@ -43,15 +41,6 @@ el = time.perf_counter() - t0
 sys.stderr.write(json.dumps({"files": res["files"], "bytes": res["bytes"], "errors": res["errors"]}) + "\n")
 print(el)
 """
-
-
-def _collection_path(workdir):
-    base = os.path.join(workdir, "coll")
-    link = os.path.join(base, "ansible_collections", "mlinfra", "shared_cache")
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if not os.path.islink(link):
-        os.symlink(str(COLLECTION), link)
-    return base
 
 
 def _count_files(path):
@@ -78,7 +67,7 @@ def rows(n_files, workdir):
         dst = os.path.join(workdir, name)
         subprocess.run(["cp", "-a", master, dst], check=True)
         copies[name] = dst
-    coll = _collection_path(workdir)
+    coll = collection_path(workdir)
     os.sync()  # the copies' dirty pages would otherwise be written back during whichever runs first
 
     find_s, _find_rss = run_timed(["find", copies["find"], "-type", "f", "-mtime", "+%d" % CUT_DAYS, "-delete"])

@@ -19,11 +19,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from _util import make_tree
+from _util import collection_path, make_tree
 
-COLLECTION = Path(__file__).resolve().parents[1]
 # (name, share of the files)
 SPLIT = (("huggingface", 0.40), ("pip", 0.20), ("conda", 0.15), ("npm", 0.15), ("go", 0.10))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
@@ -43,16 +41,6 @@ cpu = sum(c1[:4]) - sum(c0[:4])
 sys.stderr.write(json.dumps([cpu, _usage.history_entry(rep)]) + "\n")
 print(el)
 """
-
-
-def _collection_path(workdir):
-    """A PYTHONPATH entry where ansible_collections.mlinfra.shared_cache is this tree."""
-    base = os.path.join(workdir, "coll")
-    link = os.path.join(base, "ansible_collections", "mlinfra", "shared_cache")
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if not os.path.islink(link):
-        os.symlink(str(COLLECTION), link)
-    return base
 
 
 def _build(workdir, n_files):
@@ -104,7 +92,7 @@ def _ours(coll, caches, root, hints):
 
 
 def rows(n_files, workdir):
-    coll = _collection_path(workdir)
+    coll = collection_path(workdir)
     root, caches = _build(workdir, n_files)
     paths = [c["path"] for c in caches]
     seed_cmds = ["du -sh '%s'; find '%s' -type f | wc -l" % (p, p) for p in paths]
