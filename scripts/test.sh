@@ -36,7 +36,7 @@ stage() {
   fi
 }
 
-run_ruff() { ruff check plugins tests benchmarks && ruff format --check plugins tests benchmarks && antsibull-changelog lint; }
+run_ruff() { ruff check plugins tests benchmarks molecule && ruff format --check plugins tests benchmarks molecule && antsibull-changelog lint; }
 run_ansible_lint() { ansible-lint --profile production --offline; }
 run_build() {
   # The collection builds, installs from its tarball, and ansible-doc renders every module from it.

@@ -169,7 +169,6 @@ import pwd
 import re
 import secrets
 import shutil
-import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -388,26 +387,24 @@ class Doctor:
         return names[:2]
 
     def as_user(self, user, code, arg):
+        """Run the probe shell code as ``user`` (its own groups, the probe umask) with setpriv."""
         pw = pwd.getpwnam(user)
-        groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
-        mask = int(self.p["probe_umask"], 8)
-
-        def demote():
-            os.setgroups(groups)
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            os.umask(mask)
-
-        proc = subprocess.run(
-            ["/bin/sh", "-c", code, "probe", arg],
-            preexec_fn=demote,
-            capture_output=True,
-            text=True,
-            cwd="/",
-            env={"PATH": "/usr/bin:/bin"},
-            check=False,
-        )
-        return proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
+        setpriv = self.module.get_bin_path("setpriv")
+        if setpriv is None:
+            return 127, "setpriv (util-linux) not found: cannot act as %s" % user
+        cmd = [
+            setpriv,
+            "--reuid=%d" % pw.pw_uid,
+            "--regid=%d" % pw.pw_gid,
+            "--init-groups",
+            "/bin/sh",
+            "-c",
+            "umask %s; %s" % (self.p["probe_umask"], code),
+            "probe",
+            arg,
+        ]
+        rc, _out, err = self.module.run_command(cmd, cwd="/", environ_update={"PATH": "/usr/bin:/bin"})
+        return rc, (err.strip().splitlines() or [""])[-1]
 
     def check_probe(self, ok_paths, group_entry):
         if not self.p["probe"]:
