@@ -575,7 +575,7 @@ def test_max_units_bounds_memory_not_sizes(base):
 
 def test_workers_follow_the_last_report_duration(base, known):
     caches = [{"name": "a", "path": known}, {"name": "b", "path": os.path.join(base, "outside")}]
-    quick = _usage.build_report(caches, last_seconds=0.2)
+    quick = _usage.build_report(caches, last_seconds=_usage.PARALLEL_MIN_SECONDS / 2)
     assert quick["workers"] == 1
     slow = _usage.build_report(caches, last_seconds=30.0)
     assert slow["workers"] == _usage.default_workers(2)
