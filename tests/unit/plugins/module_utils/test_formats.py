@@ -10,14 +10,7 @@ import pytest
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, open_dir_nofollow
-
-
-def write(path, data=b"x", mtime=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data if isinstance(data, bytes) else data.encode())
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
-    return path
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import make_hf_repo, write
 
 
 def collect(root, fmt):
@@ -38,26 +31,6 @@ def detect(root):
 
 def by_key(collection):
     return {u.key: u for u in collection.units}
-
-
-def make_hf_repo(hub, repo, revisions, refs):
-    """Lay out a repo as huggingface_hub does: blobs by hash, snapshot symlinks, refs files."""
-    import hashlib
-
-    base = hub / repo
-    for rev, files in revisions.items():
-        for rel, content in files.items():
-            digest = hashlib.sha256(content).hexdigest()
-            blob = base / "blobs" / digest
-            if not blob.exists():
-                write(blob, content)
-            link = base / "snapshots" / rev / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            depth = len(rel.split("/")) - 1
-            os.symlink("../" * (depth + 2) + "blobs/" + digest, link)
-    for ref, rev in refs.items():
-        write(base / "refs" / ref, rev)
-    return base
 
 
 def test_formats_are_known_and_unknown_is_refused():

@@ -18,6 +18,7 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import age, write
 
 DAY = 86400
 OLD = time.time() - 200 * DAY
@@ -40,26 +41,6 @@ def run_module_subprocess(tmp_path, **args):
     cmd = [sys.executable, "-m", cache_prune.__name__, str(argsfile)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     return json.loads(out.stdout)
-
-
-def write(path, data=b"x", age_days=None):
-    path = str(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data if isinstance(data, bytes) else data.encode())
-    if age_days is not None:
-        t = time.time() - age_days * DAY
-        os.utime(path, (t, t))
-    return path
-
-
-def age(path, days):
-    """Set atime/mtime of path and everything below (links themselves) to `days` ago."""
-    t = time.time() - days * DAY
-    for dp, dn, fn in os.walk(path, topdown=False):
-        for n in fn + dn:
-            os.utime(os.path.join(dp, n), (t, t), follow_symlinks=False)
-    os.utime(path, (t, t))
 
 
 def tree(path):

@@ -24,6 +24,7 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import age, make_hf_repo, write
 
 DAY = 86400
 
@@ -33,24 +34,6 @@ def run_module(capsys, check=False, **args):
     with patch_module_args(args), pytest.raises(SystemExit):
         cache_prune.main()
     return json.loads(capsys.readouterr().out)
-
-
-def write(path, data=b"x", age_days=None):
-    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data if isinstance(data, bytes) else data.encode())
-    if age_days is not None:
-        t = time.time() - age_days * DAY
-        os.utime(path, (t, t))
-    return path
-
-
-def age(path, days):
-    t = time.time() - days * DAY
-    for dp, dn, fn in os.walk(path, topdown=False):
-        for n in fn + dn:
-            os.utime(os.path.join(dp, n), (t, t), follow_symlinks=False)
-    os.utime(path, (t, t), follow_symlinks=False)
 
 
 def tree(path):
@@ -265,20 +248,6 @@ def test_apt_running_means_skip(capsys, tmp_path):
 
 
 # -- HuggingFace hub ----------------------------------------------------------------------------------
-def make_hf_repo(hub, repo, revisions, refs):
-    base = hub / repo
-    for rev, files in revisions.items():
-        for rel, content in files.items():
-            digest = hashlib.sha256(content).hexdigest()
-            blob = base / "blobs" / digest
-            if not blob.exists():
-                write(blob, content)
-            link = base / "snapshots" / rev / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink("../" * (rel.count("/") + 2) + "blobs/" + digest, link)
-    for ref, rev in refs.items():
-        write(base / "refs" / ref, rev)
-    return base
 
 
 @pytest.fixture
