@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 
 DAY = 86400
@@ -50,3 +53,39 @@ def make_hf_repo(hub, repo, revisions, refs):
     for ref, rev in refs.items():
         write(base / "refs" / ref, rev)
     return base
+
+
+def tree(path):
+    """Every path below ``path`` (relative), links not followed."""
+    out = set()
+    for dp, dn, fn in os.walk(path):
+        for n in dn + fn:
+            out.add(os.path.relpath(os.path.join(dp, n), path))
+    return out
+
+
+def run_main(module, capsys, check=False, diff=False, **args):
+    """Run a module's main() in this process with ``args``; return its JSON result."""
+    from ansible.module_utils.testing import patch_module_args
+
+    args["_ansible_check_mode"] = check
+    args["_ansible_diff"] = diff
+    with patch_module_args(args):
+        try:
+            module.main()
+        except SystemExit:
+            pass
+        else:
+            raise AssertionError("%s.main() returned without exit_json/fail_json" % module.__name__)
+    return json.loads(capsys.readouterr().out)
+
+
+def run_process(module, tmp_path, **args):
+    """Run a module file in its own interpreter, as Ansible does: its warnings come back in the
+    result even when controller code imported by other tests would divert them to the display."""
+    argsfile = tmp_path / "args.json"
+    argsfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    cmd = [sys.executable, "-m", module.__name__, str(argsfile)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    return json.loads(out.stdout)

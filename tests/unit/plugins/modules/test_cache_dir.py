@@ -11,14 +11,13 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _perms
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_dir
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import run_main, run_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cache_dir manages ownership: run as root")
 
@@ -32,27 +31,12 @@ HAVE_SETFACL = shutil.which("setfacl") is not None
 
 def run_module(capsys, check=False, diff=True, **args):
     args.setdefault("group", GROUP)
-    args["_ansible_check_mode"] = check
-    args["_ansible_diff"] = diff
-    with patch_module_args(args), pytest.raises(SystemExit):
-        cache_dir.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(cache_dir, capsys, check=check, diff=diff, **args)
 
 
 def run_module_process(tmp_path, **args):
-    """Run the module file in a fresh interpreter (warnings travel in its JSON whatever else
-    the test process has imported: controller code loaded by other tests reroutes them)."""
     args.setdefault("group", GROUP)
-    args_file = tmp_path / "args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "ansible_collections.mlinfra.shared_cache.plugins.modules.cache_dir", str(args_file)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
-    )
-    return json.loads(proc.stdout)
+    return run_process(cache_dir, tmp_path, **args)
 
 
 def warnings_of(res):

@@ -14,42 +14,21 @@ import threading
 import time
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
-from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import age, write
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import age, run_main, run_process, tree, write
 
 DAY = 86400
 OLD = time.time() - 200 * DAY
 
 
 def run_module(capsys, check=False, diff=False, **args):
-    args["_ansible_check_mode"] = check
-    args["_ansible_diff"] = diff
-    with patch_module_args(args), pytest.raises(SystemExit):
-        cache_prune.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(cache_prune, capsys, check=check, diff=diff, **args)
 
 
 def run_module_subprocess(tmp_path, **args):
-    """Run the module in its own interpreter: its warnings are only reliable there (other tests'
-    controller imports divert module.warn() in this process)."""
-    argsfile = tmp_path / "args.json"
-    argsfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    cmd = [sys.executable, "-m", cache_prune.__name__, str(argsfile)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    return json.loads(out.stdout)
-
-
-def tree(path):
-    """Every path below `path` (relative), links not followed."""
-    out = set()
-    for dp, dn, fn in os.walk(path):
-        for n in dn + fn:
-            out.add(os.path.relpath(os.path.join(dp, n), path))
-    return out
+    return run_process(cache_prune, tmp_path, **args)
 
 
 def warnings_of(res):

@@ -20,28 +20,16 @@ import sys
 import time
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
-from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import age, make_hf_repo, write
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import age, make_hf_repo, run_main, tree, write
 
 DAY = 86400
 
 
 def run_module(capsys, check=False, **args):
-    args["_ansible_check_mode"] = check
-    with patch_module_args(args), pytest.raises(SystemExit):
-        cache_prune.main()
-    return json.loads(capsys.readouterr().out)
-
-
-def tree(path):
-    out = set()
-    for dp, dn, fn in os.walk(path):
-        for n in dn + fn:
-            out.add(os.path.relpath(os.path.join(dp, n), path))
-    return out
+    return run_main(cache_prune, capsys, check=check, **args)
 
 
 def tool(cmd, **kw):

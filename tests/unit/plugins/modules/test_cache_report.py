@@ -8,36 +8,20 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_report
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import run_main, run_process
 
 
 def run_module(capsys, check=False, **args):
-    args["_ansible_check_mode"] = check
-    with patch_module_args(args), pytest.raises(SystemExit):
-        cache_report.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(cache_report, capsys, check=check, **args)
 
 
 def run_module_process(tmp_path, **args):
-    """Run the module file in its own interpreter, as Ansible does (warnings come back in the result
-    even when controller code imported by other tests would divert them to the display)."""
-    argsfile = tmp_path / "args.json"
-    argsfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run(
-        [sys.executable, "-m", cache_report.__name__, str(argsfile)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    return json.loads(out.stdout)
+    return run_process(cache_report, tmp_path, **args)
 
 
 def du_b1(path):
