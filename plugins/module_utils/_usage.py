@@ -23,6 +23,7 @@ import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import get_format
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, WalkError, open_dir_nofollow
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import default_workers, forked_map
 
 DAY = 86400
 CATEGORY_TITLES = (
@@ -256,11 +257,6 @@ def _measure_job(job):
     return measure_cache(**job)
 
 
-def default_workers(n_caches):
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n_caches, cpus))
-
-
 def build_report(
     caches,
     root=None,
@@ -398,21 +394,13 @@ def build_report(
 def _parallel(jobs, workers, size_hints=None):
     """Run measure_cache jobs in forked worker processes; None when processes are unavailable.
 
-    Jobs are handed out one at a time, largest first when ``size_hints`` (name -> files or
-    bytes of an earlier report) tell which is largest, so one big cache does not finish last.
+    The largest cache goes first when ``size_hints`` (name -> files or bytes of an earlier
+    report) tell which is largest, so one big cache does not finish last.
     """
-    try:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork")
-    except (ImportError, ValueError):
-        return None
     hints = size_hints or {}
     order = sorted(range(len(jobs)), key=lambda i: -(hints.get(jobs[i]["name"]) or 0))
-    try:
-        with ctx.Pool(processes=workers) as pool:
-            done = pool.map(_measure_job, [jobs[i] for i in order], chunksize=1)
-    except OSError:
+    done = forked_map(_measure_job, [jobs[i] for i in order], workers)
+    if done is None:
         return None
     results = [None] * len(jobs)
     for i, r in zip(order, done, strict=True):

@@ -1,0 +1,56 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Forked worker processes for the tree walks of cache_dir and cache_report.
+
+Private module_utils (leading underscore): the API may change between releases.
+
+The walks are system-call bound: one process keeps one core busy, the kernel work of two
+processes on different directories overlaps almost perfectly (measured: fixing 200k files,
+1.86 s in one process, 0.97 s in two on a 2-core host). Threads do not help (the GIL is
+taken back after every call). A forked pool costs about 15 ms, so callers use it only for
+trees that are worth it.
+
+Workers are forked, so they inherit the caller's open descriptors (a verified root
+directory descriptor stays the anchor of every ``dir_fd=`` call in the workers).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cpus():
+    """CPUs this process may run on (the affinity mask, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers(n_jobs, limit=None):
+    """Worker processes worth starting for ``n_jobs`` independent jobs (at most ``limit``)."""
+    n = min(n_jobs, usable_cpus())
+    if limit is not None:
+        n = min(n, limit)
+    return max(1, n)
+
+
+def forked_map(func, jobs, workers):
+    """``[func(job) for job in jobs]`` in ``workers`` forked processes, results in job order.
+
+    Jobs are handed out one at a time (a worker that finishes early takes the next), so
+    callers should order them largest first when they know. ``func`` must be a module-level
+    function and its results picklable. Returns None when worker processes cannot be made
+    here (no fork, no /dev/shm semaphores, process limit): the caller then runs the jobs
+    itself.
+    """
+    try:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+    except (ImportError, ValueError):
+        return None
+    try:
+        with ctx.Pool(processes=workers) as pool:
+            return pool.map(func, jobs, chunksize=1)
+    except OSError:
+        return None
