@@ -26,12 +26,15 @@ def run_timed(cmd, **kwargs):
 def python_timed(code, *args):
     """Run Python code in a fresh interpreter (so its peak RSS is its own).
 
-    The code must print one float: its own elapsed seconds. Returns (seconds, peak RSS MB).
+    The code must print one float: its own elapsed seconds. Returns (seconds, peak RSS MB):
+    the peak of the interpreter or of any worker process it forked, whichever is larger (per
+    process, not summed: workers run side by side, each about the same size).
     """
     wrapper = (
         "import resource,sys,json\n"
         + code
-        + "\nprint(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+        + "\nprint(json.dumps(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))\n"
     )
     out = subprocess.run([sys.executable, "-c", wrapper, *args], check=True, capture_output=True, text=True)
     lines = out.stdout.strip().splitlines()

@@ -39,12 +39,12 @@ import sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.mlinfra.shared_cache.plugins.modules.cache_dir import run
 params = dict(path=sys.argv[2], owner=None, group=sys.argv[3], mode="2775", subdirs=[], recurse=True,
-              one_fs=True, acl=True, allow_world_writable=False)
+              one_fs=True, acl=True, allow_world_writable=False, workers=0)
 t0 = time.perf_counter()
 res = run(params, check_mode=False, warn=lambda msg: None)
 el = time.perf_counter() - t0
 assert res["error_count"] == 0, res["errors"]
-sys.stderr.write("examined=%d changed=%d\n" % (res["examined"], res["changed_entries"]))
+sys.stderr.write("examined=%d changed=%d workers=%d\n" % (res["examined"], res["changed_entries"], res["workers"]))
 print(el)
 """
 

@@ -120,11 +120,13 @@ class Walker:
     and the walk goes on.
 
     ``one_fs`` keeps the walk on the root's filesystem; directories on other devices are
-    listed in ``other_fs`` (relative paths) and not entered.
+    listed in ``other_fs`` (relative paths) and not entered. ``prefix`` is the relative path
+    of ``root_fd`` itself when it is a subtree of a larger walk: every ``rel`` starts with it.
     """
 
-    def __init__(self, root_fd, one_fs=True, max_errors=100):
+    def __init__(self, root_fd, one_fs=True, max_errors=100, prefix=""):
         self.root_fd = root_fd
+        self.prefix = prefix
         self.one_fs = one_fs
         self.errors = []
         self.error_count = 0
@@ -142,11 +144,11 @@ class Walker:
         root_fd = os.dup(self.root_fd)
         frames = []
         try:
-            item = self._visit("", root_fd, self.root_st)
+            item = self._visit(self.prefix, root_fd, self.root_st)
             if item is None:
                 return
             yield item
-            frames.append((root_fd, "", iter(self._subdirs(item))))
+            frames.append((root_fd, self.prefix, iter(self._subdirs(item))))
             root_fd = None
             while frames:
                 fd, rel, children = frames[-1]

@@ -37,9 +37,12 @@ import struct
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
+    Dir,
     Walker,
     open_subdir,
+    scan,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import forked_map
 
 ACL_DEFAULT = "system.posix_acl_default"
 ACL_ACCESS = "system.posix_acl_access"
@@ -56,6 +59,13 @@ S_IFMT = 0o170000
 S_IFREG = stat.S_IFREG
 S_IFDIR = stat.S_IFDIR
 S_IFLNK = stat.S_IFLNK
+
+
+# Parallel recurse: directories per worker before the top of the tree stops being split (so
+# the hand-out balances uneven subtrees), and how deep the split looks for them.
+SPLIT_JOBS_PER_WORKER = 4
+SPLIT_MAX_DEPTH = 3
+_POOL_FIXER = None  # (fixer, root_fd, managed) of the walk whose workers are being forked
 
 
 class PermsError(ValueError):
@@ -267,6 +277,7 @@ class TreeFixer:
         self.before = None
         self.after = None
         self.managed_errors = []  # errors on path or subdirs: the declared state was not reached
+        self.workers_used = 0  # processes that walked the content (0: no recurse)
 
     # ----------------------------------------------------------------- helpers
     def _error(self, rel, exc):
@@ -335,27 +346,6 @@ class TreeFixer:
         except OSError as exc:
             self._error(rel, exc)
         return differs
-
-    def _file_want(self, m):
-        """The mode a regular file with mode ``m`` should have (group rw, g+x if executable)."""
-        cur = m & 0o7777
-        want = cur | (self.mode & 0o060)
-        if cur & 0o111:
-            want |= self.mode & 0o010
-        return want & ~(0o6000 | self.ww_mask)
-
-    def _file_step(self, dir_fd, name, st, rel, want):
-        """Change one regular file that differs; True when it was (or would be) changed."""
-        if st.st_nlink > 1 and not self.protected_hardlinks:
-            self.skipped["hardlinks"] += 1
-            return False
-        if self.check_mode:
-            return True
-        err = fix_file(dir_fd, name, st, want, self.gid)
-        if err is not None:
-            self._error(_join(rel, name), err)
-            return False
-        return True
 
     # ----------------------------------------------------------------- phases
     def ensure(self, path, subdirs):
@@ -484,63 +474,200 @@ class TreeFixer:
             if pfd is not None:
                 os.close(pfd)
 
-    def walk(self, root_fd, managed):
-        """Recurse: one top-down walk, one lstat per entry, write only what differs."""
-        walker = Walker(root_fd, one_fs=self.one_fs)
-        protected = self.protected_hardlinks
-        check_mode = self.check_mode
-        examined = changed = 0
-        symlinks = special = 0
-        mode = self.mode
-        gid = self.gid
-        fadd = mode & 0o060
-        fx = mode & 0o010
-        keep = ~(0o6000 | self.ww_mask)
-        for d in walker.walk():
-            rel = d.rel
-            if rel not in managed:
-                examined += 1
-                if self._dir_step(d.fd, d.st, rel, False):
-                    changed += 1
-            dfd = d.fd
-            for name, st in d.entries:
-                m = st.st_mode
-                fmt = m & S_IFMT
-                if fmt == S_IFREG:
-                    examined += 1
-                    cur = m & 0o7777
-                    want = cur | fadd
-                    if cur & 0o111:
-                        want |= fx
-                    want &= keep
-                    if want == cur and (gid is None or st.st_gid == gid):
+    def walk(self, root_fd, managed, workers=1):
+        """Recurse: one top-down walk, one lstat per entry, write only what differs.
+
+        With ``workers`` > 1 the top of the tree is fixed here, breadth first, until there are
+        enough directories (SPLIT_JOBS_PER_WORKER per worker, or SPLIT_MAX_DEPTH levels);
+        those subtrees are then fixed whole by forked workers, handed out one at a time. A
+        worker reopens its subtree below ``root_fd`` without following symlinks and goes on
+        only when it is the very directory (st_dev, st_ino) this process lstat'ed. Counts,
+        errors and results are the same as with one process.
+        """
+        self.workers_used = 1
+        if workers <= 1:
+            self._walk_tree(root_fd, "", managed)
+            return
+        jobs = self._fix_top(root_fd, managed, workers * SPLIT_JOBS_PER_WORKER)
+        results = None
+        if len(jobs) > 1:
+            global _POOL_FIXER
+            _POOL_FIXER = (self, root_fd, managed)
+            try:
+                results = forked_map(_subtree_job, jobs, min(workers, len(jobs)))
+            finally:
+                _POOL_FIXER = None
+            if results is not None:
+                self.workers_used = min(workers, len(jobs))
+        if results is None:
+            results = [self._subtree(root_fd, managed, job) for job in jobs]
+        for res in results:
+            self._merge(res)
+
+    def _clone(self):
+        """A fixer with the same settings and zeroed counts (one per subtree job)."""
+        other = TreeFixer.__new__(TreeFixer)
+        other.__dict__.update(self.__dict__)
+        other.examined = other.changed = other.error_count = 0
+        other.skipped = {"symlinks": 0, "special": 0, "hardlinks": 0}
+        other.errors = []
+        other.other_fs = []
+        other.acl_unsupported = set(self.acl_unsupported)
+        other._acl_cache = dict(self._acl_cache)
+        other.created = []
+        return other
+
+    def _counts(self):
+        return {
+            "examined": self.examined,
+            "changed": self.changed,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "error_count": self.error_count,
+            "other_fs": self.other_fs,
+            "acl_unsupported": sorted(self.acl_unsupported),
+        }
+
+    def _merge(self, res):
+        self.examined += res["examined"]
+        self.changed += res["changed"]
+        for key, n in res["skipped"].items():
+            self.skipped[key] += n
+        self.error_count += res["error_count"]
+        self.errors.extend(res["errors"][: max(0, 100 - len(self.errors))])
+        self.other_fs.extend(res["other_fs"])
+        self.acl_unsupported.update(res["acl_unsupported"])
+
+    def _subtree(self, root_fd, managed, job):
+        """Fix the subtree ``job`` = (rel, st_dev, st_ino) with a fresh fixer; return its counts."""
+        rel, dev, ino = job
+        fixer = self._clone()
+        try:
+            fd = _open_rel(root_fd, rel)
+        except OSError as exc:
+            fixer._error(rel, exc)
+            return fixer._counts()
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                fixer._error(rel, OSError(errno.ESTALE, "directory replaced during the walk; skipped"))
+            else:
+                fixer._walk_tree(fd, rel, managed)
+        finally:
+            os.close(fd)
+        return fixer._counts()
+
+    def _fix_top(self, root_fd, managed, want_jobs):
+        """Fix the top levels breadth first; return the subtrees left to fix as (rel, dev, ino).
+
+        Only one level of directory descriptors is held, and a level is opened only while it
+        has fewer than ``want_jobs`` directories.
+        """
+        root_st = os.fstat(root_fd)
+        level = [(os.dup(root_fd), "", root_st)]
+        try:
+            for depth in range(1, SPLIT_MAX_DEPTH + 1):
+                below = []
+                for fd, rel, st in level:
+                    try:
+                        entries = scan(fd)
+                    except OSError as exc:
+                        self._error(rel, exc)
                         continue
-                    if st.st_nlink > 1 and not protected:
-                        self.skipped["hardlinks"] += 1
-                        continue
-                    if not check_mode:
-                        err = fix_file(dfd, name, st, want, gid)
-                        if err is not None:
-                            self._error(_join(rel, name), err)
+                    self._fix_dir(Dir(rel, fd, st, entries), managed)
+                    for name, est in entries:
+                        if not stat.S_ISDIR(est.st_mode):
                             continue
-                    changed += 1
-                elif fmt == S_IFDIR:
-                    continue  # examined when the walker visits it
-                elif fmt == S_IFLNK:
-                    examined += 1
-                    symlinks += 1
-                else:
-                    examined += 1
-                    special += 1
-        self.examined += examined
-        self.changed += changed
-        self.skipped["symlinks"] += symlinks
-        self.skipped["special"] += special
+                        if self.one_fs and est.st_dev != root_st.st_dev:
+                            self.other_fs.append(_join(rel, name))
+                            continue
+                        below.append((fd, _join(rel, name), name, est))
+                if len(below) >= want_jobs or depth == SPLIT_MAX_DEPTH:
+                    return [(crel, est.st_dev, est.st_ino) for _fd, crel, _n, est in below]
+                opened = []
+                try:
+                    for pfd, crel, name, est in below:
+                        try:
+                            cfd = open_subdir(pfd, name, expect=est)
+                        except OSError as exc:
+                            self._error(crel, exc)
+                            continue
+                        if cfd is None:
+                            self._error(crel, OSError(errno.ESTALE, "directory replaced during the walk; skipped"))
+                            continue
+                        opened.append((cfd, crel, est))
+                except BaseException:
+                    for cfd, _r, _s in opened:
+                        os.close(cfd)
+                    raise
+                for fd, _r, _s in level:
+                    os.close(fd)
+                level = opened
+            return []
+        finally:
+            for fd, _r, _s in level:
+                os.close(fd)
+
+    def _walk_tree(self, fd, prefix, managed):
+        """Fix the whole tree below (and including) the open directory ``fd`` in this process."""
+        walker = Walker(fd, one_fs=self.one_fs, prefix=prefix)
+        for d in walker.walk():
+            self._fix_dir(d, managed)
         self.other_fs.extend(walker.other_fs)
         self.error_count += walker.error_count
         for rel, msg in walker.errors:
             if len(self.errors) < 100:
                 self.errors.append({"path": rel, "error": msg})
+
+    def _fix_dir(self, d, managed):
+        """Fix one directory (unless managed: ``ensure`` did it) and its non-directory entries."""
+        rel = d.rel
+        examined = changed = 0
+        symlinks = special = 0
+        if rel not in managed:
+            examined += 1
+            if self._dir_step(d.fd, d.st, rel, False):
+                changed += 1
+        protected = self.protected_hardlinks
+        check_mode = self.check_mode
+        gid = self.gid
+        fadd = self.mode & 0o060
+        fx = self.mode & 0o010
+        keep = ~(0o6000 | self.ww_mask)
+        dfd = d.fd
+        for name, st in d.entries:
+            m = st.st_mode
+            fmt = m & S_IFMT
+            if fmt == S_IFREG:
+                examined += 1
+                cur = m & 0o7777
+                want = cur | fadd
+                if cur & 0o111:
+                    want |= fx
+                want &= keep
+                if want == cur and (gid is None or st.st_gid == gid):
+                    continue
+                if st.st_nlink > 1 and not protected:
+                    self.skipped["hardlinks"] += 1
+                    continue
+                if not check_mode:
+                    err = fix_file(dfd, name, st, want, gid)
+                    if err is not None:
+                        self._error(_join(rel, name), err)
+                        continue
+                changed += 1
+            elif fmt == S_IFDIR:
+                continue  # examined when the walk visits it
+            elif fmt == S_IFLNK:
+                examined += 1
+                symlinks += 1
+            else:
+                examined += 1
+                special += 1
+        self.examined += examined
+        self.changed += changed
+        self.skipped["symlinks"] += symlinks
+        self.skipped["special"] += special
 
     def after_attrs(self, root_fd):
         """Root attributes after the run (the intended ones in check mode)."""
@@ -568,6 +695,12 @@ class TreeFixer:
                     existing = []
             after["default_acl"] = acl_text(wanted_default_acl(existing, self.mode, self.acl_gid or 0))
         return after
+
+
+def _subtree_job(job):
+    """Worker side of TreeFixer.walk (module level: what the pool calls in a forked process)."""
+    fixer, root_fd, managed = _POOL_FIXER
+    return fixer._subtree(root_fd, managed, job)
 
 
 def _join(rel, name):

@@ -103,6 +103,15 @@ options:
         of content alone. Anyone on the host could then replace what every user loads.
     type: bool
     default: false
+  workers:
+    description:
+      - Processes that fix the content with O(recurse). V(0) picks the number of CPUs this
+        process may use, at most 4; V(1) keeps the walk in one process.
+      - The top levels of the tree are fixed first; then each worker takes whole subdirectories,
+        reopened without following symlinks and checked to be the very directories seen. Small
+        trees stay in one process. Counts and results do not depend on this option.
+    type: int
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -201,12 +210,20 @@ error_count:
   description: Number of such entries.
   returned: always
   type: int
+workers:
+  description:
+    - Processes that walked the content with O(recurse) (V(1) for trees too small to split),
+      V(0) without O(recurse).
+  returned: always
+  type: int
+  sample: 2
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import usable_cpus
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
     ParamError,
     parse_mode,
@@ -239,6 +256,11 @@ def run(params, check_mode=False, warn=None):
     subdirs = []
     for sub in params["subdirs"] or []:
         subdirs.append(validate_relative(sub, "subdirs"))
+    workers = params.get("workers") or 0
+    if workers < 0:
+        raise ParamError("workers: %d is negative; give 0 (automatic), 1 (one process) or more" % workers)
+    if workers == 0:
+        workers = min(usable_cpus(), 4)
     uid = resolve_owner(params["owner"])
     gid = resolve_group(params["group"])
 
@@ -259,7 +281,7 @@ def run(params, check_mode=False, warn=None):
                 % (path, "; ".join("%s: %s" % (e["path"], e["error"]) for e in fixer.managed_errors))
             )
         if params["recurse"] and root_fd is not None:
-            fixer.walk(root_fd, managed)
+            fixer.walk(root_fd, managed, workers=workers)
         after = fixer.after_attrs(root_fd)
     finally:
         if root_fd is not None:
@@ -302,6 +324,7 @@ def run(params, check_mode=False, warn=None):
         "other_fs": fixer.other_fs[:100],
         "errors": fixer.errors,
         "error_count": fixer.error_count,
+        "workers": fixer.workers_used,
         "diff": {"before": fixer.before, "after": after},
     }
     return result
@@ -319,6 +342,7 @@ def main():
             one_fs=dict(type="bool", default=True),
             acl=dict(type="bool", default=True),
             allow_world_writable=dict(type="bool", default=False),
+            workers=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )

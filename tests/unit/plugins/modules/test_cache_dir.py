@@ -280,14 +280,13 @@ def test_file_swapped_for_symlink_during_walk_is_not_followed(tmp_path):
     st = os.lstat(root / "f")
     os.unlink(root / "f")
     (root / "f").symlink_to(outside)
-    fixer = _perms.TreeFixer(None, GID, 0o2775)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert fixer._file_step(fd, "f", st, "", fixer._file_want(st.st_mode)) is False
+        err = _perms.fix_file(fd, "f", st, 0o660, GID)
     finally:
         os.close(fd)
+    assert isinstance(err, OSError)
     assert mode_of(outside) == 0o600 and os.lstat(outside).st_gid == 0
-    assert fixer.error_count == 1
 
 
 def test_symlink_as_path_component_is_refused(tmp_path, capsys):
@@ -459,3 +458,86 @@ def test_subdir_replaced_by_a_symlink_fails_and_is_not_followed(tmp_path, capsys
     assert res["failed"] is True and "hub" in res["msg"] and "not a directory" in res["msg"]
     assert mode_of(elsewhere) == 0o700 and os.lstat(elsewhere).st_gid == 0
     assert _perms.ACL_DEFAULT not in os.listxattr(elsewhere)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def split_tree(base, outside):
+    """wrong_tree plus 30 subtrees two levels down (enough for the parallel split), each with a
+    umask-077 file, some with a symlink to a private file outside and a FIFO."""
+    root = wrong_tree(base)
+    for i in range(30):
+        d = root / "http" / ("h%02d" % i) / "x"
+        d.mkdir(parents=True)
+        d.chmod(0o700)
+        (d / "blob").write_text("b")
+        (d / "blob").chmod(0o600)
+        if i % 5 == 0:
+            (d / "ln").symlink_to(outside)
+            os.mkfifo(d / "fifo", 0o600)
+    return root
+
+
+def rel_snapshot(root):
+    return {os.path.relpath(p, root): v for p, v in snapshot(root).items()}
+
+
+@pytest.mark.parametrize("subdirs", [[], ["http/h03", "wheels"]])
+def test_workers_change_exactly_what_one_process_changes(tmp_path, capsys, subdirs):
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    secret.chmod(0o600)
+    one = split_tree(tmp_path / "one", secret)
+    many = split_tree(tmp_path / "many", secret)
+    check = run_module(capsys, check=True, path=str(many), recurse=True, workers=3, subdirs=subdirs)
+    r1 = run_module(capsys, path=str(one), recurse=True, workers=1, subdirs=subdirs)
+    r3 = run_module(capsys, path=str(many), recurse=True, workers=3, subdirs=subdirs)
+    assert r1["workers"] == 1
+    assert check["workers"] == r3["workers"] == 3  # 31 subtrees below http/: split
+    for key in ("examined", "changed_entries", "skipped_entries", "error_count", "created"):
+        if key == "created":
+            assert [os.path.relpath(p, many) for p in r3[key]] == [os.path.relpath(p, one) for p in r1[key]]
+            continue
+        assert r1[key] == r3[key] == check[key], key
+    assert r3["examined"] == 12 + 30 * 3 + 6 * 2  # wrong_tree, h?? + x + blob, ln + fifo
+    assert r3["skipped_entries"] == {"symlinks": 6, "special": 6, "hardlinks": 0}
+    assert rel_snapshot(one) == rel_snapshot(many)
+    assert mode_of(many / "http" / "h07" / "x" / "blob") == 0o660
+    assert mode_of(many / "http" / "h07" / "x") == 0o2770
+    assert mode_of(secret) == 0o600 and os.lstat(secret).st_gid == 0
+    again = run_module(capsys, path=str(many), recurse=True, workers=3, subdirs=subdirs)
+    assert again["changed"] is False and again["examined"] == r3["examined"]
+
+
+def test_subtree_swapped_before_its_worker_opens_it_is_skipped(tmp_path):
+    """A worker reopens its subtree by name: a symlink or another directory there is refused."""
+    root = tmp_path / "cache"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "f").write_text("f")
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    (outside / "secret").write_text("s")
+    (outside / "secret").chmod(0o600)
+    st = os.lstat(root / "a")
+    fixer = _perms.TreeFixer(None, GID, 0o2775)
+    fd, managed = fixer.ensure(str(root), [])
+    try:
+        os.rename(root / "a", tmp_path / "a-seen")
+        (root / "a").symlink_to(outside)
+        as_link = fixer._subtree(fd, managed, ("a", st.st_dev, st.st_ino))
+        os.unlink(root / "a")
+        os.rename(outside, root / "a")  # a real directory, but not the one that was seen
+        as_other = fixer._subtree(fd, managed, ("a", st.st_dev, st.st_ino))
+    finally:
+        os.close(fd)
+    assert as_link["error_count"] == 1 and as_link["examined"] == 0
+    assert as_other["error_count"] == 1 and "replaced" in as_other["errors"][0]["error"]
+    assert mode_of(root / "a") == 0o700 and os.lstat(root / "a").st_gid == 0
+    assert mode_of(root / "a" / "secret") == 0o600 and os.lstat(root / "a" / "secret").st_gid == 0
+
+
+def test_negative_workers_is_refused(tmp_path, capsys):
+    res = run_module(capsys, path=str(tmp_path / "c"), workers=-1)
+    assert res["failed"] is True and "workers" in res["msg"]
+    assert not (tmp_path / "c").exists()
