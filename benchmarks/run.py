@@ -41,17 +41,18 @@ def main() -> int:
             for row in mod.rows(n_files, workdir):
                 row.setdefault("bench", short)
                 row["files"] = n_files
-                ok = row.get("target") is None or row["ratio"] <= row["target"]
-                row["met"] = ok
+                has_target = row.get("target") is not None
+                row["met"] = row["ratio"] <= row["target"] if has_target else None
+                rss = row.get("peak_rss_mb")
                 print(
-                    "  %-44s vs %-34s ratio %6.2fx  target %-6s %s  peak RSS %5.1f MB"
+                    "  %-44s vs %-34s ratio %6.2fx  target %-6s %-6s  peak RSS %s"
                     % (
                         row["name"],
                         row["peer"],
                         row["ratio"],
-                        "<=%.2f" % row["target"] if row.get("target") is not None else "-",
-                        "met" if ok else "MISSED",
-                        row.get("peak_rss_mb") or 0.0,
+                        "<=%.2f" % row["target"] if has_target else "-",
+                        ("met" if row["met"] else "MISSED") if has_target else "",
+                        "%5.1f MB" % rss if rss is not None else "-",
                     ),
                     flush=True,
                 )

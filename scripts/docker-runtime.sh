@@ -24,6 +24,7 @@ install_packages() {
   command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v setfacl >/dev/null 2>&1 || missing+=(acl)
+  command -v tc >/dev/null 2>&1 || missing+=(iproute2)  # workspace_e2e limits container links
   if [ "${#missing[@]}" -gt 0 ]; then
     need_root
     log "installing ${missing[*]} with apt"
