@@ -44,25 +44,48 @@ class WalkError(OSError):
     """Raised for a root that cannot be walked safely (symlink, not a directory, ...)."""
 
 
-def open_dir_nofollow(path):
+class MissingComponent(FileNotFoundError):
+    """``open_dir_nofollow`` found a component absent; ``filename`` is the first absent one."""
+
+
+def open_dir_nofollow(path, create=False, created=None):
     """Open absolute ``path`` as a directory, refusing a symlink at *any* component.
 
     Every component is opened relative to its parent with O_NOFOLLOW, so a symlink planted
     anywhere on the way (``/mnt/storage/cache -> /etc``) makes this fail with ELOOP/ENOTDIR
     instead of walking somewhere else. Returns a descriptor the caller must close.
+
+    A missing component raises MissingComponent (a FileNotFoundError naming it), or with
+    ``create`` is made like ``mkdir -p`` would, root's own way: created 0700 (nobody can use it
+    before it is finished), then 0755 for the parents; the last one stays 0700 for the caller to
+    set. The absolute paths made are appended to the list ``created``.
     """
     if not path.startswith("/"):
         raise WalkError(errno.EINVAL, "not an absolute path", path)
+    parts = [p for p in path.split("/") if p]
     fd = os.open("/", O_DIR)
     try:
-        for part in [p for p in path.split("/") if p]:
+        for i, part in enumerate(parts):
             try:
                 nfd = _open_dir(part, fd)
+            except FileNotFoundError:
+                here = "/" + "/".join(parts[: i + 1])
+                if not create:
+                    raise MissingComponent(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
+                os.mkdir(part, 0o700, dir_fd=fd)
+                if created is not None:
+                    created.append(here)
+                nfd = _open_dir(part, fd)
+                if i < len(parts) - 1:
+                    os.fchmod(nfd, 0o755)
             except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(fd, part):
-                    raise WalkError(
-                        errno.ELOOP, "a component is a symbolic link; refusing to follow it", path
-                    ) from None
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    here = "/" + "/".join(parts[: i + 1])
+                    if _is_symlink(fd, part):
+                        raise WalkError(
+                            errno.ELOOP, "component %s is a symbolic link; refusing to follow it" % here, path
+                        ) from None
+                    raise WalkError(errno.ENOTDIR, "component %s is not a directory" % here, path) from None
                 raise
             os.close(fd)
             fd = nfd

@@ -38,7 +38,10 @@ import struct
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
     Dir,
+    MissingComponent,
     Walker,
+    WalkError,
+    open_dir_nofollow,
     open_subdir,
     scan,
 )
@@ -359,47 +362,21 @@ class TreeFixer:
             parts = sub.split("/")
             for i in range(1, len(parts) + 1):
                 managed.add("/".join(parts[:i]))
-        parts = [p for p in path.split("/") if p]
-        fd = os.open("/", O_DIR)
-        missing_from = None
         try:
-            for i, part in enumerate(parts):
-                last = i == len(parts) - 1
-                try:
-                    nfd = os.open(part, O_DIR, dir_fd=fd)
-                except FileNotFoundError:
-                    if self.check_mode:
-                        missing_from = i
-                        break
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                    self.created.append("/" + "/".join(parts[: i + 1]))
-                    nfd = os.open(part, O_DIR, dir_fd=fd)
-                    if not last:
-                        os.fchmod(nfd, 0o755)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise PermsError(
-                            "%s: component %r is a symbolic link or not a directory; refusing to follow it "
-                            "(give the real path)" % (path, "/" + "/".join(parts[: i + 1]))
-                        ) from None
-                    raise
-                os.close(fd)
-                fd = nfd
-        except BaseException:
-            os.close(fd)
-            raise
-        if missing_from is not None:
-            os.close(fd)
-            for i in range(missing_from, len(parts)):
-                self.created.append("/" + "/".join(parts[: i + 1]))
+            fd = open_dir_nofollow(path, create=not self.check_mode, created=self.created)
+        except MissingComponent as exc:  # check mode: it and everything below would be created
+            parts = [p for p in path.split("/") if p]
+            first = len([p for p in exc.filename.split("/") if p]) - 1
+            self.created += ["/" + "/".join(parts[: i + 1]) for i in range(first, len(parts))]
             self.before = attrs_of(None, None)
             if self.acl_gid is None:
                 self.acl_gid = 0
-            for _rel in sorted(managed):
-                self.examined += 1
-                self.changed += 1
+            self.examined += len(managed)
+            self.changed += len(managed)
             self.created += [path + "/" + r for r in sorted(managed) if r]
             return None, managed
+        except WalkError as exc:
+            raise PermsError("%s: %s (give the real path)" % (path, exc.strerror)) from None
         root_fd = fd
         st = os.fstat(root_fd)
         self.root_dev = st.st_dev
