@@ -9,14 +9,13 @@ first API call because no controller listens)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from ansible_collections.mlinfra.shared_cache.tests.unit.ops.playbooks import ansible_bin, ansible_env
 
 ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOK = ROOT / "playbooks" / "awx_configure.yml"
@@ -212,37 +211,14 @@ def test_no_template_prompts_for_free_extra_vars():
     assert jt["awx.awx.job_template"]["ask_variables_on_launch"] is False
 
 
-def _ansible_bin(name):
-    path = Path(sys.executable).parent / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        pytest.skip("%s not installed" % name)
-    return found
-
-
-def _env():
-    env = dict(os.environ)
-    if ROOT.parent.name == "mlinfra" and ROOT.parent.parent.name == "ansible_collections":
-        collections = ROOT.parents[2]
-    else:
-        collections = ROOT / ".collections"
-    env["ANSIBLE_COLLECTIONS_PATH"] = "%s:%s" % (collections, env.get("ANSIBLE_COLLECTIONS_PATH", ""))
-    env["ANSIBLE_STDOUT_CALLBACK"] = "json"
-    env["ANSIBLE_LOCALHOST_WARNING"] = "false"
-    env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "false"
-    return env
-
-
 def test_awx_configure_syntax():
     pytest.importorskip("ansible_collections.awx.awx", reason="awx.awx (from the ansible package) not installed")
     run = subprocess.run(
-        [_ansible_bin("ansible-playbook"), "--syntax-check", str(PLAYBOOK)],
+        [ansible_bin("ansible-playbook"), "--syntax-check", str(PLAYBOOK)],
         capture_output=True,
         check=False,
         text=True,
-        env=_env(),
+        env=ansible_env(),
         cwd=ROOT,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -264,7 +240,7 @@ def test_awx_module_arguments_validate(task):
     pytest.importorskip("ansible_collections.awx.awx")
     run = subprocess.run(
         [
-            _ansible_bin("ansible-playbook"),
+            ansible_bin("ansible-playbook"),
             str(PLAYBOOK),
             "--start-at-task",
             task,
@@ -276,7 +252,7 @@ def test_awx_module_arguments_validate(task):
         capture_output=True,
         check=False,
         text=True,
-        env=_env(),
+        env=ansible_env(),
         cwd=ROOT,
         timeout=300,
     )
