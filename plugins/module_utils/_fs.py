@@ -167,11 +167,11 @@ class Walker:
         root_fd = os.dup(self.root_fd)
         frames = []
         try:
-            item = self._visit(self.prefix, root_fd, self.root_st)
+            item = self.visit(self.prefix, root_fd, self.root_st)
             if item is None:
                 return
             yield item
-            frames.append((root_fd, self.prefix, iter(self._subdirs(item))))
+            frames.append((root_fd, self.prefix, iter(self.subdirs(item))))
             root_fd = None
             while frames:
                 fd, rel, children = frames[-1]
@@ -182,35 +182,47 @@ class Walker:
                     continue
                 name, est = nxt
                 crel = rel + "/" + name if rel else name
-                try:
-                    cfd = open_subdir(fd, name, expect=est)
-                except OSError as exc:
-                    self._error(crel, exc)
-                    continue
+                cfd = self.open_child(fd, crel, name, est)
                 if cfd is None:
-                    self._error(crel, OSError(errno.ESTALE, "directory replaced during the walk; skipped"))
                     continue
-                item = self._visit(crel, cfd, est)
+                item = self.visit(crel, cfd, est)
                 if item is None:
                     os.close(cfd)
                     continue
                 frames.append((cfd, crel, None))
                 yield item
-                frames[-1] = (cfd, crel, iter(self._subdirs(item)))
+                frames[-1] = (cfd, crel, iter(self.subdirs(item)))
         finally:
             if root_fd is not None:
                 os.close(root_fd)
             for fd, _rel, _it in frames:
                 os.close(fd)
 
-    def _visit(self, rel, fd, st):
+    # The steps of the walk, also used one level at a time (cache_dir's breadth-first split).
+    def visit(self, rel, fd, st):
+        """A Dir for the open directory ``fd`` with its entries; None (error recorded) if unreadable."""
         try:
             return Dir(rel, fd, st, scan(fd))
         except OSError as exc:
             self._error(rel, exc)
             return None
 
-    def _subdirs(self, item):
+    def open_child(self, dir_fd, rel, name, st):
+        """Open subdirectory ``name`` (lstat'ed as ``st``, relative path ``rel``) of ``dir_fd``.
+
+        None, with the error recorded, when it cannot be opened or is no longer that directory.
+        """
+        try:
+            cfd = open_subdir(dir_fd, name, expect=st)
+        except OSError as exc:
+            self._error(rel, exc)
+            return None
+        if cfd is None:
+            self._error(rel, OSError(errno.ESTALE, "directory replaced during the walk; skipped"))
+        return cfd
+
+    def subdirs(self, item):
+        """[(name, lstat)] of the subdirectories of ``item`` to enter (other filesystems recorded)."""
         dev = self.root_st.st_dev
         out = []
         for name, est in item.entries:

@@ -37,13 +37,11 @@ import struct
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
-    Dir,
     MissingComponent,
     Walker,
     WalkError,
     open_dir_nofollow,
     open_subdir,
-    scan,
 )
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import forked_map
 
@@ -540,39 +538,25 @@ class TreeFixer:
         Only one level of directory descriptors is held, and a level is opened only while it
         has fewer than ``want_jobs`` directories.
         """
-        root_st = os.fstat(root_fd)
-        level = [(os.dup(root_fd), "", root_st)]
+        walker = Walker(root_fd, one_fs=self.one_fs)
+        level = [(os.dup(root_fd), "", walker.root_st)]
         try:
             for depth in range(1, SPLIT_MAX_DEPTH + 1):
                 below = []
                 for fd, rel, st in level:
-                    try:
-                        entries = scan(fd)
-                    except OSError as exc:
-                        self._error(rel, exc)
+                    item = walker.visit(rel, fd, st)
+                    if item is None:
                         continue
-                    self._fix_dir(Dir(rel, fd, st, entries), managed)
-                    for name, est in entries:
-                        if not stat.S_ISDIR(est.st_mode):
-                            continue
-                        if self.one_fs and est.st_dev != root_st.st_dev:
-                            self.other_fs.append(_join(rel, name))
-                            continue
-                        below.append((fd, _join(rel, name), name, est))
+                    self._fix_dir(item, managed)
+                    below += [(fd, _join(rel, name), name, est) for name, est in walker.subdirs(item)]
                 if len(below) >= want_jobs or depth == SPLIT_MAX_DEPTH:
                     return [(crel, est.st_dev, est.st_ino) for _fd, crel, _n, est in below]
                 opened = []
                 try:
                     for pfd, crel, name, est in below:
-                        try:
-                            cfd = open_subdir(pfd, name, expect=est)
-                        except OSError as exc:
-                            self._error(crel, exc)
-                            continue
-                        if cfd is None:
-                            self._error(crel, OSError(errno.ESTALE, "directory replaced during the walk; skipped"))
-                            continue
-                        opened.append((cfd, crel, est))
+                        cfd = walker.open_child(pfd, crel, name, est)
+                        if cfd is not None:
+                            opened.append((cfd, crel, est))
                 except BaseException:
                     for cfd, _r, _s in opened:
                         os.close(cfd)
@@ -584,12 +568,17 @@ class TreeFixer:
         finally:
             for fd, _r, _s in level:
                 os.close(fd)
+            self._absorb(walker)
 
     def _walk_tree(self, fd, prefix, managed):
         """Fix the whole tree below (and including) the open directory ``fd`` in this process."""
         walker = Walker(fd, one_fs=self.one_fs, prefix=prefix)
         for d in walker.walk():
             self._fix_dir(d, managed)
+        self._absorb(walker)
+
+    def _absorb(self, walker):
+        """Take over what a Walker recorded: directories on other filesystems, errors."""
         self.other_fs.extend(walker.other_fs)
         self.error_count += walker.error_count
         for rel, msg in walker.errors:
