@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,15 +26,18 @@ def ansible_bin(name):
     return found
 
 
-def ansible_env():
-    """Environment in which ansible-playbook finds this collection (the checkout or its installed copy)."""
+def ansible_env(stdout_callback="json"):
+    """Environment in which ansible-playbook finds this collection (the checkout or its installed copy).
+
+    The ``json`` callback comes from ansible.posix (the ``ansible`` package), not ansible-core.
+    """
     env = dict(os.environ)
     if ROOT.parent.name == "mlinfra" and ROOT.parent.parent.name == "ansible_collections":
         collections = ROOT.parents[2]
     else:
         collections = ROOT / ".collections"
     env["ANSIBLE_COLLECTIONS_PATH"] = "%s:%s" % (collections, env.get("ANSIBLE_COLLECTIONS_PATH", ""))
-    env["ANSIBLE_STDOUT_CALLBACK"] = "json"
+    env["ANSIBLE_STDOUT_CALLBACK"] = stdout_callback
     env["ANSIBLE_LOCALHOST_WARNING"] = "false"
     env["ANSIBLE_INVENTORY_UNPARSED_WARNING"] = "false"
     return env
@@ -42,7 +46,9 @@ def ansible_env():
 def run_play_on_localhost(play_text, tmp_path, extra_vars):
     """ansible-playbook of ``play_text`` on localhost (local connection, this interpreter).
 
-    Returns (return code, the json callback's report, stdout+stderr).
+    Runs with ansible-core's default output (no other collection needed). Returns (return code,
+    the play recap's counters for localhost such as {"ok": 3, "changed": 0, "failed": 0, ...},
+    stdout+stderr).
     """
     play = Path(tmp_path) / "play.yml"
     play.write_text(play_text)
@@ -52,11 +58,11 @@ def run_play_on_localhost(play_text, tmp_path, extra_vars):
         capture_output=True,
         check=False,
         text=True,
-        env=ansible_env(),
+        env=ansible_env("default"),
         cwd=ROOT,
     )
-    try:
-        report = json.loads(run.stdout)
-    except ValueError:
-        report = None
-    return run.returncode, report, run.stdout + run.stderr
+    recap = {}
+    match = re.search(r"^localhost\s+:\s+(.*)$", run.stdout, re.MULTILINE)
+    if match:
+        recap = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+    return run.returncode, recap, run.stdout + run.stderr
