@@ -15,8 +15,11 @@ One generated tree (``make_tree``: n_files small files, 100 per directory), two 
   in the same run: the per-tree work of each module.
 The tree is reset to the same wrong state before every fixing run (not timed). cache_dir's
 own work is timed inside a fresh interpreter (import time excluded, as the peers' commands
-have no import phase); its peak RSS is that interpreter's. Each quick contender runs several
-times, alternating, and keeps its best time: the least noisy figure on a shared machine.
+have no import phase) with its default ``workers: 0`` (the usable CPUs, at most 4: both cores
+here, while each shell command uses one); an extra row without a target gives the fixing run
+with ``workers: 1``. Peak RSS is the largest of that interpreter's and its workers'. Each quick
+contender runs several times, alternating, and keeps its best time: the least noisy figure on a
+shared machine.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.mlinfra.shared_cache.plugins.modules.cache_dir import run
 params = dict(path=sys.argv[2], owner=None, group=sys.argv[3], mode="2775", subdirs=[], recurse=True,
-              one_fs=True, acl=True, allow_world_writable=False, workers=0)
+              one_fs=True, acl=True, allow_world_writable=False, workers=int(sys.argv[4]))
 t0 = time.perf_counter()
 res = run(params, check_mode=False, warn=lambda msg: None)
 el = time.perf_counter() - t0
@@ -72,8 +75,8 @@ PLAY_FILE = """- hosts: localhost
 """
 
 
-def _ours(coll, tree):
-    return python_timed(CODE, coll, tree, GROUP)
+def _ours(coll, tree, workers=0):
+    return python_timed(CODE, coll, tree, GROUP, str(workers))
 
 
 def _reset_wrong(tree):
@@ -164,27 +167,24 @@ def rows(n_files, workdir):
         peer_t = t if peer_t is None else min(peer_t, t)
     out.append(_row("cache_dir recurse (already correct)", "chmod -R g+rwX", ours_t, peer_t, 1.0, rss))
 
-    # 2. wrong tree, fixing
-    ours_t = peer_t = None
-    rss = 0.0
+    # 2. wrong tree, fixing (and the same in one process, for the record)
+    ours_t = one_t = peer_t = None
+    rss = rss_one = 0.0
     for _i in range(REPEAT):
         _reset_wrong(tree)
         t, r = _ours(coll, tree)
         ours_t = t if ours_t is None else min(ours_t, t)
         rss = max(rss, r or 0)
         _reset_wrong(tree)
+        t, r = _ours(coll, tree, workers=1)
+        one_t = t if one_t is None else min(one_t, t)
+        rss_one = max(rss_one, r or 0)
+        _reset_wrong(tree)
         t, _r = _shell_fix(tree)
         peer_t = t if peer_t is None else min(peer_t, t)
-    out.append(
-        _row(
-            "cache_dir recurse (fixing)",
-            "chgrp+chmod -R, find chmod g+s, setfacl -d",
-            ours_t,
-            peer_t,
-            1.0,
-            rss,
-        )
-    )
+    peer = "chgrp+chmod -R, find chmod g+s, setfacl -d"
+    out.append(_row("cache_dir recurse (fixing)", peer, ours_t, peer_t, 1.0, rss))
+    out.append(_row("cache_dir recurse (fixing, workers: 1)", peer, one_t, peer_t, None, rss_one))
 
     # 3. wrong tree through ansible-playbook (best of REPEAT, alternating)
     # 4. the same without ansible-playbook's constant start-up: the same plays on an empty
