@@ -39,18 +39,22 @@ def forked_map(func, jobs, workers):
 
     Jobs are handed out one at a time (a worker that finishes early takes the next), so
     callers should order them largest first when they know. ``func`` must be a module-level
-    function and its results picklable. Returns None when worker processes cannot be made
-    here (no fork, no /dev/shm semaphores, process limit): the caller then runs the jobs
-    itself.
+    function and its results picklable; an exception it raises is raised here. Returns None
+    when worker processes cannot be made here (no fork, no /dev/shm semaphores, process limit)
+    or one died (killed, out of memory): the caller then runs the jobs itself, so ``func``
+    must be safe to run again for a job. (concurrent.futures notices a dead worker;
+    multiprocessing.Pool would wait for its result forever.)
     """
     try:
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         ctx = multiprocessing.get_context("fork")
     except (ImportError, ValueError):
         return None
     try:
-        with ctx.Pool(processes=workers) as pool:
-            return pool.map(func, jobs, chunksize=1)
-    except OSError:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            return list(pool.map(func, jobs))
+    except (OSError, BrokenProcessPool):
         return None
