@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import fnmatch
@@ -276,6 +277,25 @@ def open_parent(root_fd, parts, dev, mounts):
             os.close(fd)
         raise
     return fd
+
+
+@contextlib.contextmanager
+def entry_below(root_fd, parts, dev):
+    """``(parent fd, lstat)`` of ``parts`` below ``root_fd`` inside the block, ``(None, None)`` when
+    the entry or a directory on the way is gone or unsafe (see open_parent); the parent is closed after."""
+    pfd = open_parent(root_fd, parts, dev, ())
+    if pfd is None:
+        yield None, None
+        return
+    try:
+        try:
+            st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+        except OSError:
+            yield None, None
+            return
+        yield pfd, st
+    finally:
+        os.close(pfd)
 
 
 def remove_path(root_fd, parts, locks=None, mounts=(), stats=None, dev=None):
@@ -876,13 +896,8 @@ class Pruner:
         if held:
             return "%s is locked by a process" % held
         for lp in u.locks:
-            pfd = open_parent(fd, lp, dev, ())
-            if pfd is None:
-                continue
-            try:
-                try:
-                    st = os.stat(lp[-1], dir_fd=pfd, follow_symlinks=False)
-                except OSError:
+            with entry_below(fd, lp, dev) as (pfd, st):
+                if st is None:
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     cfd = open_subdir(pfd, lp[-1], expect=st)
@@ -896,8 +911,6 @@ class Pruner:
                         os.close(cfd)
                 elif locks.held(st, pfd, lp[-1]):
                     return "tool lock %s held" % "/".join(lp)
-            finally:
-                os.close(pfd)
         return None
 
     def _held_inside(self, fd, u, locks, dev):
@@ -907,13 +920,8 @@ class Pruner:
         if not locks.on_device(dev):
             return None
         for p in u.paths:
-            pfd = open_parent(fd, p, dev, ())
-            if pfd is None:
-                continue
-            try:
-                try:
-                    st = os.stat(p[-1], dir_fd=pfd, follow_symlinks=False)
-                except OSError:
+            with entry_below(fd, p, dev) as (pfd, st):
+                if st is None:
                     continue
                 if locks.held(st, pfd, p[-1]):
                     return "/".join(p)
@@ -932,8 +940,6 @@ class Pruner:
                                 return "/".join(p + tuple(d.rel.split("/") if d.rel else ()) + (name,))
                 finally:
                     os.close(sfd)
-            finally:
-                os.close(pfd)
         return None
 
     def _count(self, result, u, reason, freed, files):
