@@ -258,8 +258,8 @@ class Collector:
         base = _parts(d.rel)
         entries = d.entries
         if not d.rel:
-            d.skip.add(TRASH_NAME)
-            entries = [e for e in entries if e[0] != TRASH_NAME]
+            entries = [e for e in entries if not e[0].startswith(TRASH_NAME)]
+            d.skip.update(e[0] for e in d.entries if e[0].startswith(TRASH_NAME))
         for name, st in entries:
             parts = base + (name,)
             if stat.S_ISDIR(st.st_mode):

@@ -145,12 +145,20 @@ class Walker:
     ``one_fs`` keeps the walk on the root's filesystem; directories on other devices are
     listed in ``other_fs`` (relative paths) and not entered. ``prefix`` is the relative path
     of ``root_fd`` itself when it is a subtree of a larger walk: every ``rel`` starts with it.
+
+    ``gid`` (the cache group) makes the walk see only what the cache owns: an entry whose group
+    is another one (moved or hard-linked in by a member, see docs/security.md) is left out of
+    ``entries``, a directory of another group is never entered, and both are tallied in
+    ``foreign`` (a ``Foreign``: count, bytes, a sample of paths) and in the Dir's ``foreign``
+    count. The check is one integer comparison on the lstat the walk already made.
     """
 
-    def __init__(self, root_fd, one_fs=True, max_errors=100, prefix=""):
+    def __init__(self, root_fd, one_fs=True, max_errors=100, prefix="", gid=None):
         self.root_fd = root_fd
         self.prefix = prefix
         self.one_fs = one_fs
+        self.gid = gid
+        self.foreign = Foreign()
         self.errors = []
         self.error_count = 0
         self.other_fs = []
@@ -202,10 +210,19 @@ class Walker:
     def visit(self, rel, fd, st):
         """A Dir for the open directory ``fd`` with its entries; None (error recorded) if unreadable."""
         try:
-            return Dir(rel, fd, st, scan(fd))
+            entries = scan(fd)
         except OSError as exc:
             self._error(rel, exc)
             return None
+        d = Dir(rel, fd, st, entries)
+        gid = self.gid
+        if gid is not None:
+            for _name, est in entries:
+                if est.st_gid != gid:
+                    d.entries = self.foreign.split(rel, entries, gid)
+                    d.foreign = len(entries) - len(d.entries)
+                    break
+        return d
 
     def open_child(self, dir_fd, rel, name, st):
         """Open subdirectory ``name`` (lstat'ed as ``st``, relative path ``rel``) of ``dir_fd``.
@@ -236,7 +253,7 @@ class Walker:
 
 
 class Dir:
-    __slots__ = ("rel", "fd", "st", "entries", "skip")
+    __slots__ = ("rel", "fd", "st", "entries", "skip", "foreign")
 
     def __init__(self, rel, fd, st, entries):
         self.rel = rel
@@ -244,3 +261,49 @@ class Dir:
         self.st = st
         self.entries = entries
         self.skip = set()
+        self.foreign = 0  # entries of another group left out of ``entries`` (Walker ``gid``)
+
+
+class Foreign:
+    """Tally of entries that are not the cache's (their group is not the cache group).
+
+    ``count`` entries, ``bytes`` their allocated size (a directory's own blocks: it is not
+    entered), ``sample`` up to ``SAMPLE`` relative paths, as the results show them.
+    """
+
+    SAMPLE = 10
+
+    def __init__(self):
+        self.count = 0
+        self.bytes = 0
+        self.sample = []
+
+    def add(self, rel, st):
+        self.count += 1
+        self.bytes += st.st_blocks * 512
+        if len(self.sample) < self.SAMPLE:
+            self.sample.append(rel)
+
+    def split(self, rel, entries, gid):
+        """The entries of group ``gid``; the others are tallied here."""
+        keep = []
+        base = rel + "/" if rel else ""
+        for name, est in entries:
+            if est.st_gid == gid:
+                keep.append((name, est))
+            else:
+                self.add(base + name, est)
+        return keep
+
+    def merge(self, other):
+        """Add another tally (a worker's, or a ``as_dict()`` result) to this one."""
+        if isinstance(other, dict):
+            count, nbytes, sample = other["count"], other["bytes"], other["sample"]
+        else:
+            count, nbytes, sample = other.count, other.bytes, other.sample
+        self.count += count
+        self.bytes += nbytes
+        self.sample.extend(sample[: max(0, self.SAMPLE - len(self.sample))])
+
+    def as_dict(self):
+        return {"count": self.count, "bytes": self.bytes, "sample": list(self.sample)}

@@ -22,21 +22,33 @@ How entries are changed without following symlinks or being raced:
   blocks). Linux has no lchmod, and fchmodat(AT_SYMLINK_NOFOLLOW) depends on the C library
   and /proc, so the descriptor route is the portable safe one;
 - symlinks, sockets, FIFOs and device nodes are never changed (counted as skipped);
-- when ``fs.protected_hardlinks`` is not 1, a regular file with more than one link may be a
-  hard link to a file outside the cache planted by a group member: such files are skipped.
+- a regular file with more than one link is changed only when it already has the cache group
+  and ``fs.protected_hardlinks`` is 1 (a member can then only have linked a file they own or can
+  already read and write); otherwise it may be a link to a file outside the cache and is skipped.
+
+Ownership (docs/security.md): an entry belongs to the cache when its group is the cache group
+(setgid directories give that group to everything created in the tree). The routine repair only
+acts on those: an entry of another group (a directory a member moved in, with another user's
+private files inside) is neither regrouped nor widened, and a directory of another group is not
+entered; they are tallied as ``foreign``. Regrouping everything (taking over an old tree) is the
+explicit ``adopt`` mode an administrator asks for once. Names matching the ``private`` patterns
+(credentials a tool keeps in a shared tool home) are never widened.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import grp
 import os
 import pwd
+import re
 import stat
 import struct
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
+    Foreign,
     MissingComponent,
     Walker,
     WalkError,
@@ -69,8 +81,41 @@ SPLIT_MAX_DEPTH = 3
 _POOL_FIXER = None  # (fixer, root_fd, managed) of the walk whose workers are being forked
 
 
+# Names the repair never widens: credentials tools keep in a home the catalog shares (cargo's
+# credentials.toml in CARGO_HOME, a .netrc, an npmrc or .pypirc with a token, huggingface_hub's
+# token files, keys). The catalog adds more per cache (``private``).
+DEFAULT_PRIVATE = (
+    "credentials",
+    "credentials.toml",
+    ".credentials.toml",
+    ".netrc",
+    ".pypirc",
+    ".npmrc",
+    "npmrc",
+    ".git-credentials",
+    "token",
+    "stored_tokens",
+    "auth.json",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_ed25519*",
+)
+
+
 class PermsError(ValueError):
     """Bad input found before anything was changed."""
+
+
+def private_matcher(patterns):
+    """A ``match(name)`` callable for glob ``patterns`` (one compiled expression), or None."""
+    patterns = [p for p in patterns or () if p]
+    if not patterns:
+        return None
+    for p in patterns:
+        if "/" in p:
+            raise PermsError("private: %r names a path; give a file name or glob (e.g. credentials.toml)" % p)
+    return re.compile("|".join("(?:%s)" % fnmatch.translate(p) for p in patterns)).match
 
 
 # --------------------------------------------------------------------------- ACL encoding
@@ -256,9 +301,24 @@ class TreeFixer:
     differ are written; in check mode nothing is written and the counts are the same.
     """
 
-    def __init__(self, uid, gid, mode, acl=True, check_mode=False, allow_world_writable=False, one_fs=True):
+    def __init__(
+        self,
+        uid,
+        gid,
+        mode,
+        acl=True,
+        check_mode=False,
+        allow_world_writable=False,
+        one_fs=True,
+        adopt=False,
+        private=DEFAULT_PRIVATE,
+    ):
         self.uid = uid
         self.gid = gid
+        self.adopt = adopt
+        self.private = private_matcher(private)
+        self.cache_gid = gid  # the group that marks what the cache owns (the root's when gid is None)
+        self.foreign = Foreign()
         self.mode = mode
         self.acl = acl
         self.check_mode = check_mode
@@ -267,7 +327,7 @@ class TreeFixer:
         self.examined = 0
         self.changed = 0
         self.created = []
-        self.skipped = {"symlinks": 0, "special": 0, "hardlinks": 0}
+        self.skipped = {"symlinks": 0, "special": 0, "hardlinks": 0, "private": 0}
         self.errors = []
         self.error_count = 0
         self.other_fs = []
@@ -320,12 +380,27 @@ class TreeFixer:
                 raise
         return True
 
+    def _ours(self, st, want_uid):
+        """A managed directory found in place is the cache's when root (or the configured owner)
+        owns it or it has the cache group; a member's directory put there is not taken over."""
+        return st.st_uid in (0, want_uid) or self.cache_gid is None or st.st_gid == self.cache_gid
+
     def _dir_step(self, fd, st, rel, managed):
         """Fix one directory through its verified descriptor; returns True when it differed."""
         m = st.st_mode & 0o7777
         if managed:
             want_uid = self.uid if self.uid is not None else st.st_uid
             want_mode = self.mode
+            if not self.adopt and not self._ours(st, want_uid):
+                self._error(
+                    rel,
+                    OSError(
+                        errno.EPERM,
+                        "exists but is not the cache's (owner %s, group %s): left alone; move it away, "
+                        "or take it over once with adopt" % (_user_name(st.st_uid), _group_name(st.st_gid)),
+                    ),
+                )
+                return False
         else:
             want_uid = st.st_uid
             want_mode = (m | 0o2000 | (self.mode & 0o070)) & ~self.ww_mask
@@ -385,6 +460,8 @@ class TreeFixer:
         self.before = attrs_of(st, before_acl)
         if self.acl_gid is None:
             self.acl_gid = st.st_gid
+        if self.cache_gid is None:
+            self.cache_gid = st.st_gid
         self.examined += 1
         first_error = len(self.errors)
         if self._dir_step(root_fd, st, "", True):
@@ -484,7 +561,8 @@ class TreeFixer:
         other = TreeFixer.__new__(TreeFixer)
         other.__dict__.update(self.__dict__)
         other.examined = other.changed = other.error_count = 0
-        other.skipped = {"symlinks": 0, "special": 0, "hardlinks": 0}
+        other.skipped = {"symlinks": 0, "special": 0, "hardlinks": 0, "private": 0}
+        other.foreign = Foreign()
         other.errors = []
         other.other_fs = []
         other.acl_unsupported = set(self.acl_unsupported)
@@ -501,6 +579,7 @@ class TreeFixer:
             "error_count": self.error_count,
             "other_fs": self.other_fs,
             "acl_unsupported": sorted(self.acl_unsupported),
+            "foreign": self.foreign.as_dict(),
         }
 
     def _merge(self, res):
@@ -512,6 +591,7 @@ class TreeFixer:
         self.errors.extend(res["errors"][: max(0, 100 - len(self.errors))])
         self.other_fs.extend(res["other_fs"])
         self.acl_unsupported.update(res["acl_unsupported"])
+        self.foreign.merge(res["foreign"])
 
     def _subtree(self, root_fd, managed, job):
         """Fix the subtree ``job`` = (rel, st_dev, st_ino) with a fresh fixer; return its counts."""
@@ -538,7 +618,7 @@ class TreeFixer:
         Only one level of directory descriptors is held, and a level is opened only while it
         has fewer than ``want_jobs`` directories.
         """
-        walker = Walker(root_fd, one_fs=self.one_fs)
+        walker = self._walker(root_fd)
         level = [(os.dup(root_fd), "", walker.root_st)]
         try:
             for depth in range(1, SPLIT_MAX_DEPTH + 1):
@@ -572,13 +652,19 @@ class TreeFixer:
 
     def _walk_tree(self, fd, prefix, managed):
         """Fix the whole tree below (and including) the open directory ``fd`` in this process."""
-        walker = Walker(fd, one_fs=self.one_fs, prefix=prefix)
+        walker = self._walker(fd, prefix)
         for d in walker.walk():
             self._fix_dir(d, managed)
         self._absorb(walker)
 
+    def _walker(self, fd, prefix=""):
+        """The walk of the content: only what the cache owns, unless adopting (see the module doc)."""
+        gid = None if self.adopt else self.cache_gid
+        return Walker(fd, one_fs=self.one_fs, prefix=prefix, gid=gid)
+
     def _absorb(self, walker):
-        """Take over what a Walker recorded: directories on other filesystems, errors."""
+        """Take over what a Walker recorded: foreign entries, directories on other filesystems, errors."""
+        self.foreign.merge(walker.foreign)
         self.other_fs.extend(walker.other_fs)
         self.error_count += walker.error_count
         for rel, msg in walker.errors:
@@ -597,6 +683,8 @@ class TreeFixer:
         protected = self.protected_hardlinks
         check_mode = self.check_mode
         gid = self.gid
+        cache_gid = self.cache_gid
+        private = self.private
         fadd = self.mode & 0o060
         fx = self.mode & 0o010
         keep = ~(0o6000 | self.ww_mask)
@@ -613,8 +701,11 @@ class TreeFixer:
                 want &= keep
                 if want == cur and (gid is None or st.st_gid == gid):
                     continue
-                if st.st_nlink > 1 and not protected:
+                if st.st_nlink > 1 and not (protected and st.st_gid == cache_gid):
                     self.skipped["hardlinks"] += 1
+                    continue
+                if private is not None and private(name) and want & ~cur:
+                    self.skipped["private"] += 1
                     continue
                 if not check_mode:
                     err = fix_file(dfd, name, st, want, gid)
@@ -623,6 +714,9 @@ class TreeFixer:
                         continue
                 changed += 1
             elif fmt == S_IFDIR:
+                if private is not None and private(name):
+                    d.skip.add(name)  # a private directory (keys, tokens) is neither widened nor entered
+                    self.skipped["private"] += 1
                 continue  # examined when the walk visits it
             elif fmt == S_IFLNK:
                 examined += 1

@@ -3,7 +3,8 @@
 """The pruning engine behind the cache_prune module.
 
 - ``Pruner(path, ...)``: opens the cache directory with ``_fs.open_dir_nofollow``, takes the prune
-  lock (flock on the cache directory itself, bounded wait), the tool's own lock, walks once with
+  lock (as root a root-only lock file under ``/run/mlinfra-shared-cache``, which members cannot
+  open; bounded wait), tests the tool's own lock, walks once with
   ``_fs.Walker`` and the format's collector (``_formats``), selects units (age, then LRU for
   ``max_size``/``min_free``) and removes them relative to open descriptors.
 - Removal never follows a symlink (every directory is opened O_NOFOLLOW relative to its parent
@@ -14,6 +15,10 @@
   deleted (``Trash``): a killed prune leaves whole units; the next run deletes the leftovers.
 - Read-only directories (Go's module cache) are made writable (fchmod on the opened descriptor)
   before their entries are removed.
+- Only what the cache owns is pruned (docs/security.md): the walk leaves out entries whose group
+  is not the cache group and never enters such directories (``_fs.Walker`` ``gid``), and every
+  removal step checks the group again on the lstat it makes, so an entry a member moved in
+  after the walk is left too. Such entries are counted in the result's ``foreign``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from array import array
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
+    Foreign,
     Walker,
     open_dir_nofollow,
     open_subdir,
@@ -116,8 +122,8 @@ def flock_held(dir_fd, name):
     return False
 
 
-def lock_dir(fd, timeout):
-    """Exclusive flock on an open directory, waiting at most ``timeout`` seconds."""
+def lock_dir_flock(fd, timeout):
+    """Exclusive flock on an open file or directory, waiting at most ``timeout`` seconds."""
     deadline = time.monotonic() + max(0, timeout)
     while True:
         try:
@@ -129,6 +135,92 @@ def lock_dir(fd, timeout):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
+
+
+# Where root's prune keeps its mutual exclusion: a root-only directory (members cannot open a file
+# there, so they cannot hold the lock and switch the prune off, as they could with an flock on the
+# member-writable cache directory itself).
+PRUNE_LOCK_DIR = "/run/mlinfra-shared-cache"
+
+
+def state_dir(lock_dir=None):
+    """Open (made 0700 when missing) the prune's private directory; it must be this user's and
+    writable by nobody else, or OSError EPERM."""
+    path = lock_dir or PRUNE_LOCK_DIR
+    dfd = open_dir_nofollow(path, create=True)
+    dst = os.fstat(dfd)
+    if dst.st_uid != os.geteuid() or dst.st_mode & 0o022:
+        os.close(dfd)
+        raise OSError(
+            errno.EPERM,
+            "%s is not a private directory of this user (owner %d, mode %04o); refusing to keep the "
+            "prune lock there" % (path, dst.st_uid, stat.S_IMODE(dst.st_mode)),
+        )
+    return dfd
+
+
+# A tool's lock held across prunes for longer than this is not an install in progress: the prune
+# goes on without it (units used within min_age and entries a process locks are still kept).
+TOOL_LOCK_STALE = 24 * 3600
+
+
+def tool_lock_seen(cache_fd, parts, held, lock_dir=None, now=None):
+    """Remember when a tool lock of this cache was first found held; returns that time (``held``)
+    or None (lock free: the record is dropped; or no private state directory, as a non-root user).
+
+    The record is a file in the prune's root-only state directory whose mtime is the first time
+    the lock was seen held, so a member who holds the lock through every nightly run delays the
+    prune of those units by TOOL_LOCK_STALE at most, never for ever."""
+    if lock_dir is None and os.geteuid() != 0:
+        return None
+    cst = os.fstat(cache_fd)
+    name = "toollock-%x-%d-%s" % (cst.st_dev, cst.st_ino, "_".join(parts).replace("/", "_"))
+    try:
+        dfd = state_dir(lock_dir)
+    except OSError:
+        return None
+    try:
+        if not held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dfd)
+            return None
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        return min(st.st_mtime, now if now is not None else time.time())
+    finally:
+        os.close(dfd)
+
+
+def prune_lock(cache_fd, timeout, lock_dir=None):
+    """Take the prune lock of the open cache directory; the lock's fd, or None when another prune
+    holds it past ``timeout``. As root (or with ``lock_dir``) it is an exclusive flock on
+    ``<lock_dir>/prune-<dev>-<ino>.lock``, a 0600 root-owned file in a directory only its owner can
+    write; for other users, who cannot be attacked by root's job, the cache directory itself."""
+    if lock_dir is None and os.geteuid() != 0:
+        fd = os.dup(cache_fd)
+        if lock_dir_flock(fd, timeout):
+            return fd
+        os.close(fd)
+        return None
+    dfd = state_dir(lock_dir)
+    try:
+        cst = os.fstat(cache_fd)
+        name = "prune-%x-%d.lock" % (cst.st_dev, cst.st_ino)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    lst = os.fstat(fd)
+    if not stat.S_ISREG(lst.st_mode) or lst.st_uid != os.geteuid():
+        os.close(fd)
+        raise OSError(errno.EPERM, "prune lock %s is not a regular file of this user" % name)
+    if lock_dir_flock(fd, timeout):
+        return fd
+    os.close(fd)
+    return None
 
 
 def take_tool_lock(root_fd, parts, kind, timeout, check_only):
@@ -240,15 +332,27 @@ def mount_options(abs_path):
 # descriptor-relative removal
 # ------------------------------------------------------------------------------------------
 class RemoveStats:
-    __slots__ = ("files", "dirs", "bytes", "disk", "busy", "errors")
+    """What a removal did. ``gid``: only entries of this group (the cache's) are removed; others
+    are left where they are and tallied in ``foreign``."""
 
-    def __init__(self):
+    __slots__ = ("files", "dirs", "bytes", "disk", "busy", "errors", "gid", "foreign")
+
+    def __init__(self, gid=None):
         self.files = 0
         self.dirs = 0
         self.bytes = 0
         self.disk = 0
         self.busy = []
         self.errors = []
+        self.gid = gid
+        self.foreign = Foreign()
+
+    def not_ours(self, parts, st):
+        """True (and tallied) when ``st`` is not of the cache group."""
+        if self.gid is None or st.st_gid == self.gid:
+            return False
+        self.foreign.add("/".join(parts), st)
+        return True
 
 
 def open_parent(root_fd, parts, dev, mounts):
@@ -321,6 +425,8 @@ def remove_path(root_fd, parts, locks=None, mounts=(), stats=None, dev=None):
             return None
         if st.st_dev != dev:
             stats.errors.append(("/".join(parts), "on another filesystem; left"))
+            return stats
+        if stats.not_ours(parts, st):
             return stats
         if locks is not None and locks.held(st, pfd, name):
             stats.busy.append("/".join(parts))
@@ -400,6 +506,9 @@ def _rmtree(parent_fd, name, st, parts, locks, mounts, stats, dev):
                 continue
             cname, cst = nxt
             cparts = top[1] + (cname,)
+            if stats.not_ours(cparts, cst):
+                top[3] = True
+                continue
             if locks is not None and locks.held(cst, top[0], cname):
                 stats.busy.append("/".join(cparts))
                 top[3] = True
@@ -444,44 +553,64 @@ def rmdir_if_empty(root_fd, parts):
         os.close(pfd)
 
 
-def _exists(dir_fd, name):
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        return True
-    except FileNotFoundError:
-        return False
+def _has_trash(dir_fd):
+    """True when the cache directory holds a trash-named entry (a leftover to purge)."""
+    with os.scandir(dir_fd) as it:
+        return any(is_trash(e.name) for e in it)
+
+
+def is_trash(name):
+    """True for the names Trash uses (``.mlinfra-prune-trash-<random>``, and the fixed name of
+    earlier releases): formats and walks leave them out."""
+    return name.startswith(_formats.TRASH_NAME)
 
 
 class Trash:
     """A directory of the cache itself (same filesystem) a unit's paths are renamed into before
     they are deleted: a unit leaves its place in one rename per path, so a prune killed mid-way
     leaves whole units (or a unit missing whole paths, which each format orders to stay valid),
-    never a half-deleted directory. Leftovers are deleted by the next run."""
+    never a half-deleted directory. Leftovers are deleted by the next run.
 
-    def __init__(self, root_fd, dev):
+    The cache directory is member-writable, so the trash is made fresh by root under a random name
+    with ``mkdir`` (which fails on any existing name: it is exclusive) and checked to be that very
+    directory, root's, 0700, on the cache's filesystem. A leftover is only a trash-named directory
+    owned by this user with no group or other access; a member's look-alike is left alone."""
+
+    def __init__(self, root_fd, dev, gid=None):
         self.root_fd = root_fd
         self.dev = dev
+        self.gid = gid
         self.n = 0
         self.leftover = None
-        try:
-            st = os.stat(_formats.TRASH_NAME, dir_fd=root_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            self.leftover = remove_path(root_fd, (_formats.TRASH_NAME,), None, (), RemoveStats(), dev)
-        try:
-            os.mkdir(_formats.TRASH_NAME, 0o700, dir_fd=root_fd)
-        except FileExistsError:
-            pass
-        st = os.stat(_formats.TRASH_NAME, dir_fd=root_fd, follow_symlinks=False)
-        if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
-            raise OSError(errno.ENOTDIR, "%s is not a directory of the cache" % _formats.TRASH_NAME)
-        self.fd = open_subdir(root_fd, _formats.TRASH_NAME, expect=st)
-        if self.fd is None:
-            raise OSError(errno.ESTALE, "%s replaced while opening it" % _formats.TRASH_NAME)
+        for name, st in scan(root_fd):
+            if is_trash(name) and self._ours(st):
+                if self.leftover is None:
+                    self.leftover = RemoveStats(gid)
+                remove_path(root_fd, (name,), None, (), self.leftover, dev)
+        for _attempt in range(5):
+            name = "%s-%s" % (_formats.TRASH_NAME, os.urandom(6).hex())
+            try:
+                os.mkdir(name, 0o700, dir_fd=root_fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, "could not create a trash directory in the cache")
+        st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+        self.fd = open_subdir(root_fd, name, expect=st) if stat.S_ISDIR(st.st_mode) else None
+        if self.fd is None or not self._ours(os.fstat(self.fd)):
+            if self.fd is not None:
+                os.close(self.fd)
+            raise OSError(errno.ESTALE, "trash directory %s replaced while opening it; skipped" % name)
+        self.name = name
+
+    def _ours(self, st):
+        return (
+            stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_dev == self.dev and not st.st_mode & 0o077
+        )
 
     def move(self, parts, mounts, stats):
-        """Rename ``parts`` into the trash; returns the name there, or None (gone / unsafe)."""
+        """Rename ``parts`` into the trash; returns the name there, or None (gone / unsafe / not the cache's)."""
         if not parts or parts in mounts:
             return None
         pfd = open_parent(self.root_fd, parts, self.dev, mounts)
@@ -494,6 +623,8 @@ class Trash:
                 return None
             if st.st_dev != self.dev:
                 stats.errors.append(("/".join(parts), "on another filesystem; left"))
+                return None
+            if stats.not_ours(parts, st):
                 return None
             self.n += 1
             new = "%d" % self.n
@@ -524,9 +655,9 @@ class Trash:
     def close(self):
         os.close(self.fd)
         try:
-            os.rmdir(_formats.TRASH_NAME, dir_fd=self.root_fd)
+            os.rmdir(self.name, dir_fd=self.root_fd)
         except OSError:
-            pass  # something locked is left inside: the next run deletes it
+            pass  # something locked (or not the cache's) is left inside: the next run deletes it
 
 
 def dir_is_prunable_repo(root_fd, prefix):
@@ -722,8 +853,17 @@ class Pruner:
         sample_size=20,
         now=None,
         one_fs=True,
+        gid=None,
+        lock_dir=None,
     ):
+        """``gid``: the cache group (default: the cache directory's own group); entries of other
+        groups are never pruned. ``lock_dir``: where the prune lock lives (default PRUNE_LOCK_DIR
+        as root, see ``prune_lock``)."""
         self.path = path
+        self.gid = gid
+        self.lock_dir = lock_dir
+        self.cache_gid = gid
+        self.foreign = Foreign()
         self.fmt_name = fmt
         self.policy = policy or Policy()
         self.check = check_mode
@@ -741,6 +881,7 @@ class Pruner:
         except OSError as exc:
             raise PruneError("cannot open %s safely: %s" % (self.path, exc.strerror or exc)) from None
         tool_fds = []
+        lock_fd = None
         try:
             result = {
                 "path": self.path,
@@ -753,8 +894,15 @@ class Pruner:
                 "sample": [],
                 "busy": [],
                 "errors": [],
+                "foreign": self.foreign.as_dict(),
             }
-            if not lock_dir(fd, self.lock_timeout):
+            if self.cache_gid is None:
+                self.cache_gid = os.fstat(fd).st_gid
+            try:
+                lock_fd = prune_lock(fd, self.lock_timeout, self.lock_dir)
+            except OSError as exc:
+                raise PruneError("cannot take the prune lock: %s" % (exc.strerror or exc)) from None
+            if lock_fd is None:
                 result["skipped"] = True
                 result["msg"] = "another prune holds the lock on %s; waited %ss, skipped" % (
                     self.path,
@@ -774,40 +922,60 @@ class Pruner:
                 result["skipped"] = True
                 result["msg"] = "no retention policy (max_age, max_size, min_free) for %s: nothing to do" % self.path
                 return result
-            try:
-                for parts, kind in fmt.tool_locks:
+            now = self.now if self.now is not None else time.time()
+            for parts, kind in fmt.tool_locks:
+                try:
                     tfd = take_tool_lock(fd, parts, kind, min(self.lock_timeout, 30), self.check)
-                    if tfd >= 0:
-                        tool_fds.append(tfd)
-            except Busy as exc:
-                result["skipped"] = True
-                result["msg"] = "%s: %s; skipped" % (self.path, exc)
-                return result
+                except Busy as exc:
+                    # The tool is at work (its units wait for the next run), or a member holds the
+                    # lock to switch the prune off: past TOOL_LOCK_STALE it no longer stops the run.
+                    since = tool_lock_seen(fd, parts, True, self.lock_dir, now)
+                    if since is None or now - since < TOOL_LOCK_STALE:
+                        result["skipped"] = True
+                        result["busy"].append("/".join(parts))
+                        result["msg"] = "%s: %s; skipped (a lock held for %dh from now on no longer stops it)" % (
+                            self.path,
+                            exc,
+                            TOOL_LOCK_STALE // 3600,
+                        )
+                        return result
+                    result["busy"].append(
+                        "%s: held since %s, taken as stale; units used within min_age and locked entries kept"
+                        % ("/".join(parts), time.strftime("%Y-%m-%d %H:%M", time.localtime(since)))
+                    )
+                    continue
+                if not self.check:
+                    tool_lock_seen(fd, parts, False, self.lock_dir)
+                if tfd >= 0:
+                    tool_fds.append(tfd)
             if "noatime" in mount_options(self.path).split(",") and self.policy.age_by != "mtime":
                 self.warnings.append(
                     "%s is on a noatime mount: access times are not updated, last use falls back to "
                     "modification (download) times and the tool's own records" % self.path
                 )
-            now = self.now if self.now is not None else time.time()
             mounts = mounts_below(self.path)
             locks = ProcLocks()
             if fmt.per_file:
                 self._run_per_file(fd, result, now, mounts, locks)
             else:
                 self._run_units(fd, fmt, result, now, mounts, locks)
+            result["foreign"] = self.foreign.as_dict()
             result["duration"] = round(time.monotonic() - t0, 3)
             return result
         finally:
             for tfd in tool_fds:
                 os.close(tfd)
+            if lock_fd is not None:
+                os.close(lock_fd)
             os.close(fd)
 
     # -- unit formats -----------------------------------------------------------------------
-    def _walker(self, fd, mounts):
-        return Walker(fd, one_fs=self.one_fs)
+    def _walker(self, fd):
+        """The walk of what the cache owns (entries of other groups are left out, see Walker)."""
+        return Walker(fd, one_fs=self.one_fs, gid=self.cache_gid)
 
     def _run_units(self, fd, fmt, result, now, mounts, locks):
-        walker = Walker(fd, one_fs=self.one_fs)
+        walker = self._walker(fd)
         col = fmt.collector(fd)
         for d in walker.walk():
             base = tuple(d.rel.split("/")) if d.rel else ()
@@ -828,8 +996,8 @@ class Pruner:
         dev = os.fstat(fd).st_dev
         freed_total = 0
         trash = None
-        if not self.check and (chosen or _exists(fd, _formats.TRASH_NAME)):
-            trash = Trash(fd, dev)
+        if not self.check and (chosen or _has_trash(fd)):
+            trash = Trash(fd, dev, self.cache_gid)
             if trash.leftover is not None and (trash.leftover.files or trash.leftover.dirs):
                 result.setdefault("notes", []).append(
                     "deleted %d file(s) left by an interrupted prune" % trash.leftover.files
@@ -865,7 +1033,7 @@ class Pruner:
                 removed.add(u.key)
                 freed_total += freed
                 continue
-            stats = RemoveStats()
+            stats = RemoveStats(self.cache_gid)
             moved = []
             for p in u.paths:
                 name = trash.move(p, mounts, stats)
@@ -880,6 +1048,7 @@ class Pruner:
                             moved.append(name)
             for name in moved:
                 trash.purge(name, locks, stats)
+            self.foreign.merge(stats.foreign)
             if stats.busy:
                 result["busy"].extend(stats.busy[:10])
             for rel, err in stats.errors[:10]:
@@ -963,6 +1132,7 @@ class Pruner:
             result["errors"].append("%s: %s" % (rel, err))
 
     def _walk_notes(self, walker, result):
+        self.foreign.merge(walker.foreign)
         for rel, err in walker.errors:
             self._error(result, rel, err)
         if walker.other_fs:
@@ -977,8 +1147,8 @@ class Pruner:
         return st.st_atime if st.st_atime > st.st_mtime else st.st_mtime
 
     def _run_per_file(self, fd, result, now, mounts, locks):
-        if not self.check and _exists(fd, _formats.TRASH_NAME):
-            Trash(fd, os.fstat(fd).st_dev).close()  # leftovers of an interrupted unit-format run
+        if not self.check and _has_trash(fd):
+            Trash(fd, os.fstat(fd).st_dev, self.cache_gid).close()  # leftovers of an interrupted unit-format run
         pol = self.policy
         young = now - pol.min_age
         cutoff = now - pol.max_age if pol.max_age is not None else None
@@ -1044,6 +1214,13 @@ class Pruner:
                 continue
             if not self.check:
                 try:
+                    now_st = os.stat(name, dir_fd=d.fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if (now_st.st_ino, now_st.st_gid) != (st.st_ino, self.cache_gid):
+                    self.foreign.add(rel, now_st)  # replaced since the walk: not what was chosen
+                    continue
+                try:
                     os.unlink(name, dir_fd=d.fd)
                 except FileNotFoundError:
                     continue
@@ -1090,7 +1267,7 @@ class Pruner:
 
     def _files(self, fd, mounts, locks, result, notes=True, dirs=None, remaining=None):
         """Yield (dir, name, lstat) for every non-directory entry, honouring excludes and locks."""
-        walker = Walker(fd, one_fs=self.one_fs)
+        walker = self._walker(fd)
         exclude = self.policy.exclude
         for d in walker.walk():
             locks.maybe_refresh(1.0)
@@ -1101,7 +1278,7 @@ class Pruner:
             for name, st in d.entries:
                 if stat.S_ISDIR(st.st_mode):
                     rel = base + name
-                    if not d.rel and name == _formats.TRASH_NAME:
+                    if not d.rel and is_trash(name):
                         d.skip.add(name)
                     elif tuple(rel.split("/")) in mounts:
                         d.skip.add(name)
@@ -1118,7 +1295,7 @@ class Pruner:
                 parent = d.rel.rsplit("/", 1)[0] if "/" in d.rel else ""
                 dirs.append((d.rel, d.st.st_mtime, parent))
                 # a directory is removable when all its files went and all its subdirs were removed
-                remaining[d.rel] = nfiles + ndirs
+                remaining[d.rel] = nfiles + ndirs + d.foreign
             for name, st in d.entries:
                 if not stat.S_ISDIR(st.st_mode):
                     yield d, name, st

@@ -17,6 +17,11 @@ description:
     ever making anything world-writable.
   - With O(recurse=true), existing content is brought into line in one walk, touching only the
     entries that differ, never following a symlink and never leaving the directory's filesystem.
+  - Only what the cache owns is touched (its group is the cache group, which the setgid
+    directories give to everything created inside): an entry of another group, such as a
+    directory a member moved in with another user's private files, is neither regrouped nor
+    widened, a directory of another group is not entered, and both are reported in
+    RV(foreign). Taking over an old tree of mixed groups is the explicit O(adopt=true), once.
   - Refuses world-writable modes unless O(allow_world_writable=true), relative paths, C(..),
     C(/) and system directories, unknown users and groups, and malformed modes; nothing is
     changed when the input is refused.
@@ -41,6 +46,11 @@ notes:
     skipped, so a planted hard link cannot hand a file outside the cache to the group.
   - Nothing is read from files, so access and modification times, which C(cache_prune) ages
     entries by, are left as they were (only the change time moves).
+  - Files whose names match O(private) (credentials a tool keeps in a shared tool home, such as
+    cargo's C(credentials.toml)) are never widened, and directories matching it are not entered.
+  - An existing O(path) or O(subdirs) directory that is neither root's (or O(owner)'s) nor of the
+    cache group is left alone with an error (a member's directory put there is not taken over)
+    unless O(adopt=true).
   - The owner of content is never changed by O(recurse); O(owner) applies to O(path) and
     O(subdirs) only. Missing parents of O(path) are created owned by the user running the
     module with mode C(0755), like C(mkdir -p).
@@ -85,6 +95,23 @@ options:
         written.
     type: bool
     default: false
+  adopt:
+    description:
+      - Take over an existing tree of mixed groups once (the seed's C(chmod -R 777) tree): content
+        of any group gets the cache group and its permissions, and managed directories of any
+        owner are taken over. Implies O(recurse=true).
+      - Never for a scheduled job; files with several hard links and names matching O(private) are
+        still left alone.
+    type: bool
+    default: false
+  private:
+    description:
+      - Extra file name patterns (globs, no C(/)) that are never widened, added to the built-in list
+        (C(credentials), C(credentials.toml), C(.netrc), C(.pypirc), C(.npmrc), C(token),
+        C(stored_tokens), C(auth.json), C(*.pem), C(*.key), SSH keys, ...).
+    type: list
+    elements: str
+    default: []
   one_fs:
     description:
       - Do not descend into directories on another filesystem than O(path) (they are listed in
@@ -187,10 +214,19 @@ created:
   elements: str
   sample: [/mnt/storage/cache/pip]
 skipped_entries:
-  description: Entries left alone on purpose, by kind (C(symlinks), C(special) files, C(hardlinks)).
+  description:
+    - Entries left alone on purpose, by kind (C(symlinks), C(special) files, C(hardlinks), C(private)
+      names that would have been widened).
   returned: always
   type: dict
-  sample: {symlinks: 3, special: 0, hardlinks: 0}
+  sample: {symlinks: 3, special: 0, hardlinks: 0, private: 1}
+foreign:
+  description:
+    - Entries that are not the cache's (their group is not the cache group) and were left alone;
+      directories among them were not entered. C(bytes) is their own allocated size.
+  returned: always
+  type: dict
+  sample: {count: 2, bytes: 8192, sample: [pip/moved-in, pip/http/x]}
 acl_supported:
   description: Whether the filesystem of O(path) took the default ACL (V(null) when O(acl=false)).
   returned: always
@@ -232,6 +268,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
     world_writable,
 )
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import (
+    DEFAULT_PRIVATE,
     PermsError,
     TreeFixer,
     resolve_group,
@@ -272,6 +309,8 @@ def run(params, check_mode=False, warn=None):
         check_mode=check_mode,
         allow_world_writable=params["allow_world_writable"],
         one_fs=params["one_fs"],
+        adopt=bool(params.get("adopt")),
+        private=tuple(DEFAULT_PRIVATE) + tuple(params.get("private") or ()),
     )
     root_fd, managed = fixer.ensure(path, subdirs)
     try:
@@ -280,7 +319,7 @@ def run(params, check_mode=False, warn=None):
                 "%s: could not bring the directory or its subdirs into line: %s"
                 % (path, "; ".join("%s: %s" % (e["path"], e["error"]) for e in fixer.managed_errors))
             )
-        if params["recurse"] and root_fd is not None:
+        if (params["recurse"] or params.get("adopt")) and root_fd is not None:
             fixer.walk(root_fd, managed, workers=workers)
         after = fixer.after_attrs(root_fd)
     finally:
@@ -300,8 +339,19 @@ def run(params, check_mode=False, warn=None):
         )
     if fixer.skipped["hardlinks"]:
         warn(
-            "%d file(s) with several hard links skipped: fs.protected_hardlinks is off, so they could "
-            "be links to files outside the cache" % fixer.skipped["hardlinks"]
+            "%d file(s) with several hard links skipped: they could be links to files outside the cache "
+            "(changed only when they have the cache group and fs.protected_hardlinks is 1)" % fixer.skipped["hardlinks"]
+        )
+    if fixer.foreign.count:
+        warn(
+            "%d entr%s not the cache's (another group) left alone, e.g. %s; a member moved or linked them "
+            "in: their owner can chgrp them to the cache group, or an administrator takes the tree over "
+            "once with adopt: true"
+            % (
+                fixer.foreign.count,
+                "y" if fixer.foreign.count == 1 else "ies",
+                ", ".join(fixer.foreign.sample[:5]),
+            )
         )
     if fixer.error_count:
         warn(
@@ -320,6 +370,7 @@ def run(params, check_mode=False, warn=None):
         "changed_entries": fixer.changed,
         "created": fixer.created,
         "skipped_entries": fixer.skipped,
+        "foreign": fixer.foreign.as_dict(),
         "acl_supported": (not fixer.acl_unsupported) if params["acl"] else None,
         "other_fs": fixer.other_fs[:100],
         "errors": fixer.errors,
@@ -339,6 +390,8 @@ def main():
             mode=dict(type="raw", default="2775"),
             subdirs=dict(type="list", elements="str", default=[]),
             recurse=dict(type="bool", default=False),
+            adopt=dict(type="bool", default=False),
+            private=dict(type="list", elements="str", default=[]),
             one_fs=dict(type="bool", default=True),
             acl=dict(type="bool", default=True),
             allow_world_writable=dict(type="bool", default=False),

@@ -37,12 +37,19 @@ description:
     to trip on (the next run deletes the leftovers); the run never leaves the cache's
     filesystem nor enters a mount point below it; O(path) must lie inside O(root) and neither may
     be C(/) or a system directory.
-  - Concurrency - an exclusive C(flock) on the cache directory itself keeps two prunes of one
-    cache apart (the second waits O(lock_timeout) seconds, then skips and says so); anything a
+  - Ownership - only what the cache owns is pruned - an entry whose group is not the cache group
+    (O(group), by default the group of O(path)), such as a directory a member moved in with files
+    they could not delete themselves, is never deleted and a directory of another group is never
+    entered; they are counted in RV(foreign). The group is checked again on each entry at removal.
+  - Concurrency - an exclusive C(flock) on a root-only lock file (C(/run/mlinfra-shared-cache),
+    which members cannot open; the cache directory itself when not run as root) keeps two prunes
+    of one cache apart (the second waits O(lock_timeout) seconds, then skips and says so); anything a
     process holds a lock on (C(flock), POSIX or OFD lock, read from C(/proc/locks)) is skipped with
     everything below it, as systemd-tmpfiles does; the tool's own locks are respected (apt
     C(archives/lock) is taken for the run, cargo's C(.package-cache) too, HuggingFace C(.locks)
-    of a repo make its units wait for the next run, Go's download C(.lock) files); nothing younger
+    of a repo make its units wait for the next run, Go's download C(.lock) files); a tool lock held
+    past the wait (any member can hold one) is reported in RV(busy) and does not stop the run:
+    what is in use stays by O(min_age) and the per-entry lock check; nothing younger
     than O(min_age) is deleted.
   - Bad input (unparseable sizes or ages, negative values, an unknown format, a path that is not
     a directory) fails with a clear message and deletes nothing.
@@ -122,6 +129,12 @@ options:
     description: How many deleted units to list in RV(sample).
     type: int
     default: 20
+  group:
+    description:
+      - The cache group (name or numeric id). Only entries of this group are pruned; others are
+        counted in RV(foreign) and left alone. Default - the group of O(path), which C(cache_dir)
+        lays out as the cache group.
+    type: str
 notes:
   - With no O(max_age), O(max_size) nor O(min_free) the module does nothing (ML model caches have
     no policy by default).
@@ -198,8 +211,15 @@ kept:
   description: Units kept although a limit applied, by reason (young, excluded, protected).
   returned: for formats other than generic
   type: dict
+foreign:
+  description:
+    - Entries left alone because they are not the cache's (another group): C(count), C(bytes)
+      (their own allocated size; directories among them were not entered) and a C(sample).
+  returned: always
+  type: dict
+  sample: {count: 1, bytes: 4096, sample: [moved-in-dir]}
 busy:
-  description: Entries skipped because a process holds a lock on them.
+  description: Entries skipped because a process holds a lock on them, and tool locks held past the wait.
   returned: always
   type: list
   elements: str
@@ -242,6 +262,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
     parse_size,
     validate_cache_root,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import PermsError, resolve_group
 
 
 def build_policy(params):
@@ -297,6 +318,7 @@ def main():
             exclude=dict(type="list", elements="str", default=[]),
             lock_timeout=dict(type="int", default=60),
             sample_size=dict(type="int", default=20),
+            group=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -304,7 +326,8 @@ def main():
     try:
         policy = build_policy(p)
         path, _root = check_paths(p)
-    except ParamError as exc:
+        gid = resolve_group(p["group"])
+    except (ParamError, PermsError) as exc:
         module.fail_json(msg=str(exc))
     pruner = _prune.Pruner(
         path,
@@ -313,6 +336,7 @@ def main():
         check_mode=module.check_mode,
         lock_timeout=p["lock_timeout"],
         sample_size=p["sample_size"],
+        gid=gid,
     )
     try:
         res = pruner.run()
@@ -322,6 +346,16 @@ def main():
         module.warn(w)
     if res.get("skipped") and res.get("msg") and "lock" in res["msg"]:
         module.warn(res["msg"])
+    if res.get("foreign", {}).get("count"):
+        module.warn(
+            "%d entr%s of %s not the cache's (another group) left alone, e.g. %s"
+            % (
+                res["foreign"]["count"],
+                "y" if res["foreign"]["count"] == 1 else "ies",
+                path,
+                ", ".join(res["foreign"]["sample"][:3]),
+            )
+        )
     if res["errors"]:
         module.warn(
             "%d entr%s of %s could not be read or removed: %s"

@@ -189,7 +189,7 @@ def test_member_file_written_with_umask_077_is_group_rw(capsys):
 
 def test_recurse_fixes_wrong_tree_then_is_idempotent(tmp_path, capsys):
     root = wrong_tree(tmp_path)
-    res = run_module(capsys, path=str(root), recurse=True)
+    res = run_module(capsys, path=str(root), recurse=True, adopt=True)
     # root, http, http/a, wheels, world + 5 + 2 files
     assert res["examined"] == 12
     assert res["changed_entries"] == 12
@@ -213,7 +213,7 @@ def test_recurse_fixes_wrong_tree_then_is_idempotent(tmp_path, capsys):
     assert os.lstat(root / "http" / "a" / "f0").st_uid == 0
     acl = _perms.decode_acl(os.getxattr(root / "http" / "a", _perms.ACL_DEFAULT))
     assert (_perms.GROUP, 7, GID) in acl
-    again = run_module(capsys, path=str(root), recurse=True)
+    again = run_module(capsys, path=str(root), recurse=True, adopt=True)
     assert again["changed"] is False and again["changed_entries"] == 0 and again["examined"] == 12
 
 
@@ -262,7 +262,7 @@ def test_symlinks_are_never_followed(tmp_path, capsys):
     (root / "link-to-file").symlink_to(secret)
     (root / "link-to-dir").symlink_to(outside / "d")
     before = snapshot(outside)
-    res = run_module(capsys, path=str(root), recurse=True)
+    res = run_module(capsys, path=str(root), recurse=True, adopt=True)
     assert res["skipped_entries"]["symlinks"] == 2
     assert snapshot(outside) == before
     assert mode_of(secret) == 0o600 and os.lstat(secret).st_gid == 0
@@ -355,11 +355,11 @@ def test_other_filesystems_are_not_entered(tmp_path, capsys):
     try:
         (mnt / "f").write_text("x")
         os.chmod(mnt / "f", 0o600)
-        res = run_module_process(tmp_path, path=str(root), recurse=True)
+        res = run_module_process(tmp_path, path=str(root), recurse=True, adopt=True)
         assert res["other_fs"] == ["mnt"]
         assert mode_of(mnt / "f") == 0o600
         assert "another filesystem" in warnings_of(res)
-        crossed = run_module(capsys, path=str(root), recurse=True, one_fs=False)
+        crossed = run_module(capsys, path=str(root), recurse=True, adopt=True, one_fs=False)
         assert crossed["other_fs"] == []
         assert mode_of(mnt / "f") == 0o660
     finally:
@@ -398,7 +398,7 @@ def test_diff_shows_root_attributes(tmp_path, capsys):
 
 def test_recurse_never_changes_content_owners_and_acl_false_leaves_acls(tmp_path, capsys):
     root = wrong_tree(tmp_path)
-    res = run_module(capsys, path=str(root), owner=OWNER, recurse=True, acl=False)
+    res = run_module(capsys, path=str(root), owner=OWNER, recurse=True, adopt=True, acl=False)
     assert res["acl_supported"] is None
     assert os.lstat(root).st_uid == UID  # the managed directory gets the owner...
     assert os.lstat(root / "http" / "a" / "f0").st_uid == 0  # ...content keeps its own
@@ -408,23 +408,30 @@ def test_recurse_never_changes_content_owners_and_acl_false_leaves_acls(tmp_path
     assert mode_of(root / "http" / "a" / "f0") == 0o660
 
 
-def test_hard_links_are_skipped_when_the_kernel_does_not_protect_them(tmp_path):
+@pytest.mark.parametrize("protected", [False, True])
+def test_hard_links_are_changed_only_with_the_cache_group_and_protected_hardlinks(tmp_path, protected):
+    """A linked file of another group is never regrouped (even when adopting); one that already has
+    the cache group is widened only when the kernel protects hard links (docs/security.md)."""
     root = tmp_path / "cache"
     root.mkdir()
     (root / "single").write_text("s")
     (root / "linked").write_text("l")
+    (root / "linked-ours").write_text("o")
     os.link(root / "linked", tmp_path / "outside-link")  # a second name outside the cache
-    for name in ("single", "linked"):
+    os.link(root / "linked-ours", tmp_path / "outside-ours")
+    os.chown(root / "linked-ours", -1, GID)
+    for name in ("single", "linked", "linked-ours"):
         os.chmod(root / name, 0o600)
-    fixer = _perms.TreeFixer(None, GID, 0o2775)
-    fixer.protected_hardlinks = False  # as on a host with fs.protected_hardlinks = 0
+    fixer = _perms.TreeFixer(None, GID, 0o2775, adopt=True)
+    fixer.protected_hardlinks = protected  # as on a host with fs.protected_hardlinks = 0 / 1
     fd, managed = fixer.ensure(str(root), [])
     try:
         fixer.walk(fd, managed)
     finally:
         os.close(fd)
-    assert fixer.skipped["hardlinks"] == 1
+    assert fixer.skipped["hardlinks"] == (1 if protected else 2)
     assert mode_of(root / "linked") == 0o600 and os.lstat(root / "linked").st_gid == 0
+    assert mode_of(root / "linked-ours") == (0o660 if protected else 0o600)
     assert mode_of(root / "single") == 0o660 and os.lstat(root / "single").st_gid == GID
 
 
@@ -442,7 +449,7 @@ def test_recurse_keeps_access_and_modification_times(tmp_path, capsys):
     root = wrong_tree(tmp_path)
     f = root / "http" / "a" / "f0"
     os.utime(f, (1_000_000_000, 1_100_000_000))
-    res = run_module(capsys, path=str(root), recurse=True)
+    res = run_module(capsys, path=str(root), recurse=True, adopt=True)
     assert res["changed_entries"] > 0 and mode_of(f) == 0o660
     st = os.lstat(f)
     assert (st.st_atime, st.st_mtime) == (1_000_000_000, 1_100_000_000)
@@ -490,9 +497,9 @@ def test_workers_change_exactly_what_one_process_changes(tmp_path, capsys, subdi
     secret.chmod(0o600)
     one = split_tree(tmp_path / "one", secret)
     many = split_tree(tmp_path / "many", secret)
-    check = run_module(capsys, check=True, path=str(many), recurse=True, workers=3, subdirs=subdirs)
-    r1 = run_module(capsys, path=str(one), recurse=True, workers=1, subdirs=subdirs)
-    r3 = run_module(capsys, path=str(many), recurse=True, workers=3, subdirs=subdirs)
+    check = run_module(capsys, check=True, path=str(many), recurse=True, adopt=True, workers=3, subdirs=subdirs)
+    r1 = run_module(capsys, path=str(one), recurse=True, adopt=True, workers=1, subdirs=subdirs)
+    r3 = run_module(capsys, path=str(many), recurse=True, adopt=True, workers=3, subdirs=subdirs)
     assert r1["workers"] == 1
     assert check["workers"] == r3["workers"] == 3  # 31 subtrees below http/: split
     for key in ("examined", "changed_entries", "skipped_entries", "error_count", "created"):
@@ -501,12 +508,12 @@ def test_workers_change_exactly_what_one_process_changes(tmp_path, capsys, subdi
             continue
         assert r1[key] == r3[key] == check[key], key
     assert r3["examined"] == 12 + 30 * 3 + 6 * 2  # wrong_tree, h?? + x + blob, ln + fifo
-    assert r3["skipped_entries"] == {"symlinks": 6, "special": 6, "hardlinks": 0}
+    assert r3["skipped_entries"] == {"symlinks": 6, "special": 6, "hardlinks": 0, "private": 0}
     assert rel_snapshot(one) == rel_snapshot(many)
     assert mode_of(many / "http" / "h07" / "x" / "blob") == 0o660
     assert mode_of(many / "http" / "h07" / "x") == 0o2770
     assert mode_of(secret) == 0o600 and os.lstat(secret).st_gid == 0
-    again = run_module(capsys, path=str(many), recurse=True, workers=3, subdirs=subdirs)
+    again = run_module(capsys, path=str(many), recurse=True, adopt=True, workers=3, subdirs=subdirs)
     assert again["changed"] is False and again["examined"] == r3["examined"]
 
 

@@ -541,10 +541,13 @@ def test_units_leave_through_the_trash_and_leftovers_of_a_killed_run_go_next_tim
     write(cache / "http-v2" / "a" / "b" / "c" / "d" / "e" / "h1", b"h", age_days=200)
     write(cache / "http-v2" / "a" / "b" / "c" / "d" / "e" / "h1.body", b"b" * 5000, age_days=200)
     # what a prune killed between its renames and its deletes leaves behind
-    write(cache / ".mlinfra-prune-trash" / "7" / "half" / "file", b"x" * 3000)
+    write(cache / ".mlinfra-prune-trash-0a1b2c" / "7" / "half" / "file", b"x" * 3000)
+    os.chmod(cache / ".mlinfra-prune-trash-0a1b2c", 0o700)  # as Trash makes it: root's, private
+    # a member's look-alike (not private) is not a trash: never purged as one
+    write(cache / ".mlinfra-prune-trash-member" / "keep", b"k")
     chk = _prune.Pruner(str(cache), policy=_prune.Policy(max_age=90 * DAY), check_mode=True).run()
     assert chk["units"] == 1 and chk["before"]["units"] == 1  # the trash is nobody's unit
     res = _prune.Pruner(str(cache), policy=_prune.Policy(max_age=90 * DAY)).run()
     assert res["units"] == 1 and res["files"] == 2
     assert any("interrupted prune" in n for n in res.get("notes", []))
-    assert sorted(os.listdir(cache)) == ["http-v2"]
+    assert sorted(os.listdir(cache)) == [".mlinfra-prune-trash-member", "http-v2"]
