@@ -155,16 +155,12 @@ def test_prune_rechecks_the_group_when_removing(actors, cache):
     assert stats.foreign.count == 1
 
 
-@pytest.mark.parametrize("lock", ["flock", "fcntl"])
-def test_a_member_holding_a_lock_on_the_cache_directory_cannot_switch_the_prune_off(actors, cache, lock):
+@pytest.mark.parametrize("mode", ["-s", "-x"])
+def test_a_member_holding_a_lock_on_the_cache_directory_cannot_switch_the_prune_off(actors, cache, mode):
+    """Earlier releases flocked the cache directory itself, which any member can open and lock."""
     actors.alice.run("mkdir %s/misc && echo x > %s/misc/old" % (cache, cache))
     old(os.path.join(cache, "misc"))
-    cmd = (
-        ["flock", "-s", cache, "sleep", "60"]
-        if lock == "flock"
-        else ["python3", "-c", "import fcntl,os,time; fd=os.open(%r, os.O_RDONLY); time.sleep(60)" % cache]
-    )
-    holder = actors.alice.popen(cmd)
+    holder = actors.alice.popen(["flock", mode, cache, "sleep", "60"])
     try:
         time.sleep(0.3)
         res = _prune.Pruner(cache, fmt="generic", policy=_prune.Policy(max_age=90 * DAY), lock_timeout=1).run()
@@ -230,7 +226,8 @@ def test_the_prune_lock_lives_where_members_cannot_open_it(actors, arena, cache)
 def test_a_trash_name_planted_by_a_member_is_not_used_nor_purged(actors, cache):
     actors.alice.run(
         "mkdir -p %(c)s/pip/http/a && echo x > %(c)s/pip/http/a/old && ln -s /etc %(c)s/pip/.mlinfra-prune-trash "
-        "&& mkdir %(c)s/pip/.mlinfra-prune-trash-x && echo keep > %(c)s/pip/.mlinfra-prune-trash-x/f" % {"c": cache}
+        "&& mkdir -m 700 %(c)s/pip/.mlinfra-prune-trash-x && echo keep > %(c)s/pip/.mlinfra-prune-trash-x/f"
+        % {"c": cache}
     )
     pip = os.path.join(cache, "pip")
     old(os.path.join(pip, "http"))
