@@ -10,6 +10,11 @@ Sizes follow ``du -sxB1``: ``st_blocks * 512`` of every inode met once (a file w
 hard links inside one cache is counted once), directories included (the cache directory
 itself too), symbolic links' own blocks included and never followed, directories on other
 filesystems left out and named. ``apparent_bytes`` follows ``du -sxb`` the same way.
+
+Only what the cache owns is measured (docs/security.md): an entry whose group is not the cache
+group (by default the cache directory's own) is left out of the sizes and a directory of another
+group is not entered, so the report never lists what is inside a directory a member moved in;
+they are counted in ``foreign`` (count, their own allocated bytes, a sample of paths).
 """
 
 from __future__ import annotations
@@ -72,12 +77,22 @@ def _empty(name, path):
         "outside_units_bytes": 0,
         "units_error": None,
         "error": None,
+        "foreign": {"count": 0, "bytes": 0, "sample": []},
         "seconds": 0.0,
     }
 
 
 def measure_cache(
-    name, path, fmt=None, now=None, age_days=(30, 90), age_by="newest", top=10, max_errors=100, max_units=50000
+    name,
+    path,
+    fmt=None,
+    now=None,
+    age_days=(30, 90),
+    age_by="newest",
+    top=10,
+    max_errors=100,
+    max_units=50000,
+    gid=None,
 ):
     """Walk one cache once and return its figures (a dict, see RETURN of the cache_report module).
 
@@ -85,7 +100,8 @@ def measure_cache(
     feeds the format's collector and the ``top`` largest units (HF revision, wheel, conda
     package, npm entry, module@version, .deb, ...) are returned in ``units``. The collector
     keeps every unit in memory (about 1 KB each): past ``max_units`` units (0 = no limit) it
-    is dropped and ``units_error`` says so, the sizes stay whole.
+    is dropped and ``units_error`` says so, the sizes stay whole. ``gid`` is the cache group
+    (default: the group of ``path``); entries of other groups are counted in ``foreign`` only.
     Never raises for what it finds in the tree: a missing cache gives ``exists: false``, a root
     that cannot be opened safely gives ``error``, unreadable subtrees are counted and named.
     """
@@ -114,7 +130,9 @@ def measure_cache(
     if fmt and top > 0:
         collector = get_format(fmt).collector(root_fd)
     try:
-        walker = Walker(root_fd, one_fs=True, max_errors=max_errors)
+        if gid is None:
+            gid = os.fstat(root_fd).st_gid
+        walker = Walker(root_fd, one_fs=True, max_errors=max_errors, gid=gid)
         rst = walker.root_st
         dev = rst.st_dev
         blocks = rst.st_blocks
@@ -195,6 +213,7 @@ def measure_cache(
         out["unreadable"] = [{"path": p, "error": e} for p, e in walker.errors]
         out["unreadable_count"] = walker.error_count
         out["other_filesystems"] = list(walker.other_fs)
+        out["foreign"] = walker.foreign.as_dict()
     finally:
         os.close(root_fd)
     if collector is not None:
@@ -357,6 +376,7 @@ def build_report(
             for i, d in enumerate(age_days)
         ],
         "unreadable_count": sum(r["unreadable_count"] for r in out_caches),
+        "foreign_count": sum(r["foreign"]["count"] for r in out_caches),
     }
     categories = []
     for key, title in CATEGORY_TITLES:
@@ -461,6 +481,19 @@ def read_history(path, limit=2000):
     return out[-limit:] if limit else out
 
 
+def foreign_note(foreign):
+    """'2 entries not the cache's (another group), e.g. pip/moved: chgrp ... or adopt' for the table and page."""
+    return (
+        "%d entr%s not the cache's (another group; not counted, not entered), e.g. %s: "
+        "the owner runs chgrp, or adopt once"
+        % (
+            foreign["count"],
+            "y" if foreign["count"] == 1 else "ies",
+            ", ".join(foreign["sample"][:3]),
+        )
+    )
+
+
 def _age(now, t):
     if t is None:
         return "-"
@@ -496,6 +529,8 @@ def render_table(report):
             row += "".join(" %9s" % humanize(b["bytes"]) for b in r["not_accessed"])
             if r["unreadable_count"]:
                 row += "  (%d unreadable: %s)" % (r["unreadable_count"], r["unreadable"][0]["path"])
+            if r["foreign"]["count"]:
+                row += "  (%s)" % foreign_note(r["foreign"])
             lines.append(row)
         lines.append("  %-22s %8s %10s" % ("subtotal", humanize(cat["bytes"]), "{:,}".format(cat["files"])))
         lines.append("")
@@ -564,6 +599,11 @@ def render_prometheus(report, prefix="shared_cache"):
     )
     for metric, key, help_text in per_cache:
         family(metric, help_text, [(lab(r), r[key]) for r in ok])
+    family(
+        "foreign_entries",
+        "Entries of another group than the cache's (moved or linked in by a member): left alone, not entered.",
+        [(lab(r), r["foreign"]["count"]) for r in ok],
+    )
     family(
         "not_accessed_bytes",
         "Bytes on disk of files not used (by the report's age_by time) for at least the given days.",
@@ -822,6 +862,8 @@ def render_html(report, history=(), title="Shared cache report"):
             )
         if r["other_filesystems"]:
             notes.append("other filesystems not counted: %s" % ", ".join(r["other_filesystems"][:3]))
+        if r["foreign"]["count"]:
+            notes.append(foreign_note(r["foreign"]))
         idle = "".join("<td>%s</td>" % humanize(b["bytes"]) for b in r["not_accessed"]) or "".join(
             "<td>-</td>" for _d in days
         )

@@ -213,6 +213,13 @@ caches:
     other_filesystems:
       description: Mount points below the cache, not counted.
       type: list
+    foreign:
+      description:
+        - Entries whose group is not the cache group (the group of the cache directory), such as a
+          directory a member moved in - left out of the figures and never entered - C(count), their
+          own allocated C(bytes) and a C(sample) of paths.
+      type: dict
+      sample: {count: 1, bytes: 4096, sample: [moved-in]}
     units:
       description: The O(top) largest units of the cache's format, largest first.
       type: list
@@ -302,6 +309,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._usage import
     AGE_BY,
     CATEGORY_TITLES,
     build_report,
+    foreign_note,
     history_entry,
     read_history,
     render_html,
@@ -427,6 +435,8 @@ def main():
             )
         if r["units_error"]:
             module.warn("cache %s: largest units not available: %s" % (r["name"], r["units_error"]))
+        if r["foreign"]["count"]:
+            module.warn("cache %s: %s" % (r["name"], foreign_note(r["foreign"])))
     for fs in report["filesystems"]:
         if fs["warning"]:
             module.warn(

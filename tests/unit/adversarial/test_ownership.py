@@ -236,3 +236,15 @@ def test_a_trash_name_planted_by_a_member_is_not_used_nor_purged(actors, cache):
     assert os.path.islink(os.path.join(pip, ".mlinfra-prune-trash"))
     assert os.path.exists(os.path.join(pip, ".mlinfra-prune-trash-x", "f"))
     assert os.path.isdir("/etc/apt")
+
+
+def test_the_report_counts_a_moved_in_directory_without_listing_its_content(actors, arena, cache):
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+
+    team = team_folder(actors, arena)
+    actors.alice.run(
+        "mkdir %(c)s/pip && echo x > %(c)s/pip/wheel && mv %(t)s/shared %(c)s/pip/moved" % {"c": cache, "t": team}
+    )
+    r = _usage.measure_cache("pip", os.path.join(cache, "pip"), fmt="generic")
+    assert r["files"] == 1 and r["foreign"]["count"] == 1 and r["foreign"]["sample"] == ["moved"]
+    assert "secret" not in repr(r) and "carol-private" not in repr(r)
