@@ -263,11 +263,12 @@ def attrs_of(st, acl_entries):
 _open, _fstat, _fchown, _fchmod, _close = os.open, os.fstat, os.fchown, os.fchmod, os.close
 
 
-def fix_file(dir_fd, name, st, want, gid):
+def fix_file(dir_fd, name, st, want, gid, only_gid=None):
     """Give regular file ``name`` (lstat'ed as ``st``) group ``gid`` and mode ``want``, safely.
 
     Opened relative to ``dir_fd`` with O_NOFOLLOW|O_NONBLOCK (a symlink fails with ELOOP, a
-    FIFO does not block); the descriptor must be the lstat'ed inode and a regular file, then
+    FIFO does not block); the descriptor must be the lstat'ed inode and a regular file (and,
+    with ``only_gid``, still of that group: the routine repair never regroups), then
     fchown/fchmod act on it. Returns None, or the OSError that stopped it (nothing changed
     when the entry was swapped).
     """
@@ -279,6 +280,8 @@ def fix_file(dir_fd, name, st, want, gid):
         fst = _fstat(fd)
         if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or (fst.st_mode & S_IFMT) != S_IFREG:
             return OSError(errno.ESTALE, "replaced during the walk; skipped")
+        if only_gid is not None and fst.st_gid != only_gid:
+            return OSError(errno.ESTALE, "group changed during the walk; skipped")
         if gid is not None and fst.st_gid != gid:
             _fchown(fd, -1, gid)
         if fst.st_mode & 0o7777 != want:
@@ -708,7 +711,7 @@ class TreeFixer:
                     self.skipped["private"] += 1
                     continue
                 if not check_mode:
-                    err = fix_file(dfd, name, st, want, gid)
+                    err = fix_file(dfd, name, st, want, gid, None if self.adopt else cache_gid)
                     if err is not None:
                         self._error(_join(rel, name), err)
                         continue

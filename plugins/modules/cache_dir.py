@@ -97,9 +97,9 @@ options:
     default: false
   adopt:
     description:
-      - Take over an existing tree of mixed groups once (the seed's C(chmod -R 777) tree): content
-        of any group gets the cache group and its permissions, and managed directories of any
-        owner are taken over. Implies O(recurse=true).
+      - Take over an existing tree of mixed groups once (the seed's C(chmod -R 777) tree): with
+        O(recurse=true) content of any group gets the cache group and its permissions, and
+        O(path) and O(subdirs) are taken over whoever owns them.
       - Never for a scheduled job; files with several hard links and names matching O(private) are
         still left alone.
     type: bool
@@ -319,7 +319,7 @@ def run(params, check_mode=False, warn=None):
                 "%s: could not bring the directory or its subdirs into line: %s"
                 % (path, "; ".join("%s: %s" % (e["path"], e["error"]) for e in fixer.managed_errors))
             )
-        if (params["recurse"] or params.get("adopt")) and root_fd is not None:
+        if params["recurse"] and root_fd is not None:
             fixer.walk(root_fd, managed, workers=workers)
         after = fixer.after_attrs(root_fd)
     finally:

@@ -248,3 +248,20 @@ def test_the_report_counts_a_moved_in_directory_without_listing_its_content(acto
     r = _usage.measure_cache("pip", os.path.join(cache, "pip"), fmt="generic")
     assert r["files"] == 1 and r["foreign"]["count"] == 1 and r["foreign"]["sample"] == ["moved"]
     assert "secret" not in repr(r) and "carol-private" not in repr(r)
+
+
+def test_a_file_regrouped_between_the_walk_and_the_fix_is_not_regrouped_back(actors, cache):
+    """alice owns a cache file, the walk sees it with the cache group, then she chgrps it to her team."""
+    actors.alice.run("(umask 077; echo x > %s/f)" % cache)
+    path = os.path.join(cache, "f")
+    st = os.lstat(path)
+    assert st.st_gid == actors.gid
+    actors.alice.run("chgrp %d %s" % (actors.team_gid, path))
+    fd = os.open(cache, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        err = _perms.fix_file(fd, "f", st, 0o660, actors.gid, actors.gid)
+    finally:
+        os.close(fd)
+    assert err is not None and "group changed" in str(err)
+    st = os.lstat(path)
+    assert st.st_gid == actors.team_gid and stat.S_IMODE(st.st_mode) == 0o600
