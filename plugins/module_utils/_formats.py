@@ -828,8 +828,11 @@ def parse_npm_lines(lines):
             continue
         try:
             entry = json.loads(js.decode("utf-8", "replace"))
-        except (ValueError, RecursionError):
+        except ValueError:
             skipped += 1
+            continue
+        except RecursionError:  # nested deeper than Python parses; node might read it
+            unreadable += 1
             continue
         if not isinstance(entry, dict):
             skipped += 1
