@@ -199,7 +199,8 @@ def test_cargo_database_swapped_after_its_check_is_not_reopened_by_path(actors, 
     finally:
         os.close(dfd)
     try:
-        actors.alice.run("cd %s && mv .global-cache old && ln -s %s .global-cache" % (home, secret))
+        # /proc/self/fd/N reads as '<path> (deleted)' once the name is gone: she plants that name
+        actors.alice.run("cd %s && rm .global-cache && ln -s %s '.global-cache (deleted)'" % (home, secret))
         with pytest.raises(_formats.CargoDbError):  # the (empty) file checked is what is read
             _formats.cargo_last_use(fd, {idx + "/itoa-1.0.9"})
     finally:
