@@ -264,6 +264,11 @@ def test_cargo_last_use_database_is_preferred_to_file_times(tmp_path):
     conn.close()
     units = by_key(collect(root, "cargo"))
     assert units[idx + "/itoa-1.0.9"].recorded == used
+    # cache_report closes the cache before it finishes the collector: the database was opened before
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+
+    rep = {u["key"]: u for u in _usage.measure_cache("cargo", str(root), fmt="cargo", top=10)["units"]}
+    assert rep[idx + "/itoa-1.0.9"]["last_used"] == used
     assert units[idx + "/itoa-1.0.9"].last_used("newest") == used
     assert units[idx + "/ryu-1.0.15"].recorded is None
     assert units[idx + "/ryu-1.0.15"].last_used("newest") < used - 100 * 86400
