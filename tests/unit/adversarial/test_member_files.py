@@ -26,7 +26,13 @@ import pytest
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import open_member_file
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.modules.test_cache_prune_tools import make_cargo
-from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import DAY, age, tree, write
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import (
+    CARGO_GLOBAL_CACHE_SCHEMA,
+    DAY,
+    age,
+    tree,
+    write,
+)
 
 HANG_GUARD = 60  # seconds; the engine's own deadline for a database is 5 s
 MAX_RSS_MB = 150  # the interpreter and the collection take ~40 MB
@@ -74,19 +80,11 @@ def notes(res):
 
 
 # -- cargo .global-cache ----------------------------------------------------------------------------
-CARGO_SCHEMA = """
-CREATE TABLE registry_index (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    timestamp INTEGER NOT NULL);
-CREATE TABLE registry_crate (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
-CREATE TABLE registry_src (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER,
-    timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
-"""
 
 
 def cargo_db_saying_itoa_was_used_now(path, idx):
     conn = sqlite3.connect(str(path))
-    conn.executescript(CARGO_SCHEMA)
+    conn.executescript(CARGO_GLOBAL_CACHE_SCHEMA)
     conn.execute("INSERT INTO registry_index (name, timestamp) VALUES (?, ?)", (idx, int(time.time())))
     conn.execute("INSERT INTO registry_crate VALUES (1, 'itoa-1.0.9.crate', 1, ?)", (int(time.time()),))
     conn.commit()
