@@ -41,14 +41,20 @@ _RUNNER = r"""
 import json, resource, sys
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 path, fmt, max_age = sys.argv[1], sys.argv[2], float(sys.argv[3])
-res = _prune.Pruner(path, fmt=fmt, policy=_prune.Policy(max_age=max_age, min_age=0), lock_timeout=0).run()
+if max_age:
+    res = _prune.Pruner(path, fmt=fmt, policy=_prune.Policy(max_age=max_age, min_age=0), lock_timeout=0).run()
+else:  # cache_report's measurement of the cache, same collector
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+    res = _usage.measure_cache("c", path, fmt=fmt, top=10)
 res["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 print(json.dumps(res, default=str))
 """
 
 
 def prune(path, fmt, max_age_days=90):
-    """Run the real Pruner as root in its own interpreter; (result, seconds). Fails on a hang."""
+    """Run the real Pruner as root in its own interpreter; (result, seconds). Fails on a hang.
+
+    ``max_age_days=0``: cache_report's measurement of the cache instead (nothing removed)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     t0 = time.monotonic()
     try:
@@ -158,6 +164,15 @@ def test_cargo_database_with_an_exploding_join_hits_the_deadline(actors, cargo):
     assert secs < 30
     assert_cargo_pruned_by_file_times(home, idx, res, "queries took over 5.0s")
     assert res["maxrss_mb"] < MAX_RSS_MB
+
+
+def test_cargo_database_whose_queries_never_end_does_not_hold_up_the_report(actors, cargo):
+    home, idx = cargo
+    member_python(actors.alice, ENDLESS_VIEW % {"path": os.path.join(home, ".global-cache"), "idx": idx})
+    res, secs = prune(home, "cargo", max_age_days=0)
+    assert secs < 30 and res["units_error"] is None
+    assert {u["key"] for u in res["units"]} == {idx + "/itoa-1.0.9", idx + "/serde-1.0.188"}
+    assert "registry_crate is not a plain table" in " ".join(res["units_notes"])
 
 
 @pytest.mark.parametrize(
