@@ -418,6 +418,28 @@ def test_conda_urls_txt_of_a_member_is_rewritten_as_hers_without_the_pruned_line
     assert not [n for n in os.listdir(pkgs) if n.startswith(".urls.txt")]
 
 
+def test_conda_urls_txt_a_member_appends_to_during_the_rewrite_keeps_her_line(actors, conda, monkeypatch):
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
+
+    home, pkgs = conda
+    urls = os.path.join(pkgs, "urls.txt")
+    actors.alice.run("printf '%s' > %s" % (URLS, urls))
+    read_lines = _prune.member_lines
+
+    def lines_while_alice_appends(fd, max_line, max_bytes):
+        yield from read_lines(fd, max_line, max_bytes)
+        # conda appends as it downloads: she does so after root read the file, before its rename
+        actors.alice.run("echo https://conda.anaconda.org/main/linux-64/mine-1.0-0.conda >> %s" % urls)
+
+    monkeypatch.setattr(_prune, "member_lines", lines_while_alice_appends)
+    res = _prune.Pruner(home, fmt="conda", policy=_prune.Policy(max_age=90 * DAY, min_age=0), lock_timeout=0).run()
+    assert_old_package_pruned(res, pkgs)
+    with open(urls) as fh:
+        assert "mine-1.0-0.conda" in fh.read()
+    assert "urls.txt left as it is: changed while it was rewritten" in notes(res)
+    assert not [n for n in os.listdir(pkgs) if n.startswith(".urls.txt")]
+
+
 # -- huggingface refs ------------------------------------------------------------------------------
 @pytest.mark.parametrize("attack", ["mkfifo %(ref)s", "ln -s %(secret)s %(ref)s", "truncate -s 1G %(ref)s"])
 def test_huggingface_ref_that_is_not_a_ref_is_not_read(actors, arena, cache, attack):
