@@ -50,13 +50,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
+import math
 import os
 import re
+import shutil
 import stat
+import tempfile
+import time
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    MemberFileError,
+    Walker,
+    member_lines,
+    open_member_file,
+    read_member_file,
+)
 
 FORMATS = ("huggingface", "torch", "pip", "conda", "apt", "npm", "go", "cargo", "generic", "external")
 AGE_BY = ("atime", "mtime", "newest")
@@ -67,7 +78,23 @@ STALE_KINDS = frozenset(["incomplete download", "partial download", "temporary f
 # half a unit; collectors leave it out (it only lasts during a prune, or until the next one).
 TRASH_NAME = ".mlinfra-prune-trash"
 
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+# Files members write and root reads (issue 11: every cache-group member is an untrusted local user)
+# are opened with _fs.open_member_file (no symlink, no FIFO/device, O_NONBLOCK) and size-limited.
+# The limits are far above what the tools write and far below what would hurt a root job.
+HF_REF_MAX = 256  # refs/<name> holds a 40-hex commit id (huggingface_hub writes just that)
+# cacache appends one line per put to a bucket (key hash); npm's own verify compacts them. Real
+# buckets are a few KiB; a line is an entry with its metadata (response headers, ~1-2 KiB).
+NPM_BUCKET_MAX = 64 << 20
+NPM_LINE_MAX = 1 << 20
+# cargo's .global-cache (SQLite, cargo >= 1.78) holds a row per crate / src dir / git checkout:
+# a few MB for tens of thousands of crates. It is copied (bounded) to a root-private file before
+# SQLite opens it, and queried under a deadline.
+CARGO_DB_MAX = 64 << 20
+CARGO_DB_SECONDS = 5.0
+# conda's pkgs/urls.txt: one URL per package ever fetched (a few hundred bytes each): some 100 KiB
+# for thousands of packages. A line is a URL (a file:// one at most PATH_MAX).
+CONDA_URLS_MAX = 16 << 20
+CONDA_URL_LINE_MAX = 8192
 
 
 class Unit:
@@ -191,43 +218,6 @@ class Collection:
 
 def _parts(rel):
     return tuple(rel.split("/")) if rel else ()
-
-
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
-def _read_small(dir_fd, name, limit=1 << 20):
-    """Read a small regular file without following a symlink; None on any problem.
-
-    Opened with O_NOATIME where allowed (owner or CAP_FOWNER): reading an npm index bucket or an
-    HF ref must not make it look used to the next run (its atime is the tool's use signal).
-    """
-    fd = None
-    if _O_NOATIME:
-        try:
-            fd = os.open(name, _O_READ | _O_NOATIME, dir_fd=dir_fd)
-        except OSError:
-            fd = None
-    if fd is None:
-        try:
-            fd = os.open(name, _O_READ, dir_fd=dir_fd)
-        except OSError:
-            return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        chunks = []
-        while True:
-            buf = os.read(fd, 65536)
-            if not buf:
-                break
-            chunks.append(buf)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 class Collector:
@@ -502,8 +492,10 @@ class _HFCollector(Collector):
             else:
                 self.add(key, "revision", parts[: off + 3], st)
         elif sub == "refs":
-            data = _read_small(d.fd, name, 4096)
-            rev = data.decode("ascii", "replace").strip() if data else ""
+            try:
+                rev = read_member_file(d.fd, name, HF_REF_MAX).decode("ascii", "replace").strip()
+            except MemberFileError:
+                rev = ""  # a FIFO, a link, a huge file: no revision; the ref stays, in no unit
             repo.refs["/".join(parts[off + 2 :])] = (rev, parts, st)
         elif sub == ".no_exist":
             self.other(st)
@@ -735,7 +727,11 @@ class CondaFormat(Format):
             return []
         notes = []
         for prefix in (("pkgs",), ()):
-            n = _prune.rewrite_conda_urls(root_fd, prefix, gone)
+            try:
+                n = _prune.rewrite_conda_urls(root_fd, prefix, gone)
+            except MemberFileError as exc:
+                notes.append("%s left as it is: %s" % ("/".join(prefix + ("urls.txt",)), exc.strerror))
+                break
             if n is not None:
                 if n:
                     notes.append("dropped %d line(s) from %s" % (n, "/".join(prefix + ("urls.txt",))))
@@ -794,35 +790,93 @@ def integrity_ids(integrity):
 
 def parse_npm_bucket(data):
     """Return {key: entry_dict} of live entries of a cacache index bucket (last line wins)."""
+    return parse_npm_lines(data.split(b"\n"))[0]
+
+
+def _npm_entry_ok(entry):
+    """True for an entry with the types cacache writes (key str, integrity str|None, time number)."""
+    if not isinstance(entry.get("key"), str):
+        return False
+    if entry.get("integrity") is not None and not isinstance(entry["integrity"], str):
+        return False
+    t = entry.get("time")
+    return t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t))
+
+
+def parse_npm_lines(lines):
+    """Parse cacache index lines (bytes; None for a line too long to read).
+
+    Returns ``(live, refs, skipped, unreadable)``: live entries {key: entry} (last line wins, an
+    entry without integrity deletes the key), the content ids they name (and those of lines of
+    unexpected types: conservative), the number of lines cacache itself ignores (hash mismatch,
+    not JSON: torn writes) and of lines that could not be judged (too long, well-hashed but of
+    other types). Never raises for what a member wrote.
+    """
     live = {}
-    for line in data.decode("utf-8", "replace").split("\n"):
+    refs = set()
+    skipped = unreadable = 0
+    for raw in lines:
+        if raw is None:
+            unreadable += 1
+            continue
+        line = raw.rstrip(b"\n")
         if not line:
             continue
-        digest, _sep, js = line.partition("\t")
-        if hashlib.sha1(js.encode("utf-8")).hexdigest() != digest:  # noqa: S324 - cacache's own check
+        digest, _sep, js = line.partition(b"\t")
+        if hashlib.sha1(js).hexdigest().encode("ascii") != digest:  # noqa: S324 - cacache's own check
+            skipped += 1
             continue
         try:
-            entry = json.loads(js)
+            entry = json.loads(js.decode("utf-8", "replace"))
         except ValueError:
+            skipped += 1
             continue
-        if not isinstance(entry, dict) or "key" not in entry:
+        except RecursionError:  # nested deeper than Python parses; node might read it
+            unreadable += 1
+            continue
+        if not isinstance(entry, dict):
+            skipped += 1
+            continue
+        if not _npm_entry_ok(entry):
+            unreadable += 1
+            if isinstance(entry.get("integrity"), str):
+                refs.update(integrity_ids(entry["integrity"]))
             continue
         if entry.get("integrity") is None:
             live.pop(entry["key"], None)
         else:
             live[entry["key"]] = entry
-    return live
+    for entry in live.values():
+        refs.update(integrity_ids(entry["integrity"]))
+    return live, refs, skipped, unreadable
 
 
 class _NpmCollector(Collector):
     def __init__(self, fmt, root_fd):
         Collector.__init__(self, fmt, root_fd)
         self.bucket_refs = {}  # unit key -> [content ids]
+        self.skipped_lines = 0
+        self.unread = []  # keys of buckets not (fully) read: kept, and orphan content kept too
 
     def enter(self, parts, st, d):
         if len(parts) == 2 and parts[0] == "_npx":
             self.add_dir("_npx/" + parts[1], "npx install", parts, st)
         return True
+
+    def _bucket(self, d, name):
+        """(live, refs, why-not-fully-read or None) of the index bucket ``name`` in ``d``."""
+        try:
+            fd, _st = open_member_file(d.fd, name, NPM_BUCKET_MAX)
+        except MemberFileError as exc:
+            return {}, set(), exc.strerror
+        try:
+            live, refs, skipped, unreadable = parse_npm_lines(member_lines(fd, NPM_LINE_MAX, NPM_BUCKET_MAX))
+        except OSError as exc:
+            return {}, set(), exc.strerror or str(exc)
+        finally:
+            os.close(fd)
+        self.skipped_lines += skipped
+        return live, refs, ("%d line(s) unreadable" % unreadable) if unreadable else None
 
     def entry(self, parts, name, st, d):
         off = _npm_offset(parts)
@@ -836,24 +890,22 @@ class _NpmCollector(Collector):
             return
         sub = parts[off] if len(parts) > off else ""
         if sub == "index-v5" and len(parts) > off + 1 and stat.S_ISREG(st.st_mode):
-            data = _read_small(d.fd, name, 64 << 20) or b""
-            live = parse_npm_bucket(data)
+            live, refs, bad = self._bucket(d, name)
             key = "/".join(parts[off:])
+            u = self.add(key, "npm entry", parts, st, name="(empty index bucket)")
+            self.bucket_refs[key] = sorted(refs)
+            if bad is not None:
+                u.keep = "index bucket not fully read (%s)" % bad
+                u.name = "(index bucket: %s)" % bad
+                self.unread.append(key)
             if not live:
-                self.add(key, "npm entry", parts, st, name="(empty index bucket)")
                 return
-            u = self.add(key, "npm entry", parts, st)
             newest = max(e.get("time") or 0 for e in live.values())
             if newest:
                 u.recorded = newest / 1000.0
             u.name = sorted(live)[-1].replace("make-fetch-happen:request-cache:", "")
             if u.name.endswith(".tgz"):
                 u.kind = "npm tarball"
-            refs = []
-            for e in live.values():
-                for algo, hexd in integrity_ids(e.get("integrity")):
-                    refs.append((algo, hexd))
-            self.bucket_refs[key] = refs
         elif sub.startswith("content-") and len(parts) == off + 5 and stat.S_ISREG(st.st_mode):
             algo = parts[off + 1]
             hexd = parts[off + 2] + parts[off + 3] + name
@@ -882,6 +934,16 @@ class _NpmCollector(Collector):
             u.atime = max(u.atime, s.atime)
             u.mtime = max(u.mtime, s.mtime)
             u.paths = list(s.paths)
+            if self.unread:
+                # an unread bucket may name it: npm would then find its entry without content
+                u.keep = "an index bucket could not be read"
+        if self.skipped_lines:
+            self.notes.append("npm: %d index line(s) cacache ignores (torn or corrupt) skipped" % self.skipped_lines)
+        if self.unread:
+            self.notes.append(
+                "npm: %d index bucket(s) not fully read, kept with all unreferenced content: %s"
+                % (len(self.unread), ", ".join(sorted(self.unread)[:3]))
+            )
         return list(self.units.values())
 
 
@@ -962,6 +1024,19 @@ class GoFormat(Format):
 # cargo
 # ------------------------------------------------------------------------------------------
 class _CargoCollector(Collector):
+    def __init__(self, fmt, root_fd):
+        Collector.__init__(self, fmt, root_fd)
+        self.db_fd = None  # cargo's .global-cache, opened (verified) while its directory is open
+
+    def visit(self, d):
+        if not d.rel and self.db_fd is None:
+            try:
+                self.db_fd = open_member_file(d.fd, ".global-cache", CARGO_DB_MAX)[0]
+            except MemberFileError as exc:
+                if exc.errno != errno.ENOENT:
+                    self.notes.append("cargo .global-cache not used (%s): crates aged by file times" % exc.strerror)
+        Collector.visit(self, d)
+
     def enter(self, parts, st, d):
         if len(parts) == 4 and parts[:2] == ("registry", "src"):
             self.add_dir("%s/%s" % (parts[2], parts[3]), "crate", parts, st, name=parts[3])
@@ -986,7 +1061,16 @@ class _CargoCollector(Collector):
             self.other(st)  # registry/index, bin, .crates.toml, .package-cache, .global-cache
 
     def finish_units(self):
-        recorded = _cargo_last_use(self.root_fd)
+        recorded = {}
+        if self.db_fd is not None:
+            crates = {u.key for u in self.units.values() if u.kind == "crate"}
+            try:
+                recorded = cargo_last_use(self.db_fd, crates)
+            except CargoDbError as exc:
+                self.notes.append("cargo .global-cache not used (%s): crates aged by file times" % exc)
+            finally:
+                os.close(self.db_fd)
+                self.db_fd = None
         for u in self.units.values():
             # the .cargo-ok marker goes first: cargo re-extracts a src dir without it
             ok = [p for p in u.paths if p[-1] == ".cargo-ok"]
@@ -1000,43 +1084,109 @@ class _CargoCollector(Collector):
         return list(self.units.values())
 
 
-def _cargo_last_use(root_fd):
-    """{'<index dir>/<name>-<ver>': epoch} from cargo's .global-cache (cargo >= 1.78), else {}."""
+class CargoDbError(Exception):
+    """cargo's .global-cache cannot be used: unreadable, not cargo's schema, too slow."""
+
+
+# The tables and columns cargo's global_cache_tracker creates and reads (cargo/src/cargo/core/
+# global_cache_tracker.rs, migrations()); anything else in their place is not cargo's database.
+_CARGO_SCHEMA = (
+    ("registry_index", ("id", "name")),
+    ("registry_crate", ("registry_id", "name", "timestamp")),
+    ("registry_src", ("registry_id", "name", "timestamp")),
+)
+
+
+def cargo_last_use(db_fd, wanted, seconds=CARGO_DB_SECONDS):
+    """{'<index dir>/<name>-<ver>': epoch} for the keys in ``wanted`` from cargo's .global-cache.
+
+    ``db_fd`` is the member-written database opened by ``_fs.open_member_file``. SQLite never
+    opens the member's path (it would resolve it again, following a symlink swapped in, or
+    block on a FIFO): the bytes are copied, bounded, to a file in a root-private directory,
+    opened read-only and immutable; the schema must be cargo's (plain tables, no view, no
+    generated column) and the queries are aborted after ``seconds``. Raises CargoDbError.
+    """
     try:
         import sqlite3
     except ImportError:
-        return {}
+        raise CargoDbError("no sqlite3 module") from None
+    tmpdir = tempfile.mkdtemp(prefix="mlinfra-cargo-db-")
     try:
-        fd = os.open(".global-cache", _O_READ, dir_fd=root_fd)
-    except OSError:
-        return {}
-    out = {}
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}
-        uri = "file:/proc/self/fd/%d?mode=ro&immutable=1" % fd
-        conn = sqlite3.connect(uri, uri=True)
+        path = os.path.join(tmpdir, "global-cache")
+        _copy_bounded(db_fd, path, CARGO_DB_MAX)
+        deadline = time.monotonic() + seconds
         try:
-            for table, strip in (("registry_crate", ".crate"), ("registry_src", "")):
-                try:
-                    rows = conn.execute(
-                        "SELECT i.name, c.name, c.timestamp FROM %s c JOIN registry_index i "  # noqa: S608 - fixed names
-                        "ON c.registry_id = i.id" % table
-                    ).fetchall()
-                except sqlite3.Error:
-                    continue
-                for idx, name, ts in rows:
-                    if strip and name.endswith(strip):
-                        name = name[: -len(strip)]
-                    key = "%s/%s" % (idx, name)
-                    if ts and ts > out.get(key, 0):
-                        out[key] = float(ts)
+            conn = sqlite3.connect("file:%s?mode=ro&immutable=1" % path, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CargoDbError("sqlite: %s" % exc) from None
+        try:
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            if hasattr(conn, "setlimit"):
+                conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1 << 16)
+            conn.execute("PRAGMA trusted_schema = OFF")
+            conn.execute("PRAGMA query_only = ON")
+            _cargo_schema_check(conn)
+            return _cargo_rows(conn, wanted)
+        except sqlite3.Error as exc:
+            if time.monotonic() > deadline:
+                raise CargoDbError("queries took over %ss" % seconds) from None
+            raise CargoDbError("sqlite: %s" % exc) from None
         finally:
             conn.close()
-    except Exception:  # noqa: BLE001 - a broken tracker database only loses the recorded times
-        return out
+    except OSError as exc:
+        raise CargoDbError(exc.strerror or str(exc)) from None
     finally:
-        os.close(fd)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _copy_bounded(fd, path, max_bytes):
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        done = 0
+        while True:
+            buf = os.pread(fd, 1 << 20, done)
+            if not buf:
+                break
+            done += len(buf)
+            if done > max_bytes:
+                raise CargoDbError("grew over %d bytes while copied" % max_bytes)
+            os.write(out, buf)
+    finally:
+        os.close(out)
+
+
+def _cargo_schema_check(conn):
+    for table, cols in _CARGO_SCHEMA:
+        row = conn.execute("SELECT type, sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        if row is None:
+            raise CargoDbError("no table %s" % table)
+        kind, sql = row
+        if kind != "table" or not isinstance(sql, str) or not sql.lstrip().upper().startswith("CREATE TABLE"):
+            raise CargoDbError("%s is not a plain table" % table)
+        info = {r[1]: r[6] for r in conn.execute("PRAGMA table_xinfo(%s)" % table)}
+        if any(hidden for hidden in info.values()):
+            raise CargoDbError("%s has generated or hidden columns" % table)
+        missing = [c for c in cols if c not in info]
+        if missing:
+            raise CargoDbError("%s lacks %s" % (table, ", ".join(missing)))
+
+
+def _cargo_rows(conn, wanted):
+    out = {}
+    latest = time.time() + 86400  # a time in the future is not a use
+    for table, strip in (("registry_crate", ".crate"), ("registry_src", "")):
+        cur = conn.execute(
+            "SELECT i.name, c.name, c.timestamp FROM %s c JOIN registry_index i "  # noqa: S608 - fixed names
+            "ON c.registry_id = i.id" % table
+        )
+        for idx, name, ts in cur:
+            if not (isinstance(idx, str) and isinstance(name, str) and isinstance(ts, (int, float))):
+                continue
+            if strip and name.endswith(strip):
+                name = name[: -len(strip)]
+            key = "%s/%s" % (idx, name)
+            if key in wanted and 0 < ts <= latest and ts > out.get(key, 0):
+                out[key] = float(ts)
     return out
 
 

@@ -307,3 +307,117 @@ class Foreign:
 
     def as_dict(self):
         return {"count": self.count, "bytes": self.bytes, "sample": list(self.sample)}
+
+
+# ------------------------------------------------------------------------------------------
+# Reading files cache-group members wrote (issue 11: every member is an untrusted local user)
+# ------------------------------------------------------------------------------------------
+# Opened relative to a verified directory descriptor, never following a symlink (O_NOFOLLOW),
+# never blocking on a FIFO or a device (O_NONBLOCK; the type is then checked on the descriptor),
+# never becoming a controlling terminal (O_NOCTTY), and without moving the atime the tool reads
+# as its use signal (O_NOATIME, where root or the owner may).
+O_MEMBER_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+_READ_CHUNK = 1 << 16
+
+
+class MemberFileError(OSError):
+    """A member-written file refused: not a regular file, a symlink, too big, unreadable."""
+
+
+def open_member_file(dir_fd, name, max_bytes):
+    """Open regular file ``name`` below ``dir_fd`` for reading; ``(fd, fstat)``, the caller closes fd.
+
+    Raises MemberFileError for a symlink, anything not a regular file (FIFO, socket, device,
+    directory), a file over ``max_bytes`` or one that cannot be opened.
+    """
+    fd = None
+    if O_NOATIME:
+        try:
+            fd = os.open(name, O_MEMBER_READ | O_NOATIME, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno != errno.EPERM:
+                _refuse(name, exc)
+    if fd is None:
+        try:
+            fd = os.open(name, O_MEMBER_READ, dir_fd=dir_fd)
+        except OSError as exc:
+            _refuse(name, exc)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MemberFileError(errno.EINVAL, "not a regular file", name)
+        if st.st_size > max_bytes:
+            raise MemberFileError(errno.EFBIG, "larger than %d bytes" % max_bytes, name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _refuse(name, exc):
+    if exc.errno == errno.ELOOP:
+        raise MemberFileError(errno.ELOOP, "a symbolic link; not followed", name) from None
+    raise MemberFileError(exc.errno, exc.strerror or str(exc), name) from None
+
+
+def read_member_file(dir_fd, name, max_bytes):
+    """The bytes of a member-written regular file of at most ``max_bytes`` (MemberFileError else).
+
+    At most ``max_bytes + 1`` bytes are read, so a file growing while it is read is refused too.
+    """
+    fd, _st = open_member_file(dir_fd, name, max_bytes)
+    try:
+        chunks = []
+        left = max_bytes + 1
+        while left > 0:
+            buf = os.read(fd, min(_READ_CHUNK, left))
+            if not buf:
+                break
+            chunks.append(buf)
+            left -= len(buf)
+    except OSError as exc:
+        raise MemberFileError(exc.errno, exc.strerror or str(exc), name) from None
+    finally:
+        os.close(fd)
+    if left <= 0:
+        raise MemberFileError(errno.EFBIG, "grew over %d bytes while read" % max_bytes, name)
+    return b"".join(chunks)
+
+
+def member_lines(fd, max_line, max_bytes):
+    """Yield the lines of an open member-written file (bytes, newline kept) with bounded memory.
+
+    A line longer than ``max_line`` bytes (newline included) is yielded as None, once, and never
+    held whole. Reading stops after ``max_bytes``: MemberFileError then (the file grew).
+    """
+    buf = b""
+    skipping = False
+    total = 0
+    while True:
+        chunk = os.read(fd, _READ_CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise MemberFileError(errno.EFBIG, "grew over %d bytes while read" % max_bytes)
+        buf += chunk
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            if skipping:
+                skipping = False
+            elif nl + 1 - start > max_line:
+                yield None
+            else:
+                yield buf[start : nl + 1]
+            start = nl + 1
+        buf = buf[start:]
+        if len(buf) > max_line:
+            if not skipping:
+                yield None
+                skipping = True
+            buf = b""
+    if buf and not skipping:
+        yield buf if len(buf) <= max_line else None

@@ -76,6 +76,7 @@ def _empty(name, path):
         "units_count": 0,
         "outside_units_bytes": 0,
         "units_error": None,
+        "units_notes": [],
         "error": None,
         "foreign": {"count": 0, "bytes": 0, "sample": []},
         "seconds": 0.0,
@@ -234,6 +235,7 @@ def measure_cache(
             ]
             out["units_count"] = len(col.units)
             out["outside_units_bytes"] = col.other_disk
+            out["units_notes"] = list(col.notes[:20])  # metadata members wrote that was not used
         except Exception as exc:  # noqa: BLE001
             out["units_error"] = "%s: %s" % (type(exc).__name__, exc)
     out["seconds"] = round(time.monotonic() - t0, 3)

@@ -228,6 +228,16 @@ errors:
   returned: always
   type: list
   elements: str
+notes:
+  description:
+    - What the format's clean-up did (lines dropped from conda's C(urls.txt), empty HuggingFace repos
+      removed), and the tool records members wrote that were not used and what was done instead
+      (a cargo C(.global-cache) that is not cargo's database, crates then aged by file times; an
+      npm index bucket that could not be read, kept with the content nothing else references; a
+      C(urls.txt) left as it is).
+  returned: when there is something to say
+  type: list
+  elements: str
 skipped:
   description: True when nothing was examined (another prune holds the lock, the tool holds its lock,
     no policy, external format); RV(msg) says why.

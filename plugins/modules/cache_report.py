@@ -237,6 +237,13 @@ caches:
     units_error:
       description: Why unit accounting stopped (sizes are still whole), or null.
       type: str
+    units_notes:
+      description:
+        - What unit accounting could not use, by the format's own records (a tool's metadata file
+          that is not a regular file, too big, malformed or too slow to query), and what it did
+          instead (e.g. cargo crates aged by file times, an npm index bucket kept unread).
+      type: list
+      elements: str
     seconds:
       description: Time spent walking this cache.
       type: float

@@ -11,6 +11,16 @@ import time
 
 DAY = 86400
 
+# cargo's .global-cache tables root reads (cargo/src/cargo/core/global_cache_tracker.rs, migrations())
+CARGO_GLOBAL_CACHE_SCHEMA = """
+CREATE TABLE registry_index (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    timestamp INTEGER NOT NULL);
+CREATE TABLE registry_crate (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
+CREATE TABLE registry_src (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER,
+    timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
+"""
+
 
 def write(path, data=b"x", age_days=None, mtime=None):
     """Create a file (and its parents) with ``data``; set its times ``age_days`` ago or to ``mtime``."""

@@ -10,7 +10,11 @@ import pytest
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, open_dir_nofollow
-from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import make_hf_repo, write
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import (
+    CARGO_GLOBAL_CACHE_SCHEMA,
+    make_hf_repo,
+    write,
+)
 
 
 def collect(root, fmt):
@@ -247,16 +251,7 @@ def test_cargo_last_use_database_is_preferred_to_file_times(tmp_path):
         os.utime(d, (old, old))
     used = int(time.time()) - 86400
     conn = sqlite3.connect(str(root / ".global-cache"))
-    conn.executescript(
-        """
-        CREATE TABLE registry_index (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-            timestamp INTEGER NOT NULL);
-        CREATE TABLE registry_crate (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
-            timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
-        CREATE TABLE registry_src (registry_id INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER,
-            timestamp INTEGER NOT NULL, PRIMARY KEY (registry_id, name));
-        """
-    )
+    conn.executescript(CARGO_GLOBAL_CACHE_SCHEMA)
     conn.execute("INSERT INTO registry_index (name, timestamp) VALUES (?, ?)", (idx, used))
     conn.execute("INSERT INTO registry_crate VALUES (1, 'itoa-1.0.9.crate', 1, ?)", (int(old),))
     conn.execute("INSERT INTO registry_src VALUES (1, 'itoa-1.0.9', 2, ?)", (used,))
@@ -264,6 +259,11 @@ def test_cargo_last_use_database_is_preferred_to_file_times(tmp_path):
     conn.close()
     units = by_key(collect(root, "cargo"))
     assert units[idx + "/itoa-1.0.9"].recorded == used
+    # cache_report closes the cache before it finishes the collector: the database was opened before
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+
+    rep = {u["key"]: u for u in _usage.measure_cache("cargo", str(root), fmt="cargo", top=10)["units"]}
+    assert rep[idx + "/itoa-1.0.9"]["last_used"] == used
     assert units[idx + "/itoa-1.0.9"].last_used("newest") == used
     assert units[idx + "/ryu-1.0.15"].recorded is None
     assert units[idx + "/ryu-1.0.15"].last_used("newest") < used - 100 * 86400

@@ -103,3 +103,61 @@ def test_descriptors_held_stay_bounded_by_depth(tmp_path):
         os.close(fd)
     assert peak - before < 10
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# -- files members wrote ---------------------------------------------------------------------------
+def _lines(tmp_path, data, max_line, max_bytes=1 << 30):
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import member_lines, open_member_file
+
+    (tmp_path / "f").write_bytes(data)
+    dfd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd, _st = open_member_file(dfd, "f", max_bytes)
+    finally:
+        os.close(dfd)
+    try:
+        return list(member_lines(fd, max_line, max_bytes))
+    finally:
+        os.close(fd)
+
+
+def test_member_lines_cap_long_lines_across_read_chunks(tmp_path):
+    long = b"x" * 200000 + b"\n"  # spans several 64 KiB reads
+    assert _lines(tmp_path, b"a\n" + long + b"b\nlast", 100) == [b"a\n", None, b"b\n", b"last"]
+    assert _lines(tmp_path, b"a\n" + long, 100) == [b"a\n", None]
+    assert _lines(tmp_path, b"x" * 70000, 100) == [None]
+    assert _lines(tmp_path, b"ab\n" * 50000, 3) == [b"ab\n"] * 50000
+    assert _lines(tmp_path, b"abc\n", 3) == [None]
+
+
+def test_member_file_refuses_links_fifos_and_size(tmp_path):
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import MemberFileError, read_member_file
+
+    (tmp_path / "ok").write_bytes(b"12345")
+    os.symlink("ok", str(tmp_path / "link"))
+    os.mkfifo(str(tmp_path / "fifo"))
+    dfd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert read_member_file(dfd, "ok", 5) == b"12345"
+        for name, max_bytes, why in (("ok", 4, "larger than"), ("link", 10, "symbolic link"), ("fifo", 10, "regular")):
+            with pytest.raises(MemberFileError, match=why):
+                read_member_file(dfd, name, max_bytes)
+    finally:
+        os.close(dfd)
+    with pytest.raises(MemberFileError, match="grew"):
+        _grow(tmp_path)
+
+
+def _grow(tmp_path):
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import member_lines, open_member_file
+
+    (tmp_path / "g").write_bytes(b"a\n" * 10)
+    dfd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    fd, _st = open_member_file(dfd, "g", 20)
+    os.close(dfd)
+    try:
+        with open(str(tmp_path / "g"), "ab") as fh:
+            fh.write(b"b\n" * 100000)  # appended after the size check
+        return list(member_lines(fd, 10, 20))
+    finally:
+        os.close(fd)
