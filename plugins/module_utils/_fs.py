@@ -244,3 +244,121 @@ class Dir:
         self.st = st
         self.entries = entries
         self.skip = set()
+
+
+# Mount points, free space and sizes (cache_prune, cache_report, the host commands)
+def _unescape_mount(path):
+    out = []
+    i = 0
+    while i < len(path):
+        if path[i] == "\\" and i + 3 < len(path) and path[i + 1 : i + 4].isdigit():
+            out.append(chr(int(path[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_below(abs_path):
+    """Relative paths (tuples) of mount points strictly below ``abs_path``, from mountinfo."""
+    out = set()
+    prefix = abs_path.rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) < 5:
+                    continue
+                mp = _unescape_mount(f[4])
+                if mp.startswith(prefix):
+                    out.add(tuple(p for p in mp[len(prefix) :].split("/") if p))
+    except OSError:
+        pass
+    return out
+
+
+def mount_options(abs_path):
+    """Options string (e.g. 'rw,noatime') of the mount holding ``abs_path``; '' if unknown."""
+    best, opts = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) < 6:
+                    continue
+                mp = _unescape_mount(f[4])
+                if (abs_path == mp or abs_path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+                    best, opts = mp, f[5]
+    except OSError:
+        pass
+    return opts
+
+
+def free_bytes(fd):
+    sv = os.fstatvfs(fd)
+    return sv.f_bavail * sv.f_frsize
+
+
+def human(n):
+    """1536 -> '1.5KiB' (powers of 1024, as parse_size reads them)."""
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return ("%d%s" % (n, unit)) if unit == "B" else ("%.1f%s" % (n, unit))
+        n /= 1024.0
+    return "%dB" % n
+
+
+def humanize(n):
+    """Bytes as du -h prints them (powers of 1024): 0B, 512B, 4.0K, 2.5G, 500M, 1.2T."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for suffix in ("B", "K", "M", "G", "T", "P"):
+        if abs(n) < 1024 or suffix == "P":
+            if suffix == "B":
+                return "%dB" % n
+            return ("%.1f%s" % (n, suffix)) if abs(n) < 10 else ("%.0f%s" % (n, suffix))
+        n /= 1024.0
+    return "%.0fE" % n  # pragma: no cover
+
+
+def write_atomic(path, text, mode=0o644, gid=None):
+    """Write ``text`` to ``path`` atomically: a temporary file created exclusively in the target
+    directory, then renamed over ``path``; a reader sees the old or the new file, never half of one.
+
+    The directory is opened without following a symlink at any component. Run as root, it must
+    be root's own and writable by nobody else (a member could otherwise swap names in it under
+    root's hands): PermissionError if not. The file gets ``mode`` and, with ``gid``, the owner
+    root (the writer) and that group, set on the descriptor before the rename, so it is never
+    readable by more than ``mode`` says.
+    """
+    directory, base = os.path.split(path)
+    dfd = open_dir_nofollow(directory or os.getcwd())
+    try:
+        st = os.fstat(dfd)
+        if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
+            raise PermissionError(
+                errno.EPERM, "the directory is not root's own or others may write to it; refusing", directory
+            )
+        tmp = ".%s.%s.tmp" % (base, os.urandom(6).hex())
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                if gid is not None:
+                    os.fchown(fh.fileno(), -1, gid)
+                os.fchmod(fh.fileno(), mode)
+                os.fsync(fh.fileno())
+            os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(dfd)

@@ -31,6 +31,10 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _forma
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
     Walker,
+    free_bytes,
+    human,
+    mount_options,
+    mounts_below,
     open_dir_nofollow,
     open_subdir,
     scan,
@@ -183,57 +187,6 @@ def take_tool_lock(root_fd, parts, kind, timeout, check_only):
             os.close(fd)
             raise Busy("%s is locked by its tool (%s lock held)" % ("/".join(parts), kind))
         time.sleep(0.2)
-
-
-# ------------------------------------------------------------------------------------------
-# mount points
-# ------------------------------------------------------------------------------------------
-def _unescape_mount(path):
-    out = []
-    i = 0
-    while i < len(path):
-        if path[i] == "\\" and i + 3 < len(path) and path[i + 1 : i + 4].isdigit():
-            out.append(chr(int(path[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
-
-
-def mounts_below(abs_path):
-    """Relative paths (tuples) of mount points strictly below ``abs_path``, from mountinfo."""
-    out = set()
-    prefix = abs_path.rstrip("/") + "/"
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            for line in fh:
-                f = line.split()
-                if len(f) < 5:
-                    continue
-                mp = _unescape_mount(f[4])
-                if mp.startswith(prefix):
-                    out.add(tuple(p for p in mp[len(prefix) :].split("/") if p))
-    except OSError:
-        pass
-    return out
-
-
-def mount_options(abs_path):
-    """Options string (e.g. 'rw,noatime') of the mount holding ``abs_path``; '' if unknown."""
-    best, opts = "", ""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            for line in fh:
-                f = line.split()
-                if len(f) < 6:
-                    continue
-                mp = _unescape_mount(f[4])
-                if (abs_path == mp or abs_path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
-                    best, opts = mp, f[5]
-    except OSError:
-        pass
-    return opts
 
 
 # ------------------------------------------------------------------------------------------
@@ -626,11 +579,6 @@ def unit_excluded(unit, patterns):
         names.append("/".join(p))
         names.append(p[-1])
     return matches(patterns, *names)
-
-
-def free_bytes(fd):
-    sv = os.fstatvfs(fd)
-    return sv.f_bavail * sv.f_frsize
 
 
 class Policy:
@@ -1124,16 +1072,6 @@ class Pruner:
                     yield d, name, st
         if notes:
             self._walk_notes(walker, result)
-
-
-def human(n):
-    """1536 -> '1.5KiB' (powers of 1024, as parse_size reads them)."""
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return ("%d%s" % (n, unit)) if unit == "B" else ("%.1f%s" % (n, unit))
-        n /= 1024.0
-    return "%dB" % n
 
 
 def summary_line(res, check=False, name=None):
