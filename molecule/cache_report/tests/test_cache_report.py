@@ -115,7 +115,13 @@ def test_command_as_unprivileged_user_names_unreadable(host):
 def test_cron_job(host):
     f = host.file("/etc/cron.d/mlinfra-shared-cache-report")
     assert f.mode == 0o644 and f.user == "root"
-    assert re.search(r"^\*/15 \* \* \* \* root /usr/local/bin/show-cache-info --write --quiet$", f.content_string, re.M)
+    # no systemd in the container: cron, bounded by flock -n (root-only lock) and timeout
+    assert re.search(
+        r"^\*/15 \* \* \* \* root flock -n /var/lib/mlinfra-shared-cache/report/\.refresh\.lock timeout -k 1m 30m "
+        r"/usr/local/bin/show-cache-info --write --quiet$",
+        f.content_string,
+        re.M,
+    )
 
 
 def test_nothing_world_writable(host):

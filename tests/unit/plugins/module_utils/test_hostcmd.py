@@ -267,7 +267,7 @@ def test_table_prints_foreign_counts_when_present(tmp_path, capsys):
 def render(template, **variables):
     import jinja2
 
-    env = jinja2.Environment(keep_trailing_newline=True)
+    env = jinja2.Environment(keep_trailing_newline=True, autoescape=False)  # noqa: S701 - Python, not HTML
     env.filters["to_json"] = json.dumps
     text = (ROOT / template).read_text()
     return env.from_string(text).render(ansible_managed="Ansible managed", **variables)
@@ -276,8 +276,8 @@ def render(template, **variables):
 @pytest.mark.parametrize(
     "template, var, args, expect",
     [
-        ("roles/cache_prune/templates/mlinfra-cache-prune.j2", "cache_prune_config_path", ["--help"], "--no-permissions"),
-        ("roles/cache_report/templates/show-cache-info.j2", "cache_report_config_path", ["--help"], "--last"),
+        ("roles/cache_prune/templates/mlinfra-cache-prune.j2", "cache_prune_config_path", ["-h"], "--no-permissions"),
+        ("roles/cache_report/templates/show-cache-info.j2", "cache_report_config_path", ["-h"], "--last"),
     ],
 )
 def test_wrappers_are_thin_and_run(tmp_path, template, var, args, expect):
