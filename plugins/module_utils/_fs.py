@@ -260,38 +260,32 @@ def _unescape_mount(path):
     return "".join(out)
 
 
-def mounts_below(abs_path):
-    """Relative paths (tuples) of mount points strictly below ``abs_path``, from mountinfo."""
-    out = set()
-    prefix = abs_path.rstrip("/") + "/"
+def mountinfo():
+    """[(mount point, options)] of this process's mounts from /proc/self/mountinfo ([] if unreadable)."""
+    out = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
                 f = line.split()
-                if len(f) < 5:
-                    continue
-                mp = _unescape_mount(f[4])
-                if mp.startswith(prefix):
-                    out.add(tuple(p for p in mp[len(prefix) :].split("/") if p))
+                if len(f) >= 6:
+                    out.append((_unescape_mount(f[4]), f[5]))
     except OSError:
         pass
     return out
 
 
+def mounts_below(abs_path):
+    """Relative paths (tuples) of mount points strictly below ``abs_path``, from mountinfo."""
+    prefix = abs_path.rstrip("/") + "/"
+    return {tuple(p for p in mp[len(prefix) :].split("/") if p) for mp, _opts in mountinfo() if mp.startswith(prefix)}
+
+
 def mount_options(abs_path):
     """Options string (e.g. 'rw,noatime') of the mount holding ``abs_path``; '' if unknown."""
     best, opts = "", ""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            for line in fh:
-                f = line.split()
-                if len(f) < 6:
-                    continue
-                mp = _unescape_mount(f[4])
-                if (abs_path == mp or abs_path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
-                    best, opts = mp, f[5]
-    except OSError:
-        pass
+    for mp, mopts in mountinfo():
+        if (abs_path == mp or abs_path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+            best, opts = mp, mopts
     return opts
 
 

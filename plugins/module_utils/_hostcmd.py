@@ -172,23 +172,39 @@ def fix_permissions(cache, conf, dry_run):
     return line, fixer.error_count
 
 
-def prune_parser(config_path):
-    parser = argparse.ArgumentParser(
-        prog="mlinfra-cache-prune", description="Retention and group permissions of the shared caches."
-    )
-    parser.add_argument("--dry-run", action="store_true", help="delete and change nothing")
-    parser.add_argument("--cache", action="append", default=[], help="only this cache (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--syslog", action="store_true", help="also log the summary lines to syslog")
-    parser.add_argument("--quiet", action="store_true", help="print nothing")
-    parser.add_argument("--no-permissions", action="store_true", help="skip the permission fix-up")
+def _parser(prog, description, config_path, flags):
+    """The command line of a host command: ``flags`` are (option, help) switches, then --config."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for flag, text in flags:
+        if flag == "--cache":
+            parser.add_argument(flag, action="append", default=[], help=text)
+        else:
+            parser.add_argument(flag, action="store_true", help=text)
     parser.add_argument("--config", default=config_path, help="configuration written by the role (default %(default)s)")
     return parser
 
 
+PRUNE_FLAGS = (
+    ("--dry-run", "delete and change nothing"),
+    ("--cache", "only this cache (repeatable)"),
+    ("--json", "print the results as JSON"),
+    ("--syslog", "also log the summary lines to syslog"),
+    ("--quiet", "print nothing"),
+    ("--no-permissions", "skip the permission fix-up"),
+)
+REPORT_FLAGS = (
+    ("--json", "print the report as JSON"),
+    ("--last", "print the last report written, do not walk"),
+    ("--write", "write the configured outputs (the schedule)"),
+    ("--quiet", "print nothing (with --write)"),
+)
+
+
 def prune_main(config_path, argv=None):
     """The nightly command; returns its exit status (0 fine, 1 a cache failed, 2 refused to start)."""
-    args = prune_parser(config_path).parse_args(argv)
+    args = _parser(
+        "mlinfra-cache-prune", "Retention and group permissions of the shared caches.", config_path, PRUNE_FLAGS
+    ).parse_args(argv)
     log = None
     if args.syslog:
         import syslog
@@ -289,20 +305,12 @@ def report_file_access(conf):
         return 0o600, None
 
 
-def report_parser(config_path):
-    parser = argparse.ArgumentParser(prog="show-cache-info", description="Usage of the shared caches.")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--last", action="store_true", help="print the last report written, do not walk")
-    parser.add_argument("--write", action="store_true", help="write the configured outputs (cron)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing (with --write)")
-    parser.add_argument("--config", default=config_path, help="configuration written by the role (default %(default)s)")
-    return parser
-
-
 def report_main(config_path, argv=None):
     """show-cache-info; returns its exit status."""
     try:
-        return _report(report_parser(config_path).parse_args(argv))
+        return _report(
+            _parser("show-cache-info", "Usage of the shared caches.", config_path, REPORT_FLAGS).parse_args(argv)
+        )
     except BrokenPipeError:
         return 0
     except (OSError, ValueError, KeyError) as exc:
