@@ -232,6 +232,7 @@ summary:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats, _prune
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import human
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._jobs import prune_paths, prune_policy
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
 
@@ -284,7 +285,7 @@ def main():
     res["summary"] = _prune.summary_line(res, module.check_mode)
     if module._diff and "before" in res:
         res["diff"] = {
-            side: "%s: %s in %s units\n" % (path, _prune.human(res[side].get("bytes")), res[side].get("units", "?"))
+            side: "%s: %s in %s units\n" % (path, human(res[side].get("bytes")), res[side].get("units", "?"))
             for side in ("before", "after")
         }
     res["changed"] = bool(res.get("changed"))
