@@ -29,11 +29,12 @@ import sys
 import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _prune, _usage
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import open_dir_nofollow, write_atomic
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import write_atomic
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import parse_mode
 
 PRUNE_LOCK = "/var/lib/mlinfra-shared-cache/prune/prune.lock"
 _O_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -57,25 +58,42 @@ def _check_dir(st, path):
         raise UnsafePath(errno.EPERM, "a user other than root may change this directory; refusing", path)
 
 
-def read_trusted_json(path):
-    """The JSON in ``path``, refusing anything another user than root (or the caller) could have written.
-
-    Every directory from ``/`` is opened without following a symlink and checked (``_check_dir``);
-    the file itself must be a regular file owned by root (or the caller when not root), writable
-    by its owner only.
-    """
-    if not path.startswith("/"):
-        path = os.path.abspath(path)
-    directory, base = os.path.split(path)
-    parts = [p for p in directory.split("/") if p]
+def open_trusted_dir(path, create=False):
+    """Open absolute directory ``path``, every component from ``/`` checked with ``_check_dir``
+    and opened without following a symlink; with ``create`` missing ones are made (0755, the
+    last 0700). Returns the descriptor; UnsafePath if another user could change the way."""
+    parts = [p for p in path.split("/") if p]
     fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     try:
         _check_dir(os.fstat(fd), "/")
         for i, part in enumerate(parts):
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
+            try:
+                nfd = os.open(part, _O_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o700 if i == len(parts) - 1 else 0o755, dir_fd=fd)
+                nfd = os.open(part, _O_DIR, dir_fd=fd)
             os.close(fd)
             fd = nfd
             _check_dir(os.fstat(fd), "/" + "/".join(parts[: i + 1]))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_trusted_json(path):
+    """The JSON in ``path``, refusing anything another user than root (or the caller) could have written.
+
+    Every directory from ``/`` is checked (``open_trusted_dir``); the file itself must be a
+    regular file owned by root (or the caller when not root), writable by its owner only.
+    """
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    directory, base = os.path.split(path)
+    fd = open_trusted_dir(directory)
+    try:
         ffd = os.open(base, _O_READ, dir_fd=fd)
     finally:
         os.close(fd)
@@ -91,13 +109,14 @@ def read_trusted_json(path):
 def hold_lock(path):
     """Open (create) the lock file ``path`` and take an exclusive ``flock`` without waiting.
 
-    The directory is created 0700 if missing and must be root's, writable by nobody else; the
-    file is created 0600 with O_NOFOLLOW and must be a regular root-owned 0600-or-less file with
-    one link. Returns the descriptor (the lock lasts until it is closed, or the process exits);
+    The directory is created 0700 if missing and must be root's, writable by nobody else, and
+    so must be the way to it (``open_trusted_dir``: nobody else can rename it away); the file
+    is created 0600 with O_NOFOLLOW and must be a regular root-owned 0600-or-less file with one
+    link. Returns the descriptor (the lock lasts until it is closed, or the process exits);
     LockBusy when another run holds it, UnsafePath when the path is not root's alone.
     """
     directory, base = os.path.split(path)
-    dfd = open_dir_nofollow(directory, create=True)
+    dfd = open_trusted_dir(directory, create=True)
     try:
         st = os.fstat(dfd)
         if st.st_uid != os.geteuid() or st.st_mode & 0o022:

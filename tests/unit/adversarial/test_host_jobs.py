@@ -135,6 +135,19 @@ def test_a_lock_path_a_member_can_write_is_refused(actors, arena, cache, planted
     assert os.path.exists(victim) and not os.path.exists(target)
 
 
+def test_a_lock_directory_members_can_rename_away_is_refused(actors, arena, cache, capsys):
+    # root's own 0700 directory, but inside one alice writes: she could move it (and the lock
+    # held in it) aside, and the next run would make a new one and overlap the running one
+    locks = os.path.join(cache, "locks")
+    actors.alice.run("mkdir %s" % locks)
+    os.mkdir(os.path.join(locks, "root-only"), 0o700)
+    conf, victim = prune_conf(arena, cache, actors, lock=os.path.join(locks, "root-only", "prune.lock"))
+    path = write_config(os.path.join(arena, "prune.json"), conf)
+    assert _hostcmd.prune_main(path, []) == 2
+    assert "lock" in capsys.readouterr().err
+    assert os.path.exists(victim)
+
+
 # -- the configuration ---------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["in-the-cache", "members-file"])
 def test_a_configuration_a_member_can_change_is_refused(actors, arena, cache, where, capsys):
