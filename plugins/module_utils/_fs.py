@@ -132,6 +132,56 @@ def scan(dir_fd):
     return out
 
 
+class NotBelow(OSError):
+    """``open_below``: a component is gone, not a directory on the root's filesystem, a mount
+    point not to enter, or was replaced between lstat and open (errno says which)."""
+
+
+def open_below(root_fd, parts, dev=None, mounts=()):
+    """Open the directory ``parts`` (names, or a relative path 'a/b') below the verified ``root_fd``.
+
+    Each component is lstat'ed, must be a directory (on ``dev`` when given; not listed in
+    ``mounts``, a set of name tuples) and is opened with O_NOFOLLOW relative to its parent, and
+    must be the very inode lstat'ed. Returns a descriptor the caller closes; NotBelow (ENOENT,
+    ENOTDIR, EXDEV, ESTALE) when the path is gone or unsafe; other OSErrors (EACCES, ELOOP on a
+    race) propagate.
+    """
+    if isinstance(parts, str):
+        parts = [p for p in parts.split("/") if p]
+    parts = tuple(parts)
+    fd = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts):
+            here = "/".join(parts[: i + 1])
+            if parts[: i + 1] in mounts:
+                raise NotBelow(errno.EXDEV, "a mount point", here)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise NotBelow(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotBelow(errno.ENOTDIR, "not a directory (or a symbolic link)", here)
+            if dev is not None and st.st_dev != dev:
+                raise NotBelow(errno.EXDEV, "on another filesystem", here)
+            nfd = open_subdir(fd, name, expect=st)
+            if nfd is None:
+                raise NotBelow(errno.ESTALE, "directory replaced; skipped", here)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_parent(root_fd, parts, dev, mounts):
+    """Open the directory holding ``parts[-1]`` below ``root_fd``; None if it is gone/unsafe."""
+    try:
+        return open_below(root_fd, parts[:-1], dev, mounts)
+    except NotBelow:
+        return None
+
+
 class Walker:
     """Top-down, descriptor-relative walk of one tree.
 

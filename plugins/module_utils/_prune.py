@@ -36,6 +36,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     mount_options,
     mounts_below,
     open_dir_nofollow,
+    open_parent,
     open_subdir,
     scan,
 )
@@ -202,34 +203,6 @@ class RemoveStats:
         self.disk = 0
         self.busy = []
         self.errors = []
-
-
-def open_parent(root_fd, parts, dev, mounts):
-    """Open the directory holding ``parts[-1]`` below ``root_fd``; None if it is gone/unsafe."""
-    fd = os.dup(root_fd)
-    try:
-        for i, name in enumerate(parts[:-1]):
-            if parts[: i + 1] in mounts:
-                os.close(fd)
-                return None
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                os.close(fd)
-                return None
-            if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
-                os.close(fd)
-                return None
-            nfd = open_subdir(fd, name, expect=st)
-            os.close(fd)
-            fd = nfd
-            if fd is None:
-                return None
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        raise
-    return fd
 
 
 @contextlib.contextmanager
