@@ -63,30 +63,43 @@ def open_dir_nofollow(path, create=False, created=None):
     if not path.startswith("/"):
         raise WalkError(errno.EINVAL, "not an absolute path", path)
     parts = [p for p in path.split("/") if p]
-    fd = os.open("/", O_DIR)
-    try:
-        for i, part in enumerate(parts):
-            try:
-                nfd = _open_dir(part, fd)
-            except FileNotFoundError:
+
+    def step(fd, part, i):
+        try:
+            nfd = _open_dir(part, fd)
+        except FileNotFoundError:
+            here = "/" + "/".join(parts[: i + 1])
+            if not create:
+                raise MissingComponent(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
+            os.mkdir(part, 0o700, dir_fd=fd)
+            if created is not None:
+                created.append(here)
+            nfd = _open_dir(part, fd)
+            if i < len(parts) - 1:
+                os.fchmod(nfd, 0o755)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 here = "/" + "/".join(parts[: i + 1])
-                if not create:
-                    raise MissingComponent(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
-                os.mkdir(part, 0o700, dir_fd=fd)
-                if created is not None:
-                    created.append(here)
-                nfd = _open_dir(part, fd)
-                if i < len(parts) - 1:
-                    os.fchmod(nfd, 0o755)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    here = "/" + "/".join(parts[: i + 1])
-                    if _is_symlink(fd, part):
-                        raise WalkError(
-                            errno.ELOOP, "component %s is a symbolic link; refusing to follow it" % here, path
-                        ) from None
-                    raise WalkError(errno.ENOTDIR, "component %s is not a directory" % here, path) from None
-                raise
+                if _is_symlink(fd, part):
+                    raise WalkError(
+                        errno.ELOOP, "component %s is a symbolic link; refusing to follow it" % here, path
+                    ) from None
+                raise WalkError(errno.ENOTDIR, "component %s is not a directory" % here, path) from None
+            raise
+        return nfd
+
+    return descend(os.open("/", O_DIR), parts, step)
+
+
+def descend(fd, names, step):
+    """Go down ``names`` from the directory descriptor ``fd`` (owned: it is closed), one step each.
+
+    ``step(parent_fd, name, index)`` returns the child's descriptor (or raises); each parent is
+    closed once its child is open, and whatever is open is closed on error. Returns the last one.
+    """
+    try:
+        for i, name in enumerate(names):
+            nfd = step(fd, name, i)
             os.close(fd)
             fd = nfd
     except BaseException:
@@ -149,29 +162,25 @@ def open_below(root_fd, parts, dev=None, mounts=()):
     if isinstance(parts, str):
         parts = [p for p in parts.split("/") if p]
     parts = tuple(parts)
-    fd = os.dup(root_fd)
-    try:
-        for i, name in enumerate(parts):
-            here = "/".join(parts[: i + 1])
-            if parts[: i + 1] in mounts:
-                raise NotBelow(errno.EXDEV, "a mount point", here)
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                raise NotBelow(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
-            if not stat.S_ISDIR(st.st_mode):
-                raise NotBelow(errno.ENOTDIR, "not a directory (or a symbolic link)", here)
-            if dev is not None and st.st_dev != dev:
-                raise NotBelow(errno.EXDEV, "on another filesystem", here)
-            nfd = open_subdir(fd, name, expect=st)
-            if nfd is None:
-                raise NotBelow(errno.ESTALE, "directory replaced; skipped", here)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+
+    def step(fd, name, i):
+        here = "/".join(parts[: i + 1])
+        if parts[: i + 1] in mounts:
+            raise NotBelow(errno.EXDEV, "a mount point", here)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise NotBelow(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotBelow(errno.ENOTDIR, "not a directory (or a symbolic link)", here)
+        if dev is not None and st.st_dev != dev:
+            raise NotBelow(errno.EXDEV, "on another filesystem", here)
+        nfd = open_subdir(fd, name, expect=st)
+        if nfd is None:
+            raise NotBelow(errno.ESTALE, "directory replaced; skipped", here)
+        return nfd
+
+    return descend(os.dup(root_fd), parts, step)
 
 
 def open_parent(root_fd, parts, dev, mounts):

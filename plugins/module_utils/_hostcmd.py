@@ -29,7 +29,7 @@ import sys
 import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _prune, _usage
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import write_atomic
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import descend, write_atomic
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import parse_mode
 
 PRUNE_LOCK = "/var/lib/mlinfra-shared-cache/prune/prune.lock"
@@ -63,24 +63,29 @@ def open_trusted_dir(path, create=False):
     and opened without following a symlink; with ``create`` missing ones are made (0755, the
     last 0700). Returns the descriptor; UnsafePath if another user could change the way."""
     parts = [p for p in path.split("/") if p]
+
+    def step(fd, part, i):
+        try:
+            nfd = os.open(part, _O_DIR, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o700 if i == len(parts) - 1 else 0o755, dir_fd=fd)
+            nfd = os.open(part, _O_DIR, dir_fd=fd)
+        try:
+            _check_dir(os.fstat(nfd), "/" + "/".join(parts[: i + 1]))
+        except BaseException:
+            os.close(nfd)
+            raise
+        return nfd
+
     fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     try:
         _check_dir(os.fstat(fd), "/")
-        for i, part in enumerate(parts):
-            try:
-                nfd = os.open(part, _O_DIR, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, 0o700 if i == len(parts) - 1 else 0o755, dir_fd=fd)
-                nfd = os.open(part, _O_DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-            _check_dir(os.fstat(fd), "/" + "/".join(parts[: i + 1]))
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return descend(fd, parts, step)
 
 
 def read_trusted_json(path):
