@@ -119,11 +119,13 @@ def test_cron_job(host):
     assert f.mode == 0o644 and f.user == "root"
     # no systemd in the container: cron, bounded by flock -n (root-only lock) and timeout
     assert re.search(
-        r"^\*/15 \* \* \* \* root flock -n /var/lib/mlinfra-shared-cache/report/\.refresh\.lock timeout -k 1m 30m "
+        r"^\*/15 \* \* \* \* root flock -n /var/lib/mlinfra-shared-cache/report/lock/refresh\.lock timeout -k 1m 30m "
         r"/usr/local/bin/show-cache-info --write --quiet$",
         f.content_string,
         re.M,
     )
+    lock_dir = host.file("/var/lib/mlinfra-shared-cache/report/lock")
+    assert lock_dir.user == "root" and lock_dir.mode == 0o700  # no member can open, so hold, the lock
 
 
 def test_nothing_world_writable(host):
