@@ -63,30 +63,43 @@ def open_dir_nofollow(path, create=False, created=None):
     if not path.startswith("/"):
         raise WalkError(errno.EINVAL, "not an absolute path", path)
     parts = [p for p in path.split("/") if p]
-    fd = os.open("/", O_DIR)
-    try:
-        for i, part in enumerate(parts):
-            try:
-                nfd = _open_dir(part, fd)
-            except FileNotFoundError:
+
+    def step(fd, part, i):
+        try:
+            nfd = _open_dir(part, fd)
+        except FileNotFoundError:
+            here = "/" + "/".join(parts[: i + 1])
+            if not create:
+                raise MissingComponent(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
+            os.mkdir(part, 0o700, dir_fd=fd)
+            if created is not None:
+                created.append(here)
+            nfd = _open_dir(part, fd)
+            if i < len(parts) - 1:
+                os.fchmod(nfd, 0o755)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 here = "/" + "/".join(parts[: i + 1])
-                if not create:
-                    raise MissingComponent(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
-                os.mkdir(part, 0o700, dir_fd=fd)
-                if created is not None:
-                    created.append(here)
-                nfd = _open_dir(part, fd)
-                if i < len(parts) - 1:
-                    os.fchmod(nfd, 0o755)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    here = "/" + "/".join(parts[: i + 1])
-                    if _is_symlink(fd, part):
-                        raise WalkError(
-                            errno.ELOOP, "component %s is a symbolic link; refusing to follow it" % here, path
-                        ) from None
-                    raise WalkError(errno.ENOTDIR, "component %s is not a directory" % here, path) from None
-                raise
+                if _is_symlink(fd, part):
+                    raise WalkError(
+                        errno.ELOOP, "component %s is a symbolic link; refusing to follow it" % here, path
+                    ) from None
+                raise WalkError(errno.ENOTDIR, "component %s is not a directory" % here, path) from None
+            raise
+        return nfd
+
+    return descend(os.open("/", O_DIR), parts, step)
+
+
+def descend(fd, names, step):
+    """Go down ``names`` from the directory descriptor ``fd`` (owned: it is closed), one step each.
+
+    ``step(parent_fd, name, index)`` returns the child's descriptor (or raises); each parent is
+    closed once its child is open, and whatever is open is closed on error. Returns the last one.
+    """
+    try:
+        for i, name in enumerate(names):
+            nfd = step(fd, name, i)
             os.close(fd)
             fd = nfd
     except BaseException:
@@ -130,6 +143,52 @@ def scan(dir_fd):
             except FileNotFoundError:
                 continue
     return out
+
+
+class NotBelow(OSError):
+    """``open_below``: a component is gone, not a directory on the root's filesystem, a mount
+    point not to enter, or was replaced between lstat and open (errno says which)."""
+
+
+def open_below(root_fd, parts, dev=None, mounts=()):
+    """Open the directory ``parts`` (names, or a relative path 'a/b') below the verified ``root_fd``.
+
+    Each component is lstat'ed, must be a directory (on ``dev`` when given; not listed in
+    ``mounts``, a set of name tuples) and is opened with O_NOFOLLOW relative to its parent, and
+    must be the very inode lstat'ed. Returns a descriptor the caller closes; NotBelow (ENOENT,
+    ENOTDIR, EXDEV, ESTALE) when the path is gone or unsafe; other OSErrors (EACCES, ELOOP on a
+    race) propagate.
+    """
+    if isinstance(parts, str):
+        parts = [p for p in parts.split("/") if p]
+    parts = tuple(parts)
+
+    def step(fd, name, i):
+        here = "/".join(parts[: i + 1])
+        if parts[: i + 1] in mounts:
+            raise NotBelow(errno.EXDEV, "a mount point", here)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise NotBelow(errno.ENOENT, os.strerror(errno.ENOENT), here) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotBelow(errno.ENOTDIR, "not a directory (or a symbolic link)", here)
+        if dev is not None and st.st_dev != dev:
+            raise NotBelow(errno.EXDEV, "on another filesystem", here)
+        nfd = open_subdir(fd, name, expect=st)
+        if nfd is None:
+            raise NotBelow(errno.ESTALE, "directory replaced; skipped", here)
+        return nfd
+
+    return descend(os.dup(root_fd), parts, step)
+
+
+def open_parent(root_fd, parts, dev, mounts):
+    """Open the directory holding ``parts[-1]`` below ``root_fd``; None if it is gone/unsafe."""
+    try:
+        return open_below(root_fd, parts[:-1], dev, mounts)
+    except NotBelow:
+        return None
 
 
 class Walker:
@@ -421,3 +480,115 @@ def member_lines(fd, max_line, max_bytes):
             buf = b""
     if buf and not skipping:
         yield buf if len(buf) <= max_line else None
+
+
+# Mount points, free space and sizes (cache_prune, cache_report, the host commands)
+def _unescape_mount(path):
+    out = []
+    i = 0
+    while i < len(path):
+        if path[i] == "\\" and i + 3 < len(path) and path[i + 1 : i + 4].isdigit():
+            out.append(chr(int(path[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def mountinfo():
+    """[(mount point, options)] of this process's mounts from /proc/self/mountinfo ([] if unreadable)."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) >= 6:
+                    out.append((_unescape_mount(f[4]), f[5]))
+    except OSError:
+        pass
+    return out
+
+
+def mounts_below(abs_path):
+    """Relative paths (tuples) of mount points strictly below ``abs_path``, from mountinfo."""
+    prefix = abs_path.rstrip("/") + "/"
+    return {tuple(p for p in mp[len(prefix) :].split("/") if p) for mp, _opts in mountinfo() if mp.startswith(prefix)}
+
+
+def mount_options(abs_path):
+    """Options string (e.g. 'rw,noatime') of the mount holding ``abs_path``; '' if unknown."""
+    best, opts = "", ""
+    for mp, mopts in mountinfo():
+        if (abs_path == mp or abs_path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+            best, opts = mp, mopts
+    return opts
+
+
+def free_bytes(fd):
+    sv = os.fstatvfs(fd)
+    return sv.f_bavail * sv.f_frsize
+
+
+def human(n):
+    """1536 -> '1.5KiB' (powers of 1024, as parse_size reads them)."""
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return ("%d%s" % (n, unit)) if unit == "B" else ("%.1f%s" % (n, unit))
+        n /= 1024.0
+    return "%dB" % n
+
+
+def humanize(n):
+    """Bytes as du -h prints them (powers of 1024): 0B, 512B, 4.0K, 2.5G, 500M, 1.2T."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for suffix in ("B", "K", "M", "G", "T", "P"):
+        if abs(n) < 1024 or suffix == "P":
+            if suffix == "B":
+                return "%dB" % n
+            return ("%.1f%s" % (n, suffix)) if abs(n) < 10 else ("%.0f%s" % (n, suffix))
+        n /= 1024.0
+    return "%.0fE" % n  # pragma: no cover
+
+
+def write_atomic(path, text, mode=0o644, gid=None):
+    """Write ``text`` to ``path`` atomically: a temporary file created exclusively in the target
+    directory, then renamed over ``path``; a reader sees the old or the new file, never half of one.
+
+    The directory is opened without following a symlink at any component. Run as root, it must
+    be root's own and writable by nobody else (a member could otherwise swap names in it under
+    root's hands): PermissionError if not. The file gets ``mode`` and, with ``gid``, the owner
+    root (the writer) and that group, set on the descriptor before the rename, so it is never
+    readable by more than ``mode`` says.
+    """
+    directory, base = os.path.split(path)
+    dfd = open_dir_nofollow(directory or os.getcwd())
+    try:
+        st = os.fstat(dfd)
+        if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
+            raise PermissionError(
+                errno.EPERM, "the directory is not root's own or others may write to it; refusing", directory
+            )
+        tmp = ".%s.%s.tmp" % (base, os.urandom(6).hex())
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                if gid is not None:
+                    os.fchown(fh.fileno(), -1, gid)
+                os.fchmod(fh.fileno(), mode)
+                os.fsync(fh.fileno())
+            os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(dfd)

@@ -47,7 +47,6 @@ import stat
 import struct
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
-    O_DIR,
     Foreign,
     MissingComponent,
     Walker,
@@ -55,6 +54,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     open_dir_nofollow,
     open_subdir,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import open_below as _open_rel
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import forked_map
 
 ACL_DEFAULT = "system.posix_acl_default"
@@ -768,17 +768,3 @@ def _subtree_job(job):
 
 def _join(rel, name):
     return rel + "/" + name if rel else name
-
-
-def _open_rel(root_fd, rel):
-    """Open ``rel`` (no symlinks) below ``root_fd``."""
-    fd = os.dup(root_fd)
-    try:
-        for part in rel.split("/"):
-            nfd = os.open(part, O_DIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

@@ -38,9 +38,14 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     Foreign,
     MemberFileError,
     Walker,
+    free_bytes,
+    human,
     member_lines,
+    mount_options,
+    mounts_below,
     open_dir_nofollow,
     open_member_file,
+    open_parent,
     open_subdir,
     scan,
 )
@@ -281,57 +286,6 @@ def take_tool_lock(root_fd, parts, kind, timeout, check_only):
 
 
 # ------------------------------------------------------------------------------------------
-# mount points
-# ------------------------------------------------------------------------------------------
-def _unescape_mount(path):
-    out = []
-    i = 0
-    while i < len(path):
-        if path[i] == "\\" and i + 3 < len(path) and path[i + 1 : i + 4].isdigit():
-            out.append(chr(int(path[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
-
-
-def mounts_below(abs_path):
-    """Relative paths (tuples) of mount points strictly below ``abs_path``, from mountinfo."""
-    out = set()
-    prefix = abs_path.rstrip("/") + "/"
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            for line in fh:
-                f = line.split()
-                if len(f) < 5:
-                    continue
-                mp = _unescape_mount(f[4])
-                if mp.startswith(prefix):
-                    out.add(tuple(p for p in mp[len(prefix) :].split("/") if p))
-    except OSError:
-        pass
-    return out
-
-
-def mount_options(abs_path):
-    """Options string (e.g. 'rw,noatime') of the mount holding ``abs_path``; '' if unknown."""
-    best, opts = "", ""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            for line in fh:
-                f = line.split()
-                if len(f) < 6:
-                    continue
-                mp = _unescape_mount(f[4])
-                if (abs_path == mp or abs_path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
-                    best, opts = mp, f[5]
-    except OSError:
-        pass
-    return opts
-
-
-# ------------------------------------------------------------------------------------------
 # descriptor-relative removal
 # ------------------------------------------------------------------------------------------
 class RemoveStats:
@@ -356,34 +310,6 @@ class RemoveStats:
             return False
         self.foreign.add("/".join(parts), st)
         return True
-
-
-def open_parent(root_fd, parts, dev, mounts):
-    """Open the directory holding ``parts[-1]`` below ``root_fd``; None if it is gone/unsafe."""
-    fd = os.dup(root_fd)
-    try:
-        for i, name in enumerate(parts[:-1]):
-            if parts[: i + 1] in mounts:
-                os.close(fd)
-                return None
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                os.close(fd)
-                return None
-            if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
-                os.close(fd)
-                return None
-            nfd = open_subdir(fd, name, expect=st)
-            os.close(fd)
-            fd = nfd
-            if fd is None:
-                return None
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        raise
-    return fd
 
 
 @contextlib.contextmanager
@@ -803,11 +729,6 @@ def unit_excluded(unit, patterns):
         names.append("/".join(p))
         names.append(p[-1])
     return matches(patterns, *names)
-
-
-def free_bytes(fd):
-    sv = os.fstatvfs(fd)
-    return sv.f_bavail * sv.f_frsize
 
 
 class Policy:
@@ -1351,22 +1272,12 @@ class Pruner:
             self._walk_notes(walker, result)
 
 
-def human(n):
-    """1536 -> '1.5KiB' (powers of 1024, as parse_size reads them)."""
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return ("%d%s" % (n, unit)) if unit == "B" else ("%.1f%s" % (n, unit))
-        n /= 1024.0
-    return "%dB" % n
-
-
 def summary_line(res, check=False, name=None):
     """One log line for a Pruner result (the module's ``summary``, the scheduled job's log)."""
     label = name or res["path"]
     if res.get("skipped"):
         return "cache_prune %s skipped: %s" % (label, res.get("msg", ""))
-    return "cache_prune %s format=%s %sunits=%d files=%d freed=%s busy=%d errors=%d duration=%.1fs" % (
+    return "cache_prune %s format=%s %sunits=%d files=%d freed=%s busy=%d foreign=%d errors=%d duration=%.1fs" % (
         label,
         res["format"],
         "(dry run) " if check else "",
@@ -1374,6 +1285,7 @@ def summary_line(res, check=False, name=None):
         res["files"],
         human(res["bytes"]),
         len(res["busy"]),
+        (res.get("foreign") or {}).get("count", 0),
         len(res["errors"]),
         res.get("duration", 0.0),
     )

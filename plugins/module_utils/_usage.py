@@ -27,7 +27,13 @@ import stat
 import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import get_format
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, WalkError, open_dir_nofollow
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    Walker,
+    WalkError,
+    humanize,
+    open_dir_nofollow,
+    write_atomic,
+)
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import default_workers, forked_map
 
 DAY = 86400
@@ -435,20 +441,6 @@ def _parallel(jobs, workers, size_hints=None):
 # --------------------------------------------------------------------------------------------
 
 
-def humanize(n):
-    """Bytes as du -h prints them (powers of 1024): 0B, 512B, 4.0K, 2.5G, 500M, 1.2T."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for suffix in ("B", "K", "M", "G", "T", "P"):
-        if abs(n) < 1024 or suffix == "P":
-            if suffix == "B":
-                return "%dB" % n
-            return ("%.1f%s" % (n, suffix)) if abs(n) < 10 else ("%.0f%s" % (n, suffix))
-        n /= 1024.0
-    return "%.0fE" % n  # pragma: no cover
-
-
 def history_entry(report):
     """The compact record of one run that the history file keeps (one JSON object per line)."""
     fs = report.get("filesystem") or {}
@@ -642,7 +634,7 @@ def render_prometheus(report, prefix="shared_cache"):
     return "\n".join(out) + "\n"
 
 
-def append_history(path, entry, keep=2000):
+def append_history(path, entry, keep=2000, mode=0o644, gid=None):
     """Append ``entry`` to the JSON-lines history, keeping the last ``keep`` entries.
 
     The file is rewritten atomically (temporary file in the same directory, then rename), so a
@@ -650,27 +642,7 @@ def append_history(path, entry, keep=2000):
     """
     entries = read_history(path, limit=max(0, keep - 1))
     entries.append(entry)
-    write_atomic(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-
-
-def write_atomic(path, text, mode=0o644):
-    """Write ``text`` to ``path`` through a temporary name that does not end like the target."""
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries), mode=mode, gid=gid)
 
 
 # --------------------------------------------------------------------------------------------

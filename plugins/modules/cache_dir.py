@@ -259,21 +259,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._jobs import cache_dir_fixer, fail_on_managed
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import usable_cpus
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
-    ParamError,
-    parse_mode,
-    validate_cache_root,
-    validate_relative,
-    world_writable,
-)
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import (
-    DEFAULT_PRIVATE,
-    PermsError,
-    TreeFixer,
-    resolve_group,
-    resolve_owner,
-)
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import PermsError
 
 
 def run(params, check_mode=False, warn=None):
@@ -281,44 +270,16 @@ def run(params, check_mode=False, warn=None):
     warnings = []
     if warn is None:
         warn = warnings.append
-    path = validate_cache_root(params["path"], "path")
-    mode = parse_mode(params["mode"], "mode")
-    if world_writable(mode):
-        if not params["allow_world_writable"]:
-            raise ParamError(
-                "mode: %s is world-writable: anyone on the host could replace what every user loads; "
-                "use 2775 or 2770 (or set allow_world_writable: true)" % params["mode"]
-            )
-        warn("mode %04o makes %s world-writable: any local user can poison this cache" % (mode, path))
-    subdirs = []
-    for sub in params["subdirs"] or []:
-        subdirs.append(validate_relative(sub, "subdirs"))
     workers = params.get("workers") or 0
     if workers < 0:
         raise ParamError("workers: %d is negative; give 0 (automatic), 1 (one process) or more" % workers)
     if workers == 0:
         workers = min(usable_cpus(), 4)
-    uid = resolve_owner(params["owner"])
-    gid = resolve_group(params["group"])
-
-    fixer = TreeFixer(
-        uid,
-        gid,
-        mode,
-        acl=params["acl"],
-        check_mode=check_mode,
-        allow_world_writable=params["allow_world_writable"],
-        one_fs=params["one_fs"],
-        adopt=bool(params.get("adopt")),
-        private=tuple(DEFAULT_PRIVATE) + tuple(params.get("private") or ()),
-    )
+    # the same checks and fixer as the nightly mlinfra-cache-prune command (module_utils/_jobs.py)
+    path, subdirs, fixer = cache_dir_fixer(params, check_mode=check_mode, warn=warn)
     root_fd, managed = fixer.ensure(path, subdirs)
     try:
-        if fixer.managed_errors:
-            raise PermsError(
-                "%s: could not bring the directory or its subdirs into line: %s"
-                % (path, "; ".join("%s: %s" % (e["path"], e["error"]) for e in fixer.managed_errors))
-            )
+        fail_on_managed(fixer, path)
         if params["recurse"] and root_fd is not None:
             fixer.walk(root_fd, managed, workers=workers)
         after = fixer.after_attrs(root_fd)

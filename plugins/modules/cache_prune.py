@@ -259,59 +259,13 @@ summary:
   sample: "cache_prune /mnt/storage/cache/pip format=pip units=12 files=24 freed=1.2GiB duration=0.4s"
 """
 
-import os
-import stat
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats, _prune
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
-    ParamError,
-    is_within,
-    parse_duration,
-    parse_size,
-    validate_cache_root,
-)
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import human
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._jobs import prune_paths, prune_policy
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import PermsError, resolve_group
-
-
-def build_policy(params):
-    """Parse and check every limit; raises ParamError before anything is touched."""
-    max_age = parse_duration(params["max_age"], "max_age")
-    min_age = parse_duration(params["min_age"], "min_age")
-    max_size = parse_size(params["max_size"], "max_size")
-    min_free = parse_size(params["min_free"], "min_free")
-    if params["lock_timeout"] < 0:
-        raise ParamError("lock_timeout: must not be negative, got %d" % params["lock_timeout"])
-    if params["sample_size"] < 0:
-        raise ParamError("sample_size: must not be negative, got %d" % params["sample_size"])
-    for pat in params["exclude"] or []:
-        if not isinstance(pat, str) or not pat:
-            raise ParamError("exclude: patterns must be non-empty strings, got %r" % (pat,))
-    return _prune.Policy(
-        max_age=max_age,
-        max_size=max_size,
-        min_free=min_free,
-        min_age=min_age if min_age is not None else 0,
-        exclude=params["exclude"] or [],
-        age_by=params["age_by"],
-    )
-
-
-def check_paths(params):
-    path = validate_cache_root(params["path"], "path")
-    root = validate_cache_root(params["root"] or path, "root")
-    if not is_within(path, root):
-        raise ParamError("path: %s is outside the cache root %s; refusing" % (path, root))
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise ParamError("path: %s does not exist" % path) from None
-    if stat.S_ISLNK(st.st_mode):
-        raise ParamError("path: %s is a symbolic link; give the real directory" % path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ParamError("path: %s is not a directory" % path)
-    return path, root
 
 
 def main():
@@ -334,8 +288,9 @@ def main():
     )
     p = module.params
     try:
-        policy = build_policy(p)
-        path, _root = check_paths(p)
+        # the same checks as the nightly mlinfra-cache-prune command (module_utils/_jobs.py)
+        policy = prune_policy(p)
+        path, _root = prune_paths(p["path"], p["root"])
         gid = resolve_group(p["group"])
     except (ParamError, PermsError) as exc:
         module.fail_json(msg=str(exc))
@@ -374,7 +329,7 @@ def main():
     res["summary"] = _prune.summary_line(res, module.check_mode)
     if module._diff and "before" in res:
         res["diff"] = {
-            side: "%s: %s in %s units\n" % (path, _prune.human(res[side].get("bytes")), res[side].get("units", "?"))
+            side: "%s: %s in %s units\n" % (path, human(res[side].get("bytes")), res[side].get("units", "?"))
             for side in ("before", "after")
         }
     res["changed"] = bool(res.get("changed"))

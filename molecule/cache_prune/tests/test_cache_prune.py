@@ -40,6 +40,10 @@ def test_cron_schedule_runs_the_command(host):
     cron = host.file("/etc/cron.d/mlinfra-shared-cache-prune")
     assert cron.exists and cron.user == "root" and cron.mode == 0o644
     assert CMD + " --syslog --quiet" in cron.content_string
+    # bounded like the systemd unit: no overlap (root-only flock), no hang (timeout)
+    assert "flock -n /var/lib/mlinfra-shared-cache/prune/cron.lock timeout -k 5m 6h " + CMD in cron.content_string
+    lock_dir = host.file("/var/lib/mlinfra-shared-cache/prune")
+    assert lock_dir.user == "root" and lock_dir.mode == 0o700
     assert not host.file("/etc/systemd/system/mlinfra-cache-prune.timer").exists
     f = host.file(CMD)
     assert f.user == "root" and f.mode == 0o755

@@ -1,0 +1,398 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Root's host commands: ``mlinfra-cache-prune`` (``prune_main``) and ``show-cache-info`` (``report_main``).
+
+The installed commands are thin wrappers (roles cache_prune and cache_report) that put the
+host_lib copy of the collection on ``sys.path`` and call ``sys.exit(prune_main(CONFIG))``; all
+the logic is here, linted and tested, and runs the same checks as the modules (``_jobs``).
+
+Against members of the cache group (untrusted local users):
+- the configuration is read only from a file that root owns and nobody else can write, reached
+  through directories nobody else can rename things in (``read_trusted_json``);
+- the nightly prune holds a ``flock`` on a lock file that root owns, mode 0600, in a root-only
+  directory (``hold_lock``): a member can neither open it nor hold it, so two runs never overlap
+  and no member can stop the job;
+- report files naming the caches are written atomically in root-owned directories, 0640
+  ``root:<cache group>`` when a cache is private to its group (``report_file_access``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import grp
+import json
+import os
+import stat
+import sys
+import time
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _usage
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import descend, write_atomic
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import parse_mode
+
+PRUNE_LOCK = "/var/lib/mlinfra-shared-cache/prune/prune.lock"
+_O_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+
+
+class UnsafePath(PermissionError):
+    """A configuration or lock path someone other than root could change; refused."""
+
+
+class LockBusy(Exception):
+    """Another run holds the command's lock."""
+
+
+def _trusted_uids():
+    euid = os.geteuid()
+    return {0} if euid == 0 else {0, euid}
+
+
+def _check_dir(st, path):
+    """A directory on the way to a trusted file: owned by a trusted uid, and writable by nobody
+    else unless sticky (then nobody else can rename or remove the trusted entries in it)."""
+    if st.st_uid not in _trusted_uids() or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        raise UnsafePath(errno.EPERM, "a user other than root may change this directory; refusing", path)
+
+
+def open_trusted_dir(path, create=False):
+    """Open absolute directory ``path``, every component from ``/`` checked with ``_check_dir``
+    and opened without following a symlink; with ``create`` missing ones are made (0755, the
+    last 0700). Returns the descriptor; UnsafePath if another user could change the way."""
+    parts = [p for p in path.split("/") if p]
+
+    def step(fd, part, i):
+        try:
+            nfd = os.open(part, _O_DIR, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o700 if i == len(parts) - 1 else 0o755, dir_fd=fd)
+            nfd = os.open(part, _O_DIR, dir_fd=fd)
+        try:
+            _check_dir(os.fstat(nfd), "/" + "/".join(parts[: i + 1]))
+        except BaseException:
+            os.close(nfd)
+            raise
+        return nfd
+
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _check_dir(os.fstat(fd), "/")
+    except BaseException:
+        os.close(fd)
+        raise
+    return descend(fd, parts, step)
+
+
+def read_trusted_json(path):
+    """The JSON in ``path``, refusing anything another user than root (or the caller) could have written.
+
+    Every directory from ``/`` is checked (``open_trusted_dir``); the file itself must be a
+    regular file owned by root (or the caller when not root), writable by its owner only.
+    """
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    directory, base = os.path.split(path)
+    fd = open_trusted_dir(directory)
+    try:
+        ffd = os.open(base, _O_READ, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with os.fdopen(ffd, "r", encoding="utf-8") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(errno.EPERM, "not a regular file; refusing", path)
+        if st.st_uid not in _trusted_uids() or st.st_mode & 0o022:
+            raise UnsafePath(errno.EPERM, "a user other than root may write this file; refusing", path)
+        return json.load(fh)
+
+
+def hold_lock(path):
+    """Open (create) the lock file ``path`` and take an exclusive ``flock`` without waiting.
+
+    The directory is created 0700 if missing and must be root's, writable by nobody else, and
+    so must be the way to it (``open_trusted_dir``: nobody else can rename it away); the file
+    is created 0600 with O_NOFOLLOW and must be a regular root-owned 0600-or-less file with one
+    link. Returns the descriptor (the lock lasts until it is closed, or the process exits);
+    LockBusy when another run holds it, UnsafePath when the path is not root's alone.
+    """
+    directory, base = os.path.split(path)
+    dfd = open_trusted_dir(directory, create=True)
+    try:
+        st = os.fstat(dfd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise UnsafePath(errno.EPERM, "the lock directory is not root's alone; refusing", directory)
+        fd = os.open(base, _O_LOCK, 0o600, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_nlink != 1:
+            raise UnsafePath(errno.EPERM, "the lock file is not a root-only (0600) regular file; refusing", path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockBusy(path) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# ------------------------------------------------------------------------------------------
+# mlinfra-cache-prune
+# ------------------------------------------------------------------------------------------
+def prune_cache(cache, conf, dry_run):
+    """Prune one cache of the configuration with the cache_prune module's checks; (line, result)."""
+    r = cache.get("retention") or {}
+    params = {k: r.get(k) for k in ("max_age", "max_size", "min_free", "min_age", "exclude", "age_by")}
+    params["format"] = cache.get("format") or "auto"
+    params["lock_timeout"] = conf.get("lock_timeout", 60)
+    policy = _jobs.prune_policy(params)
+    path, _root = _jobs.prune_paths(cache["path"], conf["root"])
+    res = _prune.Pruner(
+        path,
+        fmt=params["format"],
+        policy=policy,
+        check_mode=dry_run,
+        lock_timeout=params["lock_timeout"],
+        gid=_perms.resolve_group(conf["group"]),
+    ).run()
+    return _prune.summary_line(res, dry_run, cache["name"]), res
+
+
+def fix_permissions(cache, conf, dry_run):
+    """Re-apply one cache's group permissions as the cache_dir module does (recurse); (line, errors)."""
+    t0 = time.monotonic()
+    path, subdirs, fixer = _jobs.cache_dir_fixer(
+        {
+            "path": cache["path"],
+            "owner": conf.get("owner"),
+            "group": conf["group"],
+            "mode": cache.get("mode") or "2775",
+            "subdirs": cache.get("subdirs") or [],
+            "acl": conf.get("acl", True),
+            "one_fs": True,
+            "private": cache.get("private") or [],
+        },
+        check_mode=dry_run,
+    )
+    root_fd, managed = fixer.ensure(path, subdirs)
+    try:
+        _jobs.fail_on_managed(fixer, path)
+        if root_fd is not None:
+            # One process on purpose (cache_dir's default uses the CPUs): this is background
+            # work at night on a host whose CPUs belong to the training jobs.
+            fixer.walk(root_fd, managed, workers=1)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
+    line = "cache_dir %s %sexamined=%d changed=%d foreign=%d errors=%d duration=%.1fs" % (
+        cache["name"],
+        "(dry run) " if dry_run else "",
+        fixer.examined,
+        fixer.changed,
+        fixer.foreign.count,
+        fixer.error_count,
+        time.monotonic() - t0,
+    )
+    return line, fixer.error_count
+
+
+def _parser(prog, description, config_path, flags):
+    """The command line of a host command: ``flags`` are (option, help) switches, then --config."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for flag, text in flags:
+        if flag == "--cache":
+            parser.add_argument(flag, action="append", default=[], help=text)
+        else:
+            parser.add_argument(flag, action="store_true", help=text)
+    parser.add_argument("--config", default=config_path, help="configuration written by the role (default %(default)s)")
+    return parser
+
+
+PRUNE_FLAGS = (
+    ("--dry-run", "delete and change nothing"),
+    ("--cache", "only this cache (repeatable)"),
+    ("--json", "print the results as JSON"),
+    ("--syslog", "also log the summary lines to syslog"),
+    ("--quiet", "print nothing"),
+    ("--no-permissions", "skip the permission fix-up"),
+)
+REPORT_FLAGS = (
+    ("--json", "print the report as JSON"),
+    ("--last", "print the last report written, do not walk"),
+    ("--write", "write the configured outputs (the schedule)"),
+    ("--quiet", "print nothing (with --write)"),
+)
+
+
+def prune_main(config_path, argv=None):
+    """The nightly command; returns its exit status (0 fine, 1 a cache failed, 2 refused to start)."""
+    args = _parser(
+        "mlinfra-cache-prune", "Retention and group permissions of the shared caches.", config_path, PRUNE_FLAGS
+    ).parse_args(argv)
+    log = None
+    if args.syslog:
+        import syslog
+
+        syslog.openlog("mlinfra-cache-prune", 0, syslog.LOG_DAEMON)
+        log = syslog
+
+    def emit(line, error=False):
+        if not args.quiet and not args.json:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        if log is not None:
+            log.syslog(log.LOG_ERR if error else log.LOG_INFO, line)
+
+    try:
+        conf = read_trusted_json(args.config)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("mlinfra-cache-prune: configuration %s: %s\n" % (args.config, exc))
+        return 2
+    names = {c["name"] for c in conf["caches"]}
+    unknown = [n for n in args.cache if n not in names]
+    if unknown:
+        sys.stderr.write("mlinfra-cache-prune: unknown cache(s): %s\n" % ", ".join(unknown))
+        return 2
+    lock_path = conf.get("lock") or PRUNE_LOCK
+    try:
+        lock_fd = hold_lock(lock_path)
+    except LockBusy:
+        emit("mlinfra-cache-prune: another run holds %s; this one does nothing" % lock_path)
+        return 0
+    except OSError as exc:
+        sys.stderr.write("mlinfra-cache-prune: lock %s: %s\n" % (lock_path, exc))
+        if log is not None:
+            log.syslog(log.LOG_ERR, "lock %s: %s" % (lock_path, exc))
+        return 2
+    try:
+        failures, results = _prune_all(conf, args, emit)
+    finally:
+        os.close(lock_fd)
+    if args.json and not args.quiet:
+        sys.stdout.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return 1 if failures else 0
+
+
+def _prune_all(conf, args, emit):
+    failures = 0
+    results = []
+    for cache in conf["caches"]:
+        if args.cache and cache["name"] not in args.cache:
+            continue
+        if cache.get("format") == "external":
+            continue  # owned by a daemon or tool: neither pruned by file nor re-permissioned
+        try:
+            st = os.lstat(cache["path"])
+        except OSError:
+            st = None
+        if st is None or not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):  # a symlink fails below
+            emit("cache_prune %s: %s not present, skipped" % (cache["name"], cache["path"]))
+            continue
+        r = cache.get("retention") or {}
+        if any(r.get(k) is not None for k in ("max_age", "max_size", "min_free")):
+            try:
+                line, res = prune_cache(cache, conf, args.dry_run)
+                results.append({"name": cache["name"], "prune": res})
+                emit(line, error=bool(res["errors"]))
+                failures += bool(res["errors"])
+            except Exception as exc:  # noqa: BLE001 - one broken cache must not stop the others
+                failures += 1
+                emit("cache_prune %s failed: %s" % (cache["name"], exc), error=True)
+        if conf.get("fix_permissions") and not args.no_permissions:
+            try:
+                line, errors = fix_permissions(cache, conf, args.dry_run)
+                emit(line, error=bool(errors))
+                failures += bool(errors)
+            except Exception as exc:  # noqa: BLE001
+                failures += 1
+                emit("cache_dir %s failed: %s" % (cache["name"], exc), error=True)
+    return failures, results
+
+
+# ------------------------------------------------------------------------------------------
+# show-cache-info
+# ------------------------------------------------------------------------------------------
+def report_file_access(conf):
+    """(mode, gid) of the report files: 0640 root:<cache group> when a cache's mode denies
+    world-read (its units' names are its group's business), 0600 if that group is unknown,
+    else 0644 (gid None: root's)."""
+    private = False
+    for cache in conf.get("caches") or []:
+        mode = cache.get("mode")
+        if mode is not None and not parse_mode(str(mode), "mode") & 0o004:
+            private = True
+    if not private:
+        return 0o644, None
+    try:
+        return 0o640, grp.getgrnam(conf["group"]).gr_gid
+    except (KeyError, TypeError):
+        return 0o600, None
+
+
+def report_main(config_path, argv=None):
+    """show-cache-info; returns its exit status."""
+    try:
+        return _report(
+            _parser("show-cache-info", "Usage of the shared caches.", config_path, REPORT_FLAGS).parse_args(argv)
+        )
+    except BrokenPipeError:
+        return 0
+    except (OSError, ValueError, KeyError) as exc:
+        sys.stderr.write("show-cache-info: %s\n" % exc)
+        return 1
+
+
+def _report(args):
+    conf = read_trusted_json(args.config)
+    out = conf["outputs"]
+    if args.last:
+        try:
+            with open(out["json"], encoding="utf-8") as fh:
+                report = json.load(fh)
+        except FileNotFoundError:
+            sys.stderr.write("show-cache-info: no report written yet at %s; run without --last\n" % out["json"])
+            return 1
+        sys.stdout.write(
+            json.dumps(report, indent=2, sort_keys=True) + "\n" if args.json else _usage.render_table(report)
+        )
+        return 0
+    history = _usage.read_history(out["history"], out.get("history_keep", 2000))
+    report = _usage.build_report(
+        conf["caches"],
+        root=conf.get("root"),
+        age_days=conf.get("age_days", [30, 90]),
+        age_by=conf.get("age_by", "newest"),
+        top=conf.get("top", 10),
+        max_units=conf.get("max_units", 50000),
+        warn_percent=conf.get("warn_percent", 80.0),
+        critical_percent=conf.get("critical_percent", 90.0),
+        workers=conf.get("workers") or None,
+        size_hints=history[-1].get("caches") if history else None,
+        last_seconds=history[-1].get("seconds") if history else None,
+    )
+    report["history_entry"] = _usage.history_entry(report)
+    if args.write:
+        mode, gid = report_file_access(conf)
+        write_atomic(out["json"], json.dumps(report, indent=2, sort_keys=True) + "\n", mode=mode, gid=gid)
+        _usage.append_history(
+            out["history"], report["history_entry"], out.get("history_keep", 2000), mode=mode, gid=gid
+        )
+        if out.get("prometheus"):
+            write_atomic(out["prometheus"], _usage.render_prometheus(report), mode=mode, gid=gid)
+        if out.get("html"):
+            page = _usage.render_html(report, history, title=out.get("title", "Shared cache report"))
+            write_atomic(out["html"], page, mode=mode, gid=gid)
+    if args.quiet:
+        return 0
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(_usage.render_table(report))
+    return 0

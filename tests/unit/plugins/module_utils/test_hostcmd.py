@@ -1,0 +1,319 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host commands (_hostcmd): the modules' checks, the command lock, trusted configuration,
+report file modes, the thin installed wrappers and what host_lib ships for them."""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import grp
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _hostcmd, _jobs
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import write
+
+ROOT = Path(__file__).resolve().parents[4]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="root's command: ownership checks need root")
+
+
+def prune_config(tmp_path, caches, **extra):
+    conf = {
+        "root": str(tmp_path / "cache"),
+        "group": grp.getgrgid(os.getgid()).gr_name,
+        "owner": None,
+        "acl": False,
+        "fix_permissions": True,
+        "lock_timeout": 1,
+        "lock": str(tmp_path / "state" / "prune.lock"),
+        "caches": caches,
+    }
+    conf.update(extra)
+    path = tmp_path / "prune.json"
+    path.write_text(json.dumps(conf))
+    path.chmod(0o644)
+    return str(path)
+
+
+def generic(tmp_path, name="misc", **retention):
+    path = tmp_path / "cache" / name
+    write(path / "old" / "f.bin", b"o" * 4096, age_days=200)
+    return {"name": name, "path": str(path), "format": "generic", "mode": "2775", "retention": retention}
+
+
+# -- the module's checks, the same function --------------------------------------------------
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"exclude": [""]}, "exclude"),
+        ({"exclude": "*.bin"}, "exclude"),
+        ({"max_age": "ninety days"}, "cannot parse"),
+        ({"lock_timeout": -1}, "lock_timeout"),
+        ({"age_by": "ctime"}, "age_by"),
+        ({"format": "tarball"}, "format"),
+    ],
+)
+def test_prune_policy_refuses(params, message):
+    with pytest.raises(ParamError, match=message):
+        _jobs.prune_policy(dict({"max_age": "1d"}, **params))
+
+
+def test_the_module_uses_the_shared_checks():
+    from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_dir, cache_prune
+
+    assert cache_prune.prune_policy is _jobs.prune_policy
+    assert cache_prune.prune_paths is _jobs.prune_paths
+    assert cache_dir.cache_dir_fixer is _jobs.cache_dir_fixer
+    assert cache_dir.fail_on_managed is _jobs.fail_on_managed
+
+
+@ROOT_ONLY
+def test_command_refuses_a_bad_exclude_and_deletes_nothing(tmp_path, capsys):
+    cache = generic(tmp_path, max_age="1d", exclude=[""])
+    conf = prune_config(tmp_path, [cache], fix_permissions=False)
+    assert _hostcmd.prune_main(conf, []) == 1
+    out = capsys.readouterr().out
+    assert "cache_prune misc failed: exclude: patterns must be non-empty" in out, out
+    assert (tmp_path / "cache" / "misc" / "old" / "f.bin").exists()
+
+
+@ROOT_ONLY
+def test_command_prunes_like_the_module(tmp_path, capsys):
+    cache = generic(tmp_path, max_age="1d")
+    conf = prune_config(tmp_path, [cache], fix_permissions=False)
+    assert _hostcmd.prune_main(conf, []) == 0
+    out = capsys.readouterr().out
+    assert "cache_prune misc format=generic units=1 files=1" in out, out
+    assert not (tmp_path / "cache" / "misc" / "old" / "f.bin").exists()
+
+
+@ROOT_ONLY
+def test_command_fails_on_a_managed_directory_out_of_line(tmp_path, capsys):
+    cache = generic(tmp_path)
+    cache["subdirs"] = ["wheels"]
+    write(tmp_path / "cache" / "misc" / "wheels", b"a file where a declared subdir belongs")
+    conf = prune_config(tmp_path, [cache])
+    assert _hostcmd.prune_main(conf, []) == 1
+    out = capsys.readouterr().out
+    assert "cache_dir misc failed:" in out and "could not bring the directory or its subdirs into line" in out, out
+
+
+@ROOT_ONLY
+def test_command_fixes_permissions(tmp_path, capsys):
+    cache = generic(tmp_path)
+    (tmp_path / "cache" / "misc" / "old" / "f.bin").chmod(0o600)
+    conf = prune_config(tmp_path, [cache])
+    assert _hostcmd.prune_main(conf, []) == 0
+    assert "cache_dir misc examined=" in capsys.readouterr().out
+    assert stat.S_IMODE(os.stat(tmp_path / "cache" / "misc" / "old" / "f.bin").st_mode) & 0o060 == 0o060
+
+
+def test_unknown_cache_is_refused(tmp_path, capsys):
+    conf = prune_config(tmp_path, [generic(tmp_path, max_age="1d")])
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ownership checks)")
+    assert _hostcmd.prune_main(conf, ["--cache", "nope"]) == 2
+    assert "unknown cache(s): nope" in capsys.readouterr().err
+
+
+# -- the command's own lock ------------------------------------------------------------------
+@ROOT_ONLY
+def test_lock_is_root_only_and_exclusive(tmp_path):
+    lock = str(tmp_path / "run" / "sub" / "prune.lock")
+    fd = _hostcmd.hold_lock(lock)
+    try:
+        st = os.lstat(lock)
+        assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(lock)).st_mode) == 0o700
+        with pytest.raises(_hostcmd.LockBusy):
+            _hostcmd.hold_lock(lock)
+    finally:
+        os.close(fd)
+    os.close(_hostcmd.hold_lock(lock))  # released with the descriptor
+
+
+@ROOT_ONLY
+def test_a_second_run_does_nothing_while_the_first_holds_the_lock(tmp_path, capsys):
+    cache = generic(tmp_path, max_age="1d")
+    conf = prune_config(tmp_path, [cache])
+    fd = _hostcmd.hold_lock(str(tmp_path / "state" / "prune.lock"))
+    try:
+        assert _hostcmd.prune_main(conf, []) == 0
+    finally:
+        os.close(fd)
+    assert "another run holds" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "misc" / "old" / "f.bin").exists()
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("how", ["dir-writable", "file-mode", "symlink", "hardlink"])
+def test_unsafe_lock_paths_are_refused(tmp_path, how):
+    d = tmp_path / "state"
+    d.mkdir(mode=0o700)
+    lock = d / "prune.lock"
+    if how == "dir-writable":
+        d.chmod(0o777)
+    elif how == "file-mode":
+        lock.write_text("")
+        lock.chmod(0o666)
+    elif how == "symlink":
+        lock.symlink_to(tmp_path / "elsewhere")
+    else:
+        (tmp_path / "target").write_text("")
+        (tmp_path / "target").chmod(0o600)
+        os.link(tmp_path / "target", lock)
+    with pytest.raises(OSError):
+        os.close(_hostcmd.hold_lock(str(lock)))
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# -- the configuration is root's --------------------------------------------------------------
+@ROOT_ONLY
+@pytest.mark.parametrize("how", ["file-writable", "dir-writable", "symlink"])
+def test_untrusted_configuration_is_refused(tmp_path, how, capsys):
+    conf = Path(prune_config(tmp_path, [generic(tmp_path, max_age="1d")]))
+    if how == "file-writable":
+        conf.chmod(0o666)
+    elif how == "dir-writable":
+        tmp_path.chmod(0o777)
+    else:
+        conf.rename(tmp_path / "real.json")
+        conf.symlink_to(tmp_path / "real.json")
+    assert _hostcmd.prune_main(str(conf), []) == 2
+    assert "configuration" in capsys.readouterr().err
+    assert (tmp_path / "cache" / "misc" / "old" / "f.bin").exists()
+
+
+def test_sticky_directories_on_the_way_are_fine(tmp_path):
+    # pytest's tmp_path lies below /tmp (1777, root's): sticky, so nobody renames root's entries.
+    path = tmp_path / "c.json"
+    path.write_text('{"a": 1}')
+    assert _hostcmd.read_trusted_json(str(path)) == {"a": 1}
+
+
+# -- report files ------------------------------------------------------------------------------
+def test_report_file_access():
+    group = grp.getgrgid(os.getgid())
+    caches = [{"name": "pip", "mode": "2775"}]
+    assert _hostcmd.report_file_access({"caches": caches, "group": group.gr_name}) == (0o644, None)
+    caches.append({"name": "hf", "mode": "2770"})
+    assert _hostcmd.report_file_access({"caches": caches, "group": group.gr_name}) == (0o640, group.gr_gid)
+    assert _hostcmd.report_file_access({"caches": caches, "group": "no-such-group-x"}) == (0o600, None)
+
+
+def report_config(tmp_path, mode):
+    group = grp.getgrgid(os.getgid()).gr_name
+    write(tmp_path / "cache" / "hf" / "models--x" / "blob", b"x" * 100)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    conf = {
+        "root": str(tmp_path / "cache"),
+        "group": group,
+        "caches": [{"name": "hf", "path": str(tmp_path / "cache" / "hf"), "format": "generic", "mode": mode}],
+        "outputs": {
+            "json": str(state / "report.json"),
+            "history": str(state / "history.jsonl"),
+            "prometheus": str(state / "shared_cache.prom"),
+            "html": str(state / "index.html"),
+        },
+        "workers": 1,
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(conf))
+    return str(path), state
+
+
+@pytest.mark.parametrize("mode, want", [("2770", 0o640), ("2775", 0o644)])
+def test_report_files_follow_the_caches_modes(tmp_path, mode, want):
+    conf, state = report_config(tmp_path, mode)
+    assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 0
+    for name in ("report.json", "history.jsonl", "shared_cache.prom", "index.html"):
+        st = os.lstat(state / name)
+        assert stat.S_IMODE(st.st_mode) == want, name
+        assert st.st_gid == os.getgid()
+    assert sorted(os.listdir(state)) == ["history.jsonl", "index.html", "report.json", "shared_cache.prom"]
+
+
+@ROOT_ONLY
+def test_report_refuses_a_directory_others_may_write(tmp_path, capsys):
+    conf, state = report_config(tmp_path, "2770")
+    state.chmod(0o777)
+    assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 1
+    assert "refusing" in capsys.readouterr().err
+    assert os.listdir(state) == []
+
+
+def test_table_prints_foreign_counts_when_present(tmp_path, capsys):
+    conf, _state = report_config(tmp_path, "2775")
+    assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 0
+    report = json.loads((tmp_path / "state" / "report.json").read_text())
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+
+    assert "not the cache's" not in _usage.render_table(report)
+    report["caches"][0]["foreign"] = {"count": 3, "bytes": 4096, "sample": ["a"]}
+    assert "(3 entries not the cache's (another group; not counted, not entered), e.g. a" in _usage.render_table(report)
+
+
+# -- the installed wrappers and what host_lib ships -------------------------------------------
+def render(template, **variables):
+    import jinja2
+
+    env = jinja2.Environment(keep_trailing_newline=True, autoescape=False)  # noqa: S701 - Python, not HTML
+    env.filters["to_json"] = json.dumps
+    text = (ROOT / template).read_text()
+    return env.from_string(text).render(ansible_managed="Ansible managed", **variables)
+
+
+@pytest.mark.parametrize(
+    "template, var, args, expect",
+    [
+        ("roles/cache_prune/templates/mlinfra-cache-prune.j2", "cache_prune_config_path", ["-h"], "--no-permissions"),
+        ("roles/cache_report/templates/show-cache-info.j2", "cache_report_config_path", ["-h"], "--last"),
+    ],
+)
+def test_wrappers_are_thin_and_run(tmp_path, template, var, args, expect):
+    text = render(template, host_lib_dir=str(Path(_hostcmd.__file__).parents[5]), **{var: "/nonexistent.json"})
+    assert text.startswith("#!/usr/bin/python3 -I\n")
+    code = [n for n in ast.parse(text).body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.Expr))]
+    assert not [n for n in code if isinstance(n, (ast.FunctionDef, ast.ClassDef))], "logic belongs in module_utils"
+    script = tmp_path / "cmd"
+    script.write_text(text)
+    run = subprocess.run([sys.executable, "-I", str(script)] + args, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert expect in run.stdout
+
+
+def _imports(name, seen):
+    if name in seen:
+        return
+    seen.add(name)
+    tree = ast.parse((ROOT / "plugins" / "module_utils" / name).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and "shared_cache.plugins.module_utils" in node.module:
+            if node.module.endswith("module_utils"):
+                for alias in node.names:
+                    _imports(alias.name + ".py", seen)
+            else:
+                _imports(node.module.rsplit(".", 1)[1] + ".py", seen)
+
+
+def test_host_lib_ships_everything_the_commands_import():
+    needed = set()
+    _imports("_hostcmd.py", needed)
+    shipped = set(yaml.safe_load((ROOT / "roles/host_lib/vars/main.yml").read_text())["host_lib_files"])
+    assert {"_hostcmd.py", "_jobs.py", "_fs.py"} <= needed
+    assert needed <= shipped, needed - shipped
+
+
+def test_lock_file_flags():
+    assert _hostcmd._O_LOCK & os.O_NOFOLLOW and _hostcmd._O_LOCK & os.O_CREAT
+    assert fcntl.LOCK_NB
