@@ -108,6 +108,86 @@ def descend(fd, names, step):
     return fd
 
 
+# ------------------------------------------------------------------------------------------
+# Root's own files (locks, configuration, state): only where no other user can change the way
+# ------------------------------------------------------------------------------------------
+_O_TRUSTED_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_O_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+
+
+class UnsafePath(PermissionError):
+    """A configuration or lock path someone other than root could change; refused."""
+
+
+def _trusted_uids():
+    euid = os.geteuid()
+    return {0} if euid == 0 else {0, euid}
+
+
+def _check_dir(st, path):
+    """A directory on the way to a trusted file: owned by a trusted uid, and writable by nobody
+    else unless sticky (then nobody else can rename or remove the trusted entries in it)."""
+    if st.st_uid not in _trusted_uids() or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        raise UnsafePath(errno.EPERM, "a user other than root may change this directory; refusing", path)
+
+
+def open_trusted_dir(path, create=False):
+    """Open absolute directory ``path``, every component from ``/`` checked with ``_check_dir``
+    and opened without following a symlink; with ``create`` missing ones are made (0755, the
+    last 0700). Returns the descriptor; UnsafePath if another user could change the way."""
+    parts = [p for p in path.split("/") if p]
+
+    def step(fd, part, i):
+        try:
+            nfd = os.open(part, _O_TRUSTED_DIR, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o700 if i == len(parts) - 1 else 0o755, dir_fd=fd)
+            nfd = os.open(part, _O_TRUSTED_DIR, dir_fd=fd)
+        try:
+            _check_dir(os.fstat(nfd), "/" + "/".join(parts[: i + 1]))
+        except BaseException:
+            os.close(nfd)
+            raise
+        return nfd
+
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _check_dir(os.fstat(fd), "/")
+    except BaseException:
+        os.close(fd)
+        raise
+    return descend(fd, parts, step)
+
+
+def open_private_dir(path):
+    """``open_trusted_dir(path, create=True)`` that must also be this user's and writable by
+    nobody else (a lock or state directory); UnsafePath otherwise."""
+    dfd = open_trusted_dir(path, create=True)
+    st = os.fstat(dfd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(dfd)
+        raise UnsafePath(errno.EPERM, "the lock directory is not root's alone; refusing", path)
+    return dfd
+
+
+def open_lock_file(path):
+    """Open (create, 0600) the lock file ``path`` in a private directory (``open_private_dir``);
+    it must be a regular file of this user, private, with one link. The caller locks and closes."""
+    directory, base = os.path.split(path)
+    dfd = open_private_dir(directory)
+    try:
+        fd = os.open(base, _O_LOCK, 0o600, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_nlink != 1:
+        os.close(fd)
+        raise UnsafePath(errno.EPERM, "the lock file is not a root-only (0600) regular file; refusing", path)
+    return fd
+
+
 def _is_symlink(dir_fd, name):
     try:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)

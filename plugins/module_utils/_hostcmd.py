@@ -29,63 +29,21 @@ import sys
 import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _usage
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import descend, write_atomic
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    UnsafePath,
+    _trusted_uids,
+    open_lock_file,
+    open_trusted_dir,
+    write_atomic,
+)
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import parse_mode
 
 PRUNE_LOCK = "/var/lib/mlinfra-shared-cache/prune/prune.lock"
-_O_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
-
-
-class UnsafePath(PermissionError):
-    """A configuration or lock path someone other than root could change; refused."""
 
 
 class LockBusy(Exception):
     """Another run holds the command's lock."""
-
-
-def _trusted_uids():
-    euid = os.geteuid()
-    return {0} if euid == 0 else {0, euid}
-
-
-def _check_dir(st, path):
-    """A directory on the way to a trusted file: owned by a trusted uid, and writable by nobody
-    else unless sticky (then nobody else can rename or remove the trusted entries in it)."""
-    if st.st_uid not in _trusted_uids() or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
-        raise UnsafePath(errno.EPERM, "a user other than root may change this directory; refusing", path)
-
-
-def open_trusted_dir(path, create=False):
-    """Open absolute directory ``path``, every component from ``/`` checked with ``_check_dir``
-    and opened without following a symlink; with ``create`` missing ones are made (0755, the
-    last 0700). Returns the descriptor; UnsafePath if another user could change the way."""
-    parts = [p for p in path.split("/") if p]
-
-    def step(fd, part, i):
-        try:
-            nfd = os.open(part, _O_DIR, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(part, 0o700 if i == len(parts) - 1 else 0o755, dir_fd=fd)
-            nfd = os.open(part, _O_DIR, dir_fd=fd)
-        try:
-            _check_dir(os.fstat(nfd), "/" + "/".join(parts[: i + 1]))
-        except BaseException:
-            os.close(nfd)
-            raise
-        return nfd
-
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        _check_dir(os.fstat(fd), "/")
-    except BaseException:
-        os.close(fd)
-        raise
-    return descend(fd, parts, step)
 
 
 def read_trusted_json(path):
@@ -114,29 +72,17 @@ def read_trusted_json(path):
 def hold_lock(path):
     """Open (create) the lock file ``path`` and take an exclusive ``flock`` without waiting.
 
-    The directory is created 0700 if missing and must be root's, writable by nobody else, and
-    so must be the way to it (``open_trusted_dir``: nobody else can rename it away); the file
-    is created 0600 with O_NOFOLLOW and must be a regular root-owned 0600-or-less file with one
-    link. Returns the descriptor (the lock lasts until it is closed, or the process exits);
-    LockBusy when another run holds it, UnsafePath when the path is not root's alone.
+    ``_fs.open_lock_file``: a root-only directory reached through root-only directories, a 0600
+    root-owned regular file with one link, no symlink followed. Returns the descriptor (the lock
+    lasts until it is closed, or the process exits); LockBusy when another run holds it,
+    UnsafePath when the path is not root's alone.
     """
-    directory, base = os.path.split(path)
-    dfd = open_trusted_dir(directory, create=True)
+    fd = open_lock_file(path)
     try:
-        st = os.fstat(dfd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise UnsafePath(errno.EPERM, "the lock directory is not root's alone; refusing", directory)
-        fd = os.open(base, _O_LOCK, 0o600, dir_fd=dfd)
-    finally:
-        os.close(dfd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077 or st.st_nlink != 1:
-            raise UnsafePath(errno.EPERM, "the lock file is not a root-only (0600) regular file; refusing", path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockBusy(path) from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockBusy(path) from None
     except BaseException:
         os.close(fd)
         raise
@@ -161,6 +107,8 @@ def prune_cache(cache, conf, dry_run):
         check_mode=dry_run,
         lock_timeout=params["lock_timeout"],
         gid=_perms.resolve_group(conf["group"]),
+        # beside the command's own lock: the one directory besides the caches its unit may write
+        lock_dir=os.path.dirname(conf.get("lock") or PRUNE_LOCK),
     ).run()
     return _prune.summary_line(res, dry_run, cache["name"]), res
 

@@ -44,8 +44,10 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     mount_options,
     mounts_below,
     open_dir_nofollow,
+    open_lock_file,
     open_member_file,
     open_parent,
+    open_private_dir,
     open_subdir,
     scan,
 )
@@ -147,24 +149,14 @@ def lock_dir_flock(fd, timeout):
 
 # Where root's prune keeps its mutual exclusion: a root-only directory (members cannot open a file
 # there, so they cannot hold the lock and switch the prune off, as they could with an flock on the
-# member-writable cache directory itself).
-PRUNE_LOCK_DIR = "/run/mlinfra-shared-cache"
+# member-writable cache directory itself). The nightly command's own lock lives there too, and its
+# hardened unit may write only there (ReadWritePaths).
+PRUNE_LOCK_DIR = "/var/lib/mlinfra-shared-cache/prune"
 
 
 def state_dir(lock_dir=None):
-    """Open (made 0700 when missing) the prune's private directory; it must be this user's and
-    writable by nobody else, or OSError EPERM."""
-    path = lock_dir or PRUNE_LOCK_DIR
-    dfd = open_dir_nofollow(path, create=True)
-    dst = os.fstat(dfd)
-    if dst.st_uid != os.geteuid() or dst.st_mode & 0o022:
-        os.close(dfd)
-        raise OSError(
-            errno.EPERM,
-            "%s is not a private directory of this user (owner %d, mode %04o); refusing to keep the "
-            "prune lock there" % (path, dst.st_uid, stat.S_IMODE(dst.st_mode)),
-        )
-    return dfd
+    """The prune's private directory (made 0700 when missing, see ``_fs.open_private_dir``)."""
+    return open_private_dir(lock_dir or PRUNE_LOCK_DIR)
 
 
 # A tool's lock held across prunes for longer than this is not an install in progress: the prune
@@ -214,17 +206,8 @@ def prune_lock(cache_fd, timeout, lock_dir=None):
             return fd
         os.close(fd)
         return None
-    dfd = state_dir(lock_dir)
-    try:
-        cst = os.fstat(cache_fd)
-        name = "prune-%x-%d.lock" % (cst.st_dev, cst.st_ino)
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=dfd)
-    finally:
-        os.close(dfd)
-    lst = os.fstat(fd)
-    if not stat.S_ISREG(lst.st_mode) or lst.st_uid != os.geteuid():
-        os.close(fd)
-        raise OSError(errno.EPERM, "prune lock %s is not a regular file of this user" % name)
+    cst = os.fstat(cache_fd)
+    fd = open_lock_file(os.path.join(lock_dir or PRUNE_LOCK_DIR, "prune-%x-%d.lock" % (cst.st_dev, cst.st_ino)))
     if lock_dir_flock(fd, timeout):
         return fd
     os.close(fd)

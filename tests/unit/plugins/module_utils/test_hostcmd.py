@@ -315,5 +315,7 @@ def test_host_lib_ships_everything_the_commands_import():
 
 
 def test_lock_file_flags():
-    assert _hostcmd._O_LOCK & os.O_NOFOLLOW and _hostcmd._O_LOCK & os.O_CREAT
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _fs
+
+    assert _fs._O_LOCK & os.O_NOFOLLOW and _fs._O_LOCK & os.O_CREAT
     assert fcntl.LOCK_NB

@@ -354,8 +354,7 @@ def test_files_and_directories_another_process_locked_are_skipped(capsys, gen, h
 def test_a_second_prune_waits_then_skips_and_says_so(tmp_path, gen, holder):
     st = os.stat(gen)
     lock = _prune.PRUNE_LOCK_DIR + "/prune-%x-%d.lock" % (st.st_dev, st.st_ino)
-    os.makedirs(_prune.PRUNE_LOCK_DIR, mode=0o700, exist_ok=True)
-    open(lock, "a").close()
+    os.close(_prune.open_lock_file(lock))  # as a prune makes it: root's, 0600, in a root-only directory
     holder(lock)  # what a running prune holds: flock on its root-only lock file
     t0 = time.monotonic()
     res = run_module_subprocess(tmp_path, path=str(gen), max_age="90d", lock_timeout=1)
