@@ -64,7 +64,7 @@ options:
         sources O(env_file). V(none) skips the environment checks.
       - V(login) and V(file) are read as O(env_user) (the shared environment reaches cache group
         members only). Run as root, the doctor also reads root's own (V(login) or V(file)) and fails
-        when it points any tool at a cache: root must never install or run what a member can replace.
+        when it points any tool at a cache, since root must never install or run what a member can replace.
       - Default V(login) on the host and V(process) in a container.
     type: str
     choices: [process, login, file, none]
@@ -126,7 +126,7 @@ notes:
   - The probe creates C(.cache-doctor-<random>) (a directory, C(mkdir) fails when the name exists) in
     each cache directory as the first member, then as the second member appends to the file, creates
     and renames a file in that directory. Root removes it all relative to a descriptor of the cache
-    directory opened without following symlinks, never following a link a member put there: a
+    directory opened without following symlinks, never following a link a member put there; a
     member who replaced the probe with a symlink loses only the symlink.
 """
 
@@ -151,7 +151,7 @@ checks:
   elements: dict
   contains:
     check:
-      description: Check name (mount, layout, env, hf_home, probe, apt, free_space, pip, huggingface_hub, group).
+      description: Check name (mount, layout, env, root_env, hf_home, probe, apt, free_space, pip, huggingface_hub, group).
       type: str
     target:
       description: What was checked, a path, a variable or an interpreter.

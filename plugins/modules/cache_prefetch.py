@@ -127,7 +127,7 @@ options:
     description:
       - O(kind=pip) - package index URL; O(kind=npm) - registry URL.
       - May carry credentials (C(https://user:password@host/simple)). The URL never goes on a command
-        line (C(/proc/<pid>/cmdline) is world-readable): pip gets it as C(PIP_INDEX_URL), npm as
+        line (C(/proc/<pid>/cmdline) is world-readable). pip gets it as C(PIP_INDEX_URL), npm as
         C(npm_config_registry), in the environment of the tool's process, readable only by the user
         running it and root. Its credentials are masked in everything the module returns.
     type: str
