@@ -151,7 +151,9 @@ checks:
   elements: dict
   contains:
     check:
-      description: Check name (mount, layout, env, root_env, hf_home, probe, apt, free_space, pip, huggingface_hub, group).
+      description:
+        - Check name (mount, layout, env, root_env, hf_home, probe, apt, free_space, pip,
+          huggingface_hub, group).
       type: str
     target:
       description: What was checked, a path, a variable or an interpreter.
@@ -435,7 +437,11 @@ class Doctor:
             self.add("root_env", source, False, error, "check the script")
             return
         bases = [self.path_of(e) for e in self.p["catalog"]]
-        found = sorted(k for k, v in env.items() if any(is_within(v.rstrip("/"), b) for b in bases))
+        found = sorted(
+            k
+            for k, v in env.items()
+            if any(is_within(part.rstrip("/"), b) for part in v.split(":") if part for b in bases)
+        )  # a path list too: CARGO_HOME/bin on root's PATH
         if found:
             self.add(
                 "root_env",

@@ -218,7 +218,11 @@ def test_the_doctor_reads_a_members_environment_and_fails_when_roots_has_the_cac
         old, "export PIP_CACHE_DIR=%s/pip\nexport HF_HUB_CACHE=%s/ml-models/huggingface/hub\n" % (cache, cache), 0o644
     )
     root_env = failed(doctor(capsys, env_file=old, **common), "root_env")
-    assert len(root_env) == 1 and "HF_HUB_CACHE, PIP_CACHE_DIR" in root_env[0]["msg"]
+    assert len(root_env) == 1 and "(HF_HUB_CACHE, PIP_CACHE_DIR)" in root_env[0]["msg"]
+    # a member's binaries (CARGO_HOME/bin) on root's PATH
+    write(old, 'export PATH="/usr/bin:/bin:%s/cargo/bin"\n' % cache, 0o644)
+    root_env = failed(doctor(capsys, env_file=old, **common), "root_env")
+    assert len(root_env) == 1 and "(PATH)" in root_env[0]["msg"]
 
 
 @pytest.fixture
