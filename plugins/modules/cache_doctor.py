@@ -464,7 +464,7 @@ class Doctor:
             "login": "/etc/profile.d/shared-cache.sh (mlinfra.shared_cache.cache_env)",
             "file": self.p["env_file"],
         }.get(source)
-        if pw is not None:
+        if pw is not None and source in ("login", "file"):
             where += " (read as %s)" % pw.pw_name
         for entry in self.p["catalog"]:
             base = self.path_of(entry)

@@ -111,6 +111,9 @@ def test_root_pip_and_git_do_not_use_the_shared_cache(actors, cache, profile):
     assert actors.alice.run(pip_dir).stdout.strip() == cache + "/pip"
     root_in_group = (0, actors.gid)
     assert cache not in as_root(pip_dir, {"PIP_CONFIG_FILE": os.devnull}, root_in_group).stdout
+    npm_cache = ". %s; npm config get cache --userconfig /nonexistent/npmrc" % profile
+    assert actors.alice.run(npm_cache).stdout.strip() == cache + "/npm"
+    assert cache not in as_root(npm_cache, groups=root_in_group).stdout
     lfs = ". %s; git config --get lfs.storage || true" % profile
     assert actors.alice.run(lfs, env={"GIT_CONFIG_NOSYSTEM": "1"}).stdout.strip() == cache + "/git-lfs"
     assert as_root(lfs, {"GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"}, root_in_group).stdout.strip() == ""
