@@ -87,6 +87,7 @@ def test_members_get_the_shared_environment_root_and_strangers_nothing(actors, a
     assert alice["npm_config_cache"] == cache + "/npm"
     assert alice["CONDA_PKGS_DIRS"] == cache + "/conda/pkgs"
     assert alice["CARGO_HOME"] == cache + "/cargo"
+    assert alice["CARGO_INSTALL_ROOT"] == "/nonexistent/.cargo"  # cargo install: her own bin/, not the shared one
     assert alice["GIT_CONFIG_KEY_0"] == "lfs.storage" and alice["GIT_CONFIG_VALUE_0"] == cache + "/git-lfs"
     assert alice["UMASK"] == "0002"
     assert "HF_HOME" not in alice
