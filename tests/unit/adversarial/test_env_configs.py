@@ -291,3 +291,22 @@ def test_a_member_who_plants_the_probe_name_first_gets_nothing_from_root(capsys,
     assert len(probe) == 1 and "cannot write" in probe[0]["msg"]  # mkdir refuses an existing name
     assert sorted(os.listdir(victim)) == ["precious"]
     assert os.path.islink(planted)  # not root's to remove: the first member never created it
+
+
+def test_a_system_wide_tool_config_of_an_override_keeps_an_existing_files_owner_and_mode(actors, arena, cache):
+    """config.files (a tool without an environment variable) still works; an admin's file keeps its mode."""
+    existing = os.path.join(arena, "etc", "tool.ini")
+    created = os.path.join(arena, "etc", "new", "tool.ini")
+    write(existing, "[auth]\npassword = s3cret\n", 0o640, actors.team_gid)
+    files = [
+        {"path": existing, "format": "ini", "section": "cache", "key": "dir", "value": ""},
+        {"path": created, "format": "ini", "section": "cache", "key": "dir", "value": ""},
+    ]
+    apply_role(arena, actors, cache, shared_cache_overrides={"npm": {"config": {"files": files}}})
+    with open(existing) as fh:
+        text = fh.read()
+    assert "password = s3cret" in text and "dir = %s/npm" % cache in text
+    st = os.stat(existing)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, actors.team_gid)
+    st = os.stat(created)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o644, 0, 0)
