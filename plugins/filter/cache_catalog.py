@@ -13,7 +13,8 @@ description:
     (defaults filled in) and validated.
   - Fails with a message naming the entry and field at fault for unknown formats, absolute or
     C(..) paths, world-writable modes, overlapping paths or container mounts and environment
-    variables set by two caches.
+    variables set by two caches, unknown trust kinds, private patterns with a C(/) and malformed
+    C(config.git) keys.
 options:
   _input:
     description: The catalog, a mapping of cache name to entry.
@@ -45,7 +46,9 @@ RETURN = r"""
 _value:
   description:
     - List of entries with C(name), C(path), C(abs_path), C(mount), C(format), C(category),
-      C(description), C(subdirs), C(env), C(mode), C(retention), C(enabled) and C(config).
+      C(description), C(subdirs), C(env), C(mode), C(retention), C(enabled), C(config),
+      C(trust) (list of V(data), V(code), V(credentials)) and C(private) (credential file name
+      patterns, the built-in ones included).
   type: list
   elements: dict
 """

@@ -12,6 +12,7 @@ list every role iterates, sorted by name, each entry complete and checked.
 from __future__ import annotations
 
 import copy
+import re
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
     ParamError,
@@ -52,7 +53,21 @@ ENTRY_KEYS = (
     "retention",
     "enabled",
     "config",
+    "trust",
+    "private",
 )
+# What trusting a shared cache means (roles/catalog/README.md says it in a sentence each):
+#   data         downloads the tool verifies or addresses by content; no member's code runs from it
+#   code         members can place code that other members run (CARGO_HOME/bin, a Julia depot,
+#                an R site library, shared conda envs, a wheelhouse pip installs from)
+#   credentials  the tool home can hold a user's credentials (cargo login, Julia's auth.toml)
+TRUST = ("data", "code", "credentials")
+DEFAULT_TRUST = ("data",)
+# Credential files every cache keeps private (the permission fix-up never widens a match);
+# an entry's `private` adds patterns (file names, no '/').
+DEFAULT_PRIVATE = (".netrc", ".pypirc", ".npmrc", "token", "stored_tokens", "*.pem", "*.key")
+# config.git: git config keys given to members through GIT_CONFIG_COUNT/KEY_n/VALUE_n.
+_GIT_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9-]*(\.[^\s=]+)?\.[A-Za-z][A-Za-z0-9-]*$")
 DEFAULT_RETENTION = {
     "max_age": None,
     "max_size": None,
@@ -119,9 +134,7 @@ def _entry(name, raw, root, mount_root):
         raise ParamError("%s.retention.age_by: one of %s" % (where, ", ".join(AGE_BY)))
     if not isinstance(retention["exclude"], list):
         raise ParamError("%s.retention.exclude: expected a list of glob patterns" % where)
-    config = raw.get("config") or {}
-    if not isinstance(config, dict):
-        raise ParamError("%s.config: expected a mapping" % where)
+    config = _config(raw.get("config"), where)
     return {
         "name": name,
         "path": path,
@@ -136,7 +149,58 @@ def _entry(name, raw, root, mount_root):
         "retention": retention,
         "enabled": bool(raw.get("enabled", True)),
         "config": config,
+        "trust": _trust(raw.get("trust"), where),
+        "private": _private(raw.get("private"), where),
     }
+
+
+def _config(raw, where):
+    config = raw or {}
+    if not isinstance(config, dict):
+        raise ParamError("%s.config: expected a mapping" % where)
+    git = config.get("git")
+    if git is None:
+        return config
+    if not isinstance(git, dict):
+        raise ParamError("%s.config.git: expected a mapping of git config key -> subpath" % where)
+    out = {}
+    for key, sub in git.items():
+        if not isinstance(key, str) or not _GIT_KEY.match(key):
+            raise ParamError("%s.config.git: %r is not a git config key such as lfs.storage" % (where, key))
+        out[key] = "" if sub in (None, "", ".") else validate_relative(sub, "%s.config.git.%s" % (where, key))
+    return dict(config, git=out)
+
+
+def _trust(raw, where):
+    """`trust`: one kind or a list of them; resolved as a list in TRUST order (default ['data'])."""
+    if raw is None:
+        return list(DEFAULT_TRUST)
+    kinds = [raw] if isinstance(raw, str) else raw
+    if not isinstance(kinds, list) or not kinds:
+        raise ParamError("%s.trust: expected one of %s or a list of them" % (where, ", ".join(TRUST)))
+    unknown = [k for k in kinds if k not in TRUST]
+    if unknown:
+        raise ParamError("%s.trust: unknown kind %r; one of %s" % (where, unknown[0], ", ".join(TRUST)))
+    if "data" in kinds and len(set(kinds)) > 1:
+        raise ParamError("%s.trust: 'data' means neither code nor credentials; drop it or the others" % where)
+    return [k for k in TRUST if k in kinds]
+
+
+def _private(raw, where):
+    """`private`: glob patterns of credential file names, added to DEFAULT_PRIVATE (order kept)."""
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise ParamError("%s.private: expected a list of file name patterns" % where)
+    out = list(DEFAULT_PRIVATE)
+    for pattern in raw:
+        if not isinstance(pattern, str) or not pattern or "/" in pattern or pattern in (".", ".."):
+            raise ParamError(
+                "%s.private: %r is not a file name pattern (a non-empty glob without '/')" % (where, pattern)
+            )
+        if pattern not in out:
+            out.append(pattern)
+    return out
 
 
 def _overlaps(a, b):

@@ -20,7 +20,10 @@ description:
     user's token); one member of the cache group can write and another member can then modify and
     add to what was written; APT keeps downloaded packages and no C(docker-clean) is left; the
     filesystem has room; pip and huggingface_hub are new enough to write group-usable files in a
-    shared cache (pip 25.0, huggingface_hub 1.4)."
+    shared cache (pip 25.0, huggingface_hub 1.4); root's own login environment does not point at the
+    caches."
+  - "Every enabled cache whose catalog C(trust) mark is C(code) or C(credentials) is shown as a warning
+    (RV(trust)) with what using it means; it is not a failure."
   - Every failed check gives one line with its fix (RV(lines)); the module fails when any check
     failed (unless O(fail_on_problem=false)).
 options:
@@ -59,9 +62,19 @@ options:
       - Environment to check. V(process) is the module's own (in a container started with the env
         file, the container's). V(login) is that of C(bash -lc env) (C(/etc/profile.d)). V(file)
         sources O(env_file). V(none) skips the environment checks.
+      - V(login) and V(file) are read as O(env_user) (the shared environment reaches cache group
+        members only). Run as root, the doctor also reads root's own (V(login) or V(file)) and fails
+        when it points any tool at a cache, since root must never install or run what a member can replace.
       - Default V(login) on the host and V(process) in a container.
     type: str
     choices: [process, login, file, none]
+  env_user:
+    description:
+      - User whose environment V(login) or V(file) is read (through C(setpriv) with the user's own
+        groups when the doctor runs as root).
+      - Default the first member of O(members) (or of O(group) in the group database) whose uid is not
+        0; without one, or when not root, the user running the doctor.
+    type: str
   env_file:
     description: Shell script to source when O(env_source=file) (e.g. the C(cache_env) profile script).
     type: path
@@ -110,9 +123,11 @@ attributes:
     platforms: posix
     description: Linux hosts and containers (uses /proc/self/mountinfo and POSIX users and groups).
 notes:
-  - The probe creates C(.cache-doctor-<random>) in each cache directory as the first member, then
-    as the second member appends to the file, creates and renames a file in that directory, and
-    finally removes it all. Nothing stays behind.
+  - The probe creates C(.cache-doctor-<random>) (a directory, C(mkdir) fails when the name exists) in
+    each cache directory as the first member, then as the second member appends to the file, creates
+    and renames a file in that directory. Root removes it all relative to a descriptor of the cache
+    directory opened without following symlinks, never following a link a member put there; a
+    member who replaced the probe with a symlink loses only the symlink.
 """
 
 EXAMPLES = r"""
@@ -136,7 +151,9 @@ checks:
   elements: dict
   contains:
     check:
-      description: Check name (mount, layout, env, hf_home, probe, apt, free_space, pip, huggingface_hub, group).
+      description:
+        - Check name (mount, layout, env, root_env, hf_home, probe, apt, free_space, pip,
+          huggingface_hub, group).
       type: str
     target:
       description: What was checked, a path, a variable or an interpreter.
@@ -155,6 +172,12 @@ problems:
   description: Number of failed checks.
   returned: always
   type: int
+trust:
+  description: One line per enabled cache marked C(code) or C(credentials) in the catalog, also given as warnings.
+  returned: always
+  type: list
+  elements: str
+  sample: ["cargo (code, credentials): members can place code that other members run ..."]
 lines:
   description: One line per failed check, with its fix.
   returned: always
@@ -163,12 +186,12 @@ lines:
   sample: ["FAIL env PIP_CACHE_DIR: unset (expected /cache/pip); fix: ..."]
 """
 
+import errno
 import grp
 import os
 import pwd
 import re
 import secrets
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -185,6 +208,44 @@ PROBE_MODIFY = (
     'printf "second member\\n" >> "$1/written" && printf "x\\n" > "$1/added" '
     '&& mv -- "$1/added" "$1/renamed" && rm -- "$1/renamed"'
 )
+
+TRUST_MEANS = {
+    "code": "members can place code that other members run or install from it; use it only if you trust "
+    "every member with your account (root never loads it)",
+    "credentials": "the tool home can hold credentials; never log in with it (use a per-user token "
+    "variable), its credential files are kept private",
+}
+
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def remove_below(dir_fd, name, depth=0):
+    """Remove ``name`` below the directory ``dir_fd`` without following any symlink.
+
+    A directory is opened O_NOFOLLOW relative to its parent's descriptor and emptied through its
+    own descriptor; anything else (a symlink a member planted included) is unlinked, never
+    followed. Depth-limited: a member cannot make root recurse without end.
+    """
+    try:
+        fd = os.open(name, _DIR_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass
+        return
+    try:
+        if depth < 16:
+            for entry in os.listdir(fd):
+                remove_below(fd, entry, depth + 1)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
 
 TOOL_VERSION = r"""
 import sys
@@ -313,32 +374,89 @@ class Doctor:
         )
 
     # -- environment ---------------------------------------------------------------------------
-    def environment(self):
-        source = self.p["env_source"] or ("process" if self.p["context"] == "container" else "login")
-        if source == "none":
-            return None, source
-        if source == "process":
-            return dict(os.environ), source
+    def source(self):
+        return self.p["env_source"] or ("process" if self.p["context"] == "container" else "login")
+
+    def env_user(self, group_entry):
+        """The user whose login/file environment is checked (pwd entry), or None for ourselves."""
+        if os.geteuid() != 0:
+            return None
+        names = [self.p["env_user"]] if self.p["env_user"] else self.members(group_entry, limit=None)
+        for name in names:
+            try:
+                pw = pwd.getpwnam(name)
+            except KeyError:
+                if self.p["env_user"]:
+                    self.module.fail_json(msg="env_user %s does not exist" % name)
+                continue
+            if pw.pw_uid != 0:
+                return pw
+        return None
+
+    def read_env(self, source, pw=None):
+        """The environment of ``source`` as the user ``pw`` (None: this process's user)."""
         if source == "file":
-            if not self.p["env_file"]:
-                self.module.fail_json(msg="env_source=file needs env_file")
-            script = '. "$1" >/dev/null 2>&1; env -0'
-            cmd = ["bash", "-c", script, "doctor", self.p["env_file"]]
+            cmd = ["bash", "-c", '. "$1" >/dev/null 2>&1; env -0', "doctor", self.p["env_file"]]
         else:
             cmd = ["bash", "-lc", "env -0"]
-        rc, out, err = self.module.run_command(cmd, encoding=None)
+        environ = None
+        if pw is not None:
+            setpriv = self.module.get_bin_path("setpriv")
+            if setpriv is None:
+                return None, "setpriv (util-linux) not found: cannot act as %s" % pw.pw_name
+            cmd = [setpriv, "--reuid=%d" % pw.pw_uid, "--regid=%d" % pw.pw_gid, "--init-groups", "--"] + cmd
+            environ = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name, "PATH": "/usr/bin:/bin"}
+        rc, out, err = self.module.run_command(cmd, encoding=None, cwd="/", environ_update=environ)
         if rc != 0:
-            self.add("env", source, False, "could not read the environment: %s" % err.strip(), "check %s" % cmd)
-            return None, source
+            return None, "could not read the environment: %s (%s)" % (err.strip(), cmd)
         env = {}
         for item in out.split(b"\0"):
             if b"=" in item:
                 k, v = item.split(b"=", 1)
                 env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+        return env, None
+
+    def environment(self, pw):
+        source = self.source()
+        if source == "none":
+            return None, source
+        if source == "process":
+            return dict(os.environ), source
+        env, error = self.read_env(source, pw)
+        if env is None:
+            self.add("env", source, False, error, "check the script and the user")
         return env, source
 
-    def check_env(self):
-        env, source = self.environment()
+    def check_root_env(self, pw):
+        """Root's own login/file environment must not point any tool at a cache."""
+        source = self.source()
+        if source not in ("login", "file") or pw is None:
+            return
+        env, error = self.read_env(source)
+        if env is None:
+            self.add("root_env", source, False, error, "check the script")
+            return
+        bases = [self.path_of(e) for e in self.p["catalog"]]
+        found = sorted(
+            k
+            for k, v in env.items()
+            if any(is_within(part.rstrip("/"), b) for part in v.split(":") if part for b in bases)
+        )  # a path list too: CARGO_HOME/bin on root's PATH
+        if found:
+            self.add(
+                "root_env",
+                "root",
+                False,
+                "root's environment points at the shared cache (%s): root would install or run what any "
+                "member can replace" % ", ".join(found),
+                "re-apply mlinfra.shared_cache.cache_env (its script exports the caches to members who are "
+                "not root only) and remove the variables from root's own shell files",
+            )
+        else:
+            self.add("root_env", "root", True, "root's environment does not use the shared cache")
+
+    def check_env(self, pw):
+        env, source = self.environment(pw)
         if env is None:
             return
         where = {
@@ -346,6 +464,8 @@ class Doctor:
             "login": "/etc/profile.d/shared-cache.sh (mlinfra.shared_cache.cache_env)",
             "file": self.p["env_file"],
         }.get(source)
+        if pw is not None and source in ("login", "file"):
+            where += " (read as %s)" % pw.pw_name
         for entry in self.p["catalog"]:
             base = self.path_of(entry)
             for var, sub in sorted((entry.get("env") or {}).items()):
@@ -360,6 +480,25 @@ class Doctor:
                         False,
                         "%s (expected %s)" % ("unset" if have is None else have, want),
                         "set %s=%s in %s" % (var, want, where),
+                    )
+        git = {}
+        count = env.get("GIT_CONFIG_COUNT", "0")
+        for i in range(int(count) if count.isdigit() else 0):
+            git[env.get("GIT_CONFIG_KEY_%d" % i)] = env.get("GIT_CONFIG_VALUE_%d" % i)
+        for entry in self.p["catalog"]:
+            base = self.path_of(entry)
+            for key, sub in sorted(((entry.get("config") or {}).get("git") or {}).items()):
+                want = base + ("/" + sub if sub else "")
+                have = git.get(key)
+                if have is not None and have.rstrip("/") == want:
+                    self.add("env", "git " + key, True, have)
+                else:
+                    self.add(
+                        "env",
+                        "git " + key,
+                        False,
+                        "%s (expected %s)" % ("unset" if have is None else have, want),
+                        "give git %s=%s through GIT_CONFIG_COUNT/KEY_n/VALUE_n in %s" % (key, want, where),
                     )
         hf_home = env.get("HF_HOME")
         shared = [e for e in self.p["catalog"] if hf_home and is_within(hf_home.rstrip("/"), self.path_of(e))]
@@ -376,7 +515,7 @@ class Doctor:
             self.add("hf_home", "HF_HOME", True, "per user (%s)" % (hf_home or "unset"))
 
     # -- write-then-modify probe ---------------------------------------------------------------
-    def members(self, group_entry):
+    def members(self, group_entry, limit=2):
         if self.p["members"]:
             return self.p["members"]
         names = list(group_entry.gr_mem) if group_entry else []
@@ -384,7 +523,7 @@ class Doctor:
             names += sorted(
                 p.pw_name for p in pwd.getpwall() if p.pw_gid == group_entry.gr_gid and p.pw_name not in names
             )
-        return names[:2]
+        return names[:limit]
 
     def as_user(self, user, code, arg):
         """Run the probe shell code as ``user`` (its own groups, the probe umask) with setpriv."""
@@ -440,14 +579,41 @@ class Doctor:
             return
         first, second = members[0], members[1]
         for entry, path in ok_paths:
-            probe = os.path.join(path, ".cache-doctor-" + secrets.token_hex(6))
+            self.probe_one(entry, path, first, second)
+
+    def probe_one(self, entry, path, first, second):
+        """The probe in one cache dir; root touches it only through a descriptor of that dir."""
+        try:
+            dir_fd = os.open(path, _DIR_NOFOLLOW)
+        except OSError as exc:
+            self.add(
+                "probe", path, False, "cannot open %s: %s" % (path, os.strerror(exc.errno)), self.fix_layout(entry)
+            )
+            return
+        try:
+            st = os.fstat(dir_fd)
+            if st.st_uid != 0 or st.st_mode & 0o002:
+                # a directory a member owns (or anyone can write) is theirs to swap: root stays out
+                self.add(
+                    "probe",
+                    path,
+                    False,
+                    "%s is not root-owned or is world-writable: not probed" % path,
+                    self.fix_layout(entry),
+                )
+                return
+            name = ".cache-doctor-" + secrets.token_hex(8)
+            # members act on the path with their own rights; root only ever through dir_fd
+            probe = os.path.join(path, name)
+            written = False
             try:
                 rc, err = self.as_user(first, PROBE_WRITE, probe)
                 if rc != 0:
                     self.add(
                         "probe", path, False, "%s cannot write in %s: %s" % (first, path, err), self.fix_layout(entry)
                     )
-                    continue
+                    return
+                written = True
                 rc, err = self.as_user(second, PROBE_MODIFY, probe)
                 if rc != 0:
                     self.add(
@@ -460,7 +626,10 @@ class Doctor:
                 else:
                     self.add("probe", path, True, "%s wrote, %s modified" % (first, second))
             finally:
-                shutil.rmtree(probe, ignore_errors=True)
+                if written:  # a name the first member's mkdir failed on is not ours to remove
+                    remove_below(dir_fd, name)
+        finally:
+            os.close(dir_fd)
 
     # -- APT ---------------------------------------------------------------------------------------
     def check_apt(self):
@@ -572,6 +741,19 @@ class Doctor:
                         fix % (exe, minimum),
                     )
 
+    def trust_lines(self):
+        """The trust marks of enabled code/credentials caches: warnings, not failures."""
+        lines = []
+        for entry in self.p["catalog"]:
+            marks = [m for m in entry.get("trust") or [] if m in TRUST_MEANS]
+            if marks:
+                lines.append(
+                    "%s (%s): %s" % (entry["name"], ", ".join(marks), "; ".join(TRUST_MEANS[m] for m in marks))
+                )
+        for line in lines:
+            self.module.warn("shared cache " + line)
+        return lines
+
     def run(self):
         try:
             group_entry = grp.getgrnam(self.p["group"])
@@ -585,7 +767,9 @@ class Doctor:
                 "create it (ansible.builtin.group) with the gid the host uses",
             )
         ok_paths = self.check_dirs(group_entry.gr_gid if group_entry else None)
-        self.check_env()
+        pw = self.env_user(group_entry)
+        self.check_env(pw)
+        self.check_root_env(pw)
         self.check_probe(ok_paths, group_entry)
         self.check_apt()
         self.check_space()
@@ -606,6 +790,7 @@ def main():
             probe_umask=dict(type="str", default="0022"),
             env_source=dict(type="str", choices=["process", "login", "file", "none"]),
             env_file=dict(type="path"),
+            env_user=dict(type="str"),
             check_apt=dict(type="bool"),
             apt_deleting_confs=dict(type="list", elements="str", default=["docker-clean"]),
             min_free=dict(type="str", default="5%"),
@@ -641,7 +826,7 @@ def main():
         module.fail_json(msg=str(exc))
     doctor = Doctor(module)
     failed, lines = doctor.run()
-    result = dict(changed=False, checks=doctor.checks, problems=len(failed), lines=lines)
+    result = dict(changed=False, checks=doctor.checks, problems=len(failed), lines=lines, trust=doctor.trust_lines())
     if failed and p["fail_on_problem"]:
         module.fail_json(msg="%d problem(s):\n%s" % (len(failed), "\n".join(lines)), **result)
     module.exit_json(**result)

@@ -94,7 +94,10 @@ options:
         public Hub.
     type: str
   token:
-    description: O(kind=huggingface) - access token for gated or private repositories.
+    description:
+      - O(kind=huggingface) - access token for gated or private repositories.
+      - Used inside the module's own process (never on a command line nor in a child's environment)
+        and never returned.
     type: str
   python:
     description:
@@ -121,7 +124,12 @@ options:
     type: list
     elements: str
   index_url:
-    description: O(kind=pip) - package index URL; O(kind=npm) - registry URL.
+    description:
+      - O(kind=pip) - package index URL; O(kind=npm) - registry URL.
+      - May carry credentials (C(https://user:password@host/simple)). The URL never goes on a command
+        line (C(/proc/<pid>/cmdline) is world-readable). pip gets it as C(PIP_INDEX_URL), npm as
+        C(npm_config_registry), in the environment of the tool's process, readable only by the user
+        running it and root. Its credentials are masked in everything the module returns.
     type: str
   dependencies:
     description:
@@ -200,6 +208,7 @@ permissions_fixed:
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -218,6 +227,26 @@ _NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CL
 
 class PrefetchError(Exception):
     """Something the admin must fix (message says what); nothing was changed."""
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text):
+    """``scheme://user:password@host`` -> ``scheme://****@host`` everywhere in ``text``."""
+    return _USERINFO.sub(r"\g<scheme>****@", text or "")
+
+
+def url_secrets(url):
+    """The parts of a URL's userinfo to mask in the module's output (password, or a lone token)."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    if parts.password:
+        return [parts.password, "%s:%s" % (parts.username or "", parts.password)]
+    if parts.username:
+        return [parts.username]  # a token given as the user name (__token__-less indexes)
+    return []
 
 
 def ensure_dir(path, mode):
@@ -365,25 +394,29 @@ def _pip_options(p):
         opts += ["--python-version", p["python_version"]]
     for plat in p["platforms"] or []:
         opts += ["--platform", plat]
-    if p["index_url"]:
-        opts += ["--index-url", p["index_url"]]
     if not p["dependencies"]:
         opts.append("--no-deps")
     return opts
 
 
+def tool_env(p, var):
+    """The index URL for the tool's process environment (never argv), or None."""
+    return {var: p["index_url"]} if p["index_url"] else None
+
+
 def pip_prefetch(module, p):
     python = p["executable"] or sys.executable
     base = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    env = tool_env(p, "PIP_INDEX_URL")
     with tempfile.TemporaryDirectory(prefix="cache-prefetch-") as tmp:
         report = os.path.join(tmp, "report.json")
         cmd = base + ["install", "--dry-run", "--ignore-installed", "--quiet", "--no-cache-dir", "--report", report]
         if p["python_version"] or p["platforms"]:
             cmd += ["--target", os.path.join(tmp, "target")]
         cmd += _pip_options(p) + ["--", p["name"]]
-        rc, out, err = module.run_command(cmd, cwd=tmp)
+        rc, out, err = module.run_command(cmd, cwd=tmp, environ_update=env)
         if rc != 0:
-            raise PrefetchError("pip could not resolve %s: %s" % (p["name"], (err or out).strip()[-2000:]))
+            raise PrefetchError("pip could not resolve %s: %s" % (p["name"], redact((err or out).strip()[-2000:])))
         with open(report, encoding="utf-8") as f:
             items = json.load(f).get("install", [])
     wanted = sorted(os.path.basename(unquote(urlsplit(i["download_info"]["url"]).path)) for i in items)
@@ -395,9 +428,9 @@ def pip_prefetch(module, p):
     if module.check_mode:
         return True, dict(fetched=missing, cached=cached, files=wanted)
     cmd = base + ["download", "--no-cache-dir", "--dest", p["dest"]] + _pip_options(p) + ["--", p["name"]]
-    rc, out, err = module.run_command(cmd, cwd=p["dest"])
+    rc, out, err = module.run_command(cmd, cwd=p["dest"], environ_update=env)
     if rc != 0:
-        raise PrefetchError("pip download %s failed: %s" % (p["name"], (err or out).strip()[-2000:]))
+        raise PrefetchError("pip download %s failed: %s" % (p["name"], redact((err or out).strip()[-2000:])))
     present = set(os.listdir(p["dest"]))
     still = [w for w in missing if w not in present]
     if still:
@@ -468,23 +501,22 @@ def npm_prefetch(module, p):
     npm = p["executable"] or module.get_bin_path("npm", required=True)
     with tempfile.TemporaryDirectory(prefix="cache-prefetch-npm-") as tmp:
         opts = ["--cache", p["dest"], "--logs-dir", tmp, "--logs-max", "0", "--update-notifier=false"]
-        if p["index_url"]:
-            opts += ["--registry", p["index_url"]]
-        keys = _npm_tarballs(module, npm, opts, p["name"], tmp) if os.path.isdir(p["dest"]) else []
+        env = tool_env(p, "npm_config_registry")
+        keys = _npm_tarballs(module, npm, opts, p["name"], tmp, env) if os.path.isdir(p["dest"]) else []
         if keys:
             return False, dict(fetched=[], cached=keys)
         if module.check_mode:
             return True, dict(fetched=[p["name"]], cached=[])
-        rc, out, err = module.run_command([npm, "cache", "add", p["name"]] + opts, cwd=tmp)
+        rc, out, err = module.run_command([npm, "cache", "add", p["name"]] + opts, cwd=tmp, environ_update=env)
         if rc != 0:
-            raise PrefetchError("npm cache add %s failed: %s" % (p["name"], (err or out).strip()[-2000:]))
-        return True, dict(fetched=_npm_tarballs(module, npm, opts, p["name"], tmp) or [p["name"]], cached=[])
+            raise PrefetchError("npm cache add %s failed: %s" % (p["name"], redact((err or out).strip()[-2000:])))
+        return True, dict(fetched=_npm_tarballs(module, npm, opts, p["name"], tmp, env) or [p["name"]], cached=[])
 
 
-def _npm_tarballs(module, npm, opts, spec, cwd):
-    rc, out, err = module.run_command([npm, "cache", "ls", spec] + opts, cwd=cwd)
+def _npm_tarballs(module, npm, opts, spec, cwd, env):
+    rc, out, err = module.run_command([npm, "cache", "ls", spec] + opts, cwd=cwd, environ_update=env)
     if rc != 0:
-        raise PrefetchError("npm cache ls %s failed: %s" % (spec, (err or out).strip()[-2000:]))
+        raise PrefetchError("npm cache ls %s failed: %s" % (spec, redact((err or out).strip()[-2000:])))
     return sorted(line.strip() for line in out.splitlines() if "/-/" in line and line.strip().endswith(".tgz"))
 
 
@@ -537,6 +569,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    for secret in url_secrets(p["index_url"]):
+        module.no_log_values.add(secret)  # masked in the invocation, messages and results
     if not p["name"].strip() or p["name"].startswith("-"):
         module.fail_json(msg="name must be a %s item, not %r" % (p["kind"], p["name"]))
     if not os.path.isabs(p["dest"]):
@@ -564,7 +598,8 @@ def main():
     except PrefetchError as exc:
         module.fail_json(msg=str(exc), created=created)
     except Exception as exc:  # the tool's own errors (network, 404, ...) with the item named
-        module.fail_json(msg="%s %s: %s: %s" % (p["kind"], p["name"], type(exc).__name__, exc), created=created)
+        msg = "%s %s: %s: %s" % (p["kind"], p["name"], type(exc).__name__, redact(str(exc)))
+        module.fail_json(msg=msg, created=created)
     before = "".join(line + "\n" for line in result["cached"])
     after = "".join(line + "\n" for line in sorted(result["cached"] + result["fetched"]))
     module.exit_json(

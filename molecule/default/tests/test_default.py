@@ -53,13 +53,26 @@ def test_apt_keeps_downloaded_packages(host):
     assert not host.file("/etc/apt/apt.conf.d/docker-clean").exists
 
 
-def test_login_shells_get_the_shared_cache_environment(host):
-    env = host.check_output("bash -lc 'env'")
+def test_member_login_shells_get_the_shared_cache_environment(host):
+    host.run_test("id verify-member || useradd -m -G %s verify-member", GROUP)
+    env = host.check_output("su -l verify-member -s /bin/bash -c env")
     assert "PIP_CACHE_DIR=%s/pip" % ROOT in env
     assert "HF_HUB_CACHE=%s/ml-models/huggingface/hub" % ROOT in env
+    assert "GIT_CONFIG_KEY_0=lfs.storage" in env and "GIT_CONFIG_VALUE_0=%s/git-lfs" % ROOT in env
     assert "HF_HOME=" not in env, "HF_HOME holds per-user tokens and must stay per user"
-    # umask 002 applies to members of the cache group only; root's stays as it was.
+
+
+def test_root_and_non_members_get_nothing_of_the_shared_cache(host):
+    # root must never install or run what a member can replace: no variable, no tool config
+    env = host.check_output("bash -lc env")
+    assert ROOT not in env and "GIT_CONFIG_COUNT" not in env
     assert host.check_output("bash -lc umask") == "0022"
+    host.run_test("id verify-stranger || useradd -m verify-stranger")
+    assert ROOT not in host.check_output("su -l verify-stranger -s /bin/bash -c env")
+    for conf in ("/etc/pip.conf", "/etc/npmrc", "/etc/gitconfig"):
+        f = host.file(conf)
+        assert not f.exists or ROOT not in f.content_string, conf
+    assert not host.file("/etc/conda/condarc.d/shared-cache.yml").exists
 
 
 def test_members_get_umask_002_in_login_shells(host):

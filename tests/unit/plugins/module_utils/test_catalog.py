@@ -84,9 +84,39 @@ def test_add_and_drop_entries(defaults):
         ({"extra": {"path": "extra", "mount": "/cache/pip"}}, "clash"),
         ({"extra": {"path": "extra", "env": {"PIP_CACHE_DIR": ""}}}, "set by both"),
         ({"extra": {"path": "extra", "env": {"BAD-NAME": ""}}}, "environment variable"),
+        ({"pip": {"trust": "root"}}, "unknown kind 'root'"),
+        ({"pip": {"trust": []}}, "pip].trust: expected"),
+        ({"pip": {"trust": ["data", "code"]}}, "'data' means neither"),
+        ({"pip": {"private": "token"}}, "expected a list"),
+        ({"pip": {"private": ["sub/token"]}}, "without '/'"),
+        ({"pip": {"private": [""]}}, "without '/'"),
+        ({"git-lfs": {"config": {"git": {"storage": ""}}}}, "not a git config key"),
+        ({"git-lfs": {"config": {"git": {"lfs.storage": "../x"}}}}, ".."),
+        ({"git-lfs": {"config": {"git": ["lfs.storage"]}}}, "config.git: expected a mapping"),
     ],
 )
 def test_bad_entries_are_refused_with_a_clear_message(defaults, over, message):
     with pytest.raises(ParamError) as err:
         resolve(defaults["shared_cache_caches"], over)
     assert message in str(err.value)
+
+
+def test_trust_marks_and_private_patterns(defaults):
+    entries = by_name(resolve(defaults["shared_cache_caches"], {"npm": {"trust": "credentials"}}))
+    assert entries["apt"]["trust"] == ["data"]  # the default
+    assert entries["cargo"]["trust"] == ["code", "credentials"]
+    assert entries["julia"]["trust"] == ["code", "credentials"]
+    assert entries["R"]["trust"] == ["code"] and entries["conda"]["trust"] == ["code"]
+    assert entries["npm"]["trust"] == ["credentials"]  # a single kind becomes a list
+    # every cache keeps the generic credential files private; cargo adds its own
+    generic = [".netrc", ".pypirc", ".npmrc", "token", "stored_tokens", "*.pem", "*.key"]
+    assert entries["apt"]["private"] == generic
+    assert entries["cargo"]["private"] == generic + ["credentials.toml", "credentials"]
+    assert all(set(generic) <= set(e["private"]) for e in entries.values())
+
+
+def test_git_config_keys_replace_the_system_gitconfig(defaults):
+    entries = by_name(resolve(defaults["shared_cache_caches"], {}))
+    assert entries["git-lfs"]["config"] == {"git": {"lfs.storage": ""}}
+    # no built-in entry writes a system-wide tool config any more (root would load it)
+    assert not [e["name"] for e in entries.values() if e["config"].get("files")]

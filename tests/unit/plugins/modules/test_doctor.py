@@ -231,7 +231,9 @@ def test_probe_reports_a_member_who_cannot_write(capsys, tmp_path, tree):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the probe switches users: run as root")
 def test_probe_is_skipped_in_check_mode_and_for_unknown_members(capsys, tmp_path, tree):
     _root, catalog = tree
-    res = run(capsys, check=True, **base_args(tmp_path, catalog, probe=True, members=["daemon", "nobody"]))
+    # the environment is root's own here (env_user root = the running user): tmp_path is private to root
+    args = base_args(tmp_path, catalog, probe=True, members=["daemon", "nobody"], env_user="root")
+    res = run(capsys, check=True, **args)
     assert res["problems"] == 0
     assert [c["ok"] for c in res["checks"] if c["check"] == "probe"] == [None]
     res = run(

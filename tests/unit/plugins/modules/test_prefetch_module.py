@@ -262,3 +262,32 @@ def test_npm_cache_add(capsys, tmp_path):
     other = dict(args)
     other["name"] = "is-number@6.0.0"
     assert run(capsys, check=True, **other)["changed"] is True
+
+
+RECORDER = """#!/bin/sh
+# a stand-in for python/npm: records what another user could read of it, fails like the tool would
+d=$(dirname "$0")
+printf '%s\\n' "$0" "$@" > "$d/argv.$$"
+tr '\\0' '\\n' < /proc/$$/cmdline >> "$d/argv.$$"
+printf '%s\\n' "PIP_INDEX_URL=${PIP_INDEX_URL-}" "npm_config_registry=${npm_config_registry-}" > "$d/env.$$"
+echo "ERROR: 401 from ${PIP_INDEX_URL:-$npm_config_registry}" >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize("kind, var", [("pip", "PIP_INDEX_URL"), ("npm", "npm_config_registry")])
+def test_index_credentials_never_reach_a_command_line_nor_the_result(capsys, tmp_path, kind, var):
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    exe = tool / ("python" if kind == "pip" else "npm")
+    exe.write_text(RECORDER)
+    exe.chmod(0o755)
+    url = "https://ci-bot:s3cret-Pa55@index.example/simple/"
+    res = run(capsys, kind=kind, name="pkg==1.0", dest=str(tmp_path / "dest"), executable=str(exe), index_url=url)
+    assert res["failed"] is True
+    argv = "".join(p.read_text() for p in tool.glob("argv.*"))
+    env = "".join(p.read_text() for p in tool.glob("env.*"))
+    assert argv and "s3cret-Pa55" not in argv and "index.example" not in argv  # /proc/<pid>/cmdline is world-readable
+    assert "%s=%s" % (var, url) in env  # the tool still gets it, in its own environment (0400 /proc/<pid>/environ)
+    out = json.dumps(res)
+    assert "s3cret-Pa55" not in out and "401 from https://****@index.example/simple/" in res["msg"]
