@@ -24,6 +24,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
     validate_relative,
     world_writable,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import DEFAULT_PRIVATE
 
 # Formats the modules understand. The unit of deletion/reporting of each lives in _formats.py.
 FORMATS = (
@@ -63,9 +64,8 @@ ENTRY_KEYS = (
 #   credentials  the tool home can hold a user's credentials (cargo login, Julia's auth.toml)
 TRUST = ("data", "code", "credentials")
 DEFAULT_TRUST = ("data",)
-# Credential files every cache keeps private (the permission fix-up never widens a match);
-# an entry's `private` adds patterns (file names, no '/').
-DEFAULT_PRIVATE = (".netrc", ".pypirc", ".npmrc", "token", "stored_tokens", "*.pem", "*.key")
+# Credential files every cache keeps private (the permission fix-up never widens a match):
+# _perms.DEFAULT_PRIVATE; an entry's `private` adds patterns (file names, no '/').
 # config.git: git config keys given to members through GIT_CONFIG_COUNT/KEY_n/VALUE_n.
 _GIT_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9-]*(\.[^\s=]+)?\.[A-Za-z][A-Za-z0-9-]*$")
 DEFAULT_RETENTION = {

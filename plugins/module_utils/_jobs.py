@@ -126,7 +126,7 @@ def cache_dir_fixer(params, check_mode=False, warn=None):
         allow_world_writable=allow_ww,
         one_fs=params.get("one_fs", True),
         adopt=bool(params.get("adopt")),
-        private=tuple(DEFAULT_PRIVATE) + tuple(params.get("private") or ()),
+        private=tuple(DEFAULT_PRIVATE) + tuple(p for p in params.get("private") or () if p not in DEFAULT_PRIVATE),
     )
     return path, subdirs, fixer
 

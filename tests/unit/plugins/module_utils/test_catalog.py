@@ -109,9 +109,12 @@ def test_trust_marks_and_private_patterns(defaults):
     assert entries["R"]["trust"] == ["code"] and entries["conda"]["trust"] == ["code"]
     assert entries["npm"]["trust"] == ["credentials"]  # a single kind becomes a list
     # every cache keeps the generic credential files private; cargo adds its own
-    generic = [".netrc", ".pypirc", ".npmrc", "token", "stored_tokens", "*.pem", "*.key"]
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import DEFAULT_PRIVATE
+
+    generic = list(DEFAULT_PRIVATE)  # the one list the permission fix-up applies
     assert entries["apt"]["private"] == generic
-    assert entries["cargo"]["private"] == generic + ["credentials.toml", "credentials"]
+    assert {"credentials.toml", "credentials"} <= set(entries["cargo"]["private"])
+    assert entries["julia"]["private"] == generic + ["auth.toml"]
     assert all(set(generic) <= set(e["private"]) for e in entries.values())
 
 
