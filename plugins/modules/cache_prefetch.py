@@ -218,7 +218,12 @@ from urllib.parse import unquote, urlsplit
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, open_dir_nofollow
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    Walker,
+    open_dir_nofollow,
+    open_member_file,
+    read_member_file,
+)
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError, parse_mode
 
 UMASK = 0o002
@@ -347,9 +352,13 @@ def hf_prefetch(module, p):
     if p["revision"] != commit:
         ref = os.path.join(storage, "refs", p["revision"])
         try:
-            with open(ref, encoding="utf-8") as f:
-                ref_stale = f.read().strip() != commit
-        except OSError:
+            # a ref is a commit hash any member may have written: no link, no FIFO, 256 bytes at most
+            rfd = open_dir_nofollow(os.path.dirname(ref))
+            try:
+                ref_stale = read_member_file(rfd, os.path.basename(ref), 256).decode("ascii").strip() != commit
+            finally:
+                os.close(rfd)
+        except (OSError, UnicodeDecodeError):
             ref_stale = True
     cached = sorted(f.filename for f in plan if not f.will_download and os.path.lexists(f.local_path))
     result = dict(commit=commit, path=os.path.join(storage, "snapshots", commit), cached=cached)
@@ -482,13 +491,17 @@ def apt_prefetch(module, p):
 def _deb_is_same(path, version):
     """The .deb at ``path`` is the archive the index describes (size, then SHA256)."""
     try:
-        st = os.lstat(path)
+        dfd = open_dir_nofollow(os.path.dirname(path))
+        try:
+            fd, st = open_member_file(dfd, os.path.basename(path), version.size)
+        finally:
+            os.close(dfd)
     except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode) or st.st_size != version.size:
-        return False
+        return False  # not a regular file (a link, a FIFO), larger than the index says, or gone
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size != version.size:
+            return False
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest() == version.sha256
