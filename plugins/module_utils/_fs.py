@@ -18,6 +18,7 @@ non-UTF-8 names work.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 
@@ -112,6 +113,7 @@ def descend(fd, names, step):
 # Root's own files (locks, configuration, state): only where no other user can change the way
 # ------------------------------------------------------------------------------------------
 _O_TRUSTED_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_O_TRUSTED_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 _O_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -159,6 +161,29 @@ def open_trusted_dir(path, create=False):
         os.close(fd)
         raise
     return descend(fd, parts, step)
+
+
+def read_trusted_json(path):
+    """The JSON in ``path``, refusing anything another user than root (or the caller) could have written.
+
+    Every directory from ``/`` is checked (``open_trusted_dir``); the file itself must be a
+    regular file owned by root (or the caller when not root), writable by its owner only.
+    """
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    directory, base = os.path.split(path)
+    fd = open_trusted_dir(directory)
+    try:
+        ffd = os.open(base, _O_TRUSTED_READ, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with os.fdopen(ffd, "r", encoding="utf-8") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(errno.EPERM, "not a regular file; refusing", path)
+        if st.st_uid not in _trusted_uids() or st.st_mode & 0o022:
+            raise UnsafePath(errno.EPERM, "a user other than root may write this file; refusing", path)
+        return json.load(fh)
 
 
 def open_private_dir(path):

@@ -19,7 +19,6 @@ Against members of the cache group (untrusted local users):
 from __future__ import annotations
 
 import argparse
-import errno
 import fcntl
 import grp
 import json
@@ -30,10 +29,8 @@ import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _usage
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
-    UnsafePath,
-    _trusted_uids,
     open_lock_file,
-    open_trusted_dir,
+    read_trusted_json,
     write_atomic,
 )
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import parse_mode
@@ -44,29 +41,6 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os
 
 class LockBusy(Exception):
     """Another run holds the command's lock."""
-
-
-def read_trusted_json(path):
-    """The JSON in ``path``, refusing anything another user than root (or the caller) could have written.
-
-    Every directory from ``/`` is checked (``open_trusted_dir``); the file itself must be a
-    regular file owned by root (or the caller when not root), writable by its owner only.
-    """
-    if not path.startswith("/"):
-        path = os.path.abspath(path)
-    directory, base = os.path.split(path)
-    fd = open_trusted_dir(directory)
-    try:
-        ffd = os.open(base, _O_READ, dir_fd=fd)
-    finally:
-        os.close(fd)
-    with os.fdopen(ffd, "r", encoding="utf-8") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(errno.EPERM, "not a regular file; refusing", path)
-        if st.st_uid not in _trusted_uids() or st.st_mode & 0o022:
-            raise UnsafePath(errno.EPERM, "a user other than root may write this file; refusing", path)
-        return json.load(fh)
 
 
 def hold_lock(path):

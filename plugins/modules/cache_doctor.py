@@ -111,6 +111,13 @@ options:
     description: Fail when a check failed. With V(false) the result only lists the problems.
     type: bool
     default: true
+  report:
+    description:
+      - The last report C(show-cache-info --write) wrote (root's, nobody else may write it). Its
+        per-cache C(foreign) counts (entries whose group is not the cache group, which no root job
+        touches) become one C(ownership) line per cache with the fix. Empty to skip (host only).
+    type: path
+    default: /var/lib/mlinfra-shared-cache/report/report.json
 attributes:
   check_mode:
     support: full
@@ -195,6 +202,7 @@ import secrets
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import human, mountinfo, read_trusted_json
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
     ParamError,
     is_within,
@@ -286,16 +294,46 @@ class Doctor:
 
     # -- mounts and layout -------------------------------------------------------------------
     def mount_points(self):
-        points = set()
+        return {mp for mp, _opts in mountinfo()} or None
+
+    # -- ownership (docs/security.md) ----------------------------------------------------------
+    def check_ownership(self):
+        """Entries not the cache's (another group), as the last report counted them: one line per cache."""
+        path = self.p["report"]
+        if self.p["context"] != "host" or not path:
+            return
         try:
-            with open("/proc/self/mountinfo") as fh:
-                for line in fh:
-                    fields = line.split()
-                    if len(fields) > 4:
-                        points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
-        except OSError:
-            return None
-        return points
+            report = read_trusted_json(path)
+        except FileNotFoundError:
+            self.add("ownership", path, None, "no report yet: run show-cache-info --write to count foreign entries")
+            return
+        except (OSError, ValueError) as exc:
+            self.add("ownership", path, None, "report not read: %s" % exc)
+            return
+        by_name = {c.get("name"): c for c in report.get("caches") or [] if isinstance(c, dict)}
+        for entry in self.p["catalog"]:
+            foreign = (by_name.get(entry["name"]) or {}).get("foreign") or {}
+            count = foreign.get("count") or 0
+            if not count:
+                continue
+            sample = [str(x) for x in (foreign.get("sample") or [])][:3]
+            first = os.path.join(entry["abs_path"], sample[0]) if sample else entry["abs_path"]
+            self.add(
+                "ownership",
+                entry["abs_path"],
+                False,
+                "cache %s: %d entr%s not the cache's (another group; %s, never pruned, repaired or "
+                "measured), e.g. %s"
+                % (
+                    entry["name"],
+                    count,
+                    "y" if count == 1 else "ies",
+                    human(foreign.get("bytes") or 0),
+                    ", ".join(sample),
+                ),
+                "as its owner, once you know it may be shared: chgrp -R %s %s; or take the whole tree over: "
+                "make site ANSIBLE_ARGS='-e cache_layout_adopt=true'" % (self.p["group"], first),
+            )
 
     def check_dirs(self, gid):
         mounts = self.mount_points() if self.p["context"] == "container" else None
@@ -774,6 +812,7 @@ class Doctor:
         self.check_apt()
         self.check_space()
         self.check_tools()
+        self.check_ownership()
         failed = [c for c in self.checks if c["ok"] is False]
         lines = ["FAIL %s %s: %s; fix: %s" % (c["check"], c["target"], c["msg"], c["fix"]) for c in failed]
         return failed, lines
@@ -798,6 +837,7 @@ def main():
             min_pip=dict(type="str", default="25.0"),
             min_huggingface_hub=dict(type="str", default="1.4"),
             fail_on_problem=dict(type="bool", default=True),
+            report=dict(type="path", default="/var/lib/mlinfra-shared-cache/report/report.json"),
         ),
         required_if=[("env_source", "file", ["env_file"])],
         supports_check_mode=True,

@@ -265,3 +265,37 @@ def test_a_file_regrouped_between_the_walk_and_the_fix_is_not_regrouped_back(act
     assert err is not None and "group changed" in str(err)
     st = os.lstat(path)
     assert st.st_gid == actors.team_gid and stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_the_doctor_names_foreign_entries_with_the_fix(actors, arena, cache, capsys):
+    """The report counts what a member moved in; the doctor turns it into a line with the command."""
+    import json
+
+    from ansible.module_utils.testing import patch_module_args
+
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._catalog import resolve
+    from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_doctor
+
+    team = team_folder(actors, arena)
+    actors.alice.run("mkdir %(c)s/pip && mv %(t)s/shared %(c)s/pip/moved" % {"c": cache, "t": team})
+    catalog = resolve({"pip": {"path": "pip", "format": "pip"}}, None, cache, "/cache")
+    state = os.path.join(arena, "state")
+    os.mkdir(state, 0o700)
+    report = {"caches": [_usage.measure_cache("pip", os.path.join(cache, "pip"), fmt="pip")]}
+    with open(os.path.join(state, "report.json"), "w", encoding="utf-8") as fh:
+        json.dump(report, fh)
+    args = {"catalog": catalog, "group": actors.group, "report": os.path.join(state, "report.json")}
+    args.update(probe=False, env_source="none", check_apt=False, pythons=[], fail_on_problem=False)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        cache_doctor.main()
+    res = json.loads(capsys.readouterr().out)
+    lines = [c for c in res["checks"] if c["check"] == "ownership" and c["ok"] is False]
+    assert len(lines) == 1 and "1 entry not the cache's" in lines[0]["msg"] and "moved" in lines[0]["msg"]
+    assert "chgrp -R %s %s/pip/moved" % (actors.group, cache) in lines[0]["fix"]
+    # a report a member could have written is not believed
+    os.chown(os.path.join(state, "report.json"), actors.alice.uid, -1)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        cache_doctor.main()
+    res = json.loads(capsys.readouterr().out)
+    assert not [c for c in res["checks"] if c["check"] == "ownership" and c["ok"] is False]
