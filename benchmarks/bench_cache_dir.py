@@ -1,10 +1,11 @@
 """cache_dir recurse against the shell commands and the Ansible module people use instead.
 
 One generated tree (``make_tree``: n_files small files, 100 per directory), two states:
-- already correct (cache_dir ran once): cache_dir recurse vs ``chmod -R g+rwX`` (both find
+- already correct (cache_dir ran once): cache_dir recurse, the routine walk the nightly fix-up
+  makes (only entries of the cache group, docs/security.md), vs ``chmod -R g+rwX`` (both find
   nothing to change; chmod still calls chmod() on every entry). Target <= 1.0x.
 - wrong (root:root, 0644 files, 0755 dirs, no setgid, no ACL, as a plain download leaves it):
-  cache_dir recurse vs ``chgrp -R G`` + ``chmod -R g+rwX`` + ``find -type d -exec chmod g+s``
+  taking it over is adoption, so cache_dir recurse with ``adopt`` vs ``chgrp -R G`` + ``chmod -R g+rwX`` + ``find -type d -exec chmod g+s``
   + ``find -type d -exec setfacl -d -m g:G:rwx`` (the shell combination that gives the same
   result; ``setfacl -R -d`` alone fails on files). Target <= 1.0x.
 - wrong, through ansible-playbook on localhost: a play running cache_dir recurse vs a play
@@ -42,7 +43,8 @@ import sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.mlinfra.shared_cache.plugins.modules.cache_dir import run
 params = dict(path=sys.argv[2], owner=None, group=sys.argv[3], mode="2775", subdirs=[], recurse=True,
-              one_fs=True, acl=True, allow_world_writable=False, workers=int(sys.argv[4]))
+              one_fs=True, acl=True, allow_world_writable=False, workers=int(sys.argv[4]),
+              adopt=sys.argv[5] == "adopt")
 t0 = time.perf_counter()
 res = run(params, check_mode=False, warn=lambda msg: None)
 el = time.perf_counter() - t0
@@ -60,6 +62,7 @@ PLAY_OURS = """- hosts: localhost
         group: "{{ grp }}"
         mode: "2775"
         recurse: true
+        adopt: true
 """
 
 PLAY_FILE = """- hosts: localhost
@@ -75,8 +78,10 @@ PLAY_FILE = """- hosts: localhost
 """
 
 
-def _ours(coll, tree, workers=0):
-    return python_timed(CODE, coll, tree, GROUP, str(workers))
+def _ours(coll, tree, workers=0, adopt=True):
+    """cache_dir's run(); ``adopt`` for the root:root trees (taking them over), the routine walk
+    (only the cache group's entries, as the nightly fix-up) on an already correct tree."""
+    return python_timed(CODE, coll, tree, GROUP, str(workers), "adopt" if adopt else "routine")
 
 
 def _reset_wrong(tree):
@@ -160,7 +165,7 @@ def rows(n_files, workdir):
     ours_t = peer_t = None
     rss = 0.0
     for _i in range(REPEAT):
-        t, r = _ours(coll, tree)
+        t, r = _ours(coll, tree, adopt=False)
         ours_t = t if ours_t is None else min(ours_t, t)
         rss = max(rss, r or 0)
         t, _r = run_timed(["chmod", "-R", "g+rwX", tree])
