@@ -456,7 +456,8 @@ def history_entry(report):
 
 
 def read_history(path, limit=2000):
-    """Entries of a JSON-lines history file (last ``limit``); bad lines are skipped, no file = []."""
+    """Entries of a JSON-lines history file (last ``limit``); bad lines are skipped; no file, or
+    one the caller may not read (a non-member and a 2770 cache's 0640 history), = []."""
     out = []
     try:
         with open(path, encoding="utf-8") as fh:
@@ -470,7 +471,7 @@ def read_history(path, limit=2000):
                     continue
                 if isinstance(item, dict) and isinstance(item.get("t"), (int, float)):
                     out.append(item)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return []
     return out[-limit:] if limit else out
 
