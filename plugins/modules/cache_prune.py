@@ -48,7 +48,7 @@ description:
     everything below it, as systemd-tmpfiles does; the tool's own locks are respected (apt
     C(archives/lock) is taken for the run, cargo's C(.package-cache) too, HuggingFace C(.locks)
     of a repo make its units wait for the next run, Go's download C(.lock) files); a tool lock held
-    past the wait (any member can hold one) is reported in RV(busy) and does not stop the run:
+    past the wait (any member can hold one) is reported in RV(busy) and does not stop the run;
     what is in use stays by O(min_age) and the per-entry lock check; nothing younger
     than O(min_age) is deleted.
   - Bad input (unparseable sizes or ages, negative values, an unknown format, a path that is not
