@@ -855,7 +855,7 @@ class Pruner:
                 result["busy"].append("%s (%s)" % (u.key, busy))
                 continue
             if self.check:
-                files = u.files + sum(len(collection.shared[s].paths) for s in gone)
+                files = u.files + sum(collection.shared[s].files for s in gone)
                 self._count(result, u, reason, freed, files)
                 removed.add(u.key)
                 freed_total += freed

@@ -14,7 +14,11 @@ description:
   - The unit of deletion follows the cache O(format). C(huggingface) - a revision (snapshot) of a
     repo with its refs; its blobs go only when no other revision uses them; stale C(*.incomplete)
     downloads; repos left empty are removed; never a dangling symlink. C(pip) - an HTTP response
-    (headers and body together) or a built-wheel directory. C(conda) - a package (extracted
+    (headers and body together) or a built-wheel directory. C(uv) - a wheel entry (link, HTTP policy,
+    metadata, lock), a source distribution's builds, an index response, interpreter information, a
+    git checkout; an unzipped wheel archive goes with the last entry that links it; uv's C(.lock) is
+    taken exclusively as C(uv cache prune) does; files hard-linked into environments are never
+    counted as freed. C(conda) - a package (extracted
     directory and tarball together) timed by its own C(info/repodata_record.json) and tarball, not
     by its files' (years old) mtimes; packages whose files are hard-linked into an environment are
     kept; C(urls.txt) is rewritten without the removed packages. C(apt) - C(archives/*.deb) and
@@ -81,7 +85,7 @@ options:
         C(generic)).
     type: str
     default: auto
-    choices: [auto, huggingface, torch, pip, conda, apt, npm, go, cargo, generic, external]
+    choices: [auto, huggingface, torch, pip, uv, conda, apt, npm, go, cargo, generic, external]
   max_age:
     description:
       - Delete units not used for longer than this (V(90d), V(12h), V(2w), seconds).

@@ -101,6 +101,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats.npm 
 )
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats.pip import PipFormat
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats.torch import TorchFormat
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats.uv import UvFormat
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker
 
 __all__ = [
@@ -138,6 +139,7 @@ REGISTRY = {
         HuggingFaceFormat(),
         TorchFormat(),
         PipFormat(),
+        UvFormat(),
         CondaFormat(),
         AptFormat(),
         NpmFormat(),

@@ -99,7 +99,7 @@ class Unit:
 class Shared:
     """An object several units may reference (HF blob, npm content file)."""
 
-    __slots__ = ("size", "disk", "atime", "mtime", "paths", "refs")
+    __slots__ = ("size", "disk", "atime", "mtime", "paths", "refs", "files")
 
     def __init__(self, st, path):
         self.size = st.st_size
@@ -108,6 +108,7 @@ class Shared:
         self.mtime = st.st_mtime
         self.paths = [path]
         self.refs = 0
+        self.files = 1  # files it holds (a directory of files, uv's archives, is one path)
 
 
 class Collection:
@@ -132,7 +133,7 @@ class Collection:
 
     @property
     def total_files(self):
-        return self.other_files + sum(u.files for u in self.units) + sum(len(s.paths) for s in self.shared.values())
+        return self.other_files + sum(u.files for u in self.units) + sum(s.files for s in self.shared.values())
 
 
 def _parts(rel):
@@ -242,6 +243,7 @@ class Collector:
             self.shared[sid] = Shared(st, path)
         else:
             s.paths.append(path)
+            s.files += 1
 
     # -- overridables ----------------------------------------------------------------------
     def enter(self, parts, st, d):
