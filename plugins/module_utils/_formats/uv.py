@@ -125,7 +125,8 @@ class _UvCollector(Collector):
                 if len(parts) <= pkg_len:
                     return None
                 anchor = parts[:pkg_len] + (_stem(parts[pkg_len]),)
-                return "/".join(anchor), "wheel", anchor
+                kind = "temporary file" if anchor[-1].startswith(".tmp") else "wheel"  # being persisted
+                return "/".join(anchor), kind, anchor
             root_len = 1 + n + (2 if parts[1] in ("pypi", "index") else 0)
             if len(parts) <= root_len:
                 return None
