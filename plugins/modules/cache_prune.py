@@ -217,7 +217,7 @@ kept:
   type: dict
 foreign:
   description:
-    - Entries left alone because they are not the cache's (another group): C(count), C(bytes)
+    - Entries left alone because they are not the cache's (another group) - C(count), C(bytes)
       (their own allocated size; directories among them were not entered) and a C(sample).
   returned: always
   type: dict

@@ -43,6 +43,17 @@ def documented_registry_choices(module):
 
 
 @pytest.mark.parametrize("module", MODULES)
+def test_module_documentation_is_yaml(module):
+    """DOCUMENTATION, EXAMPLES and RETURN parse (ansible-doc and validate-modules read them so)."""
+    mod = importlib.import_module("ansible_collections.mlinfra.shared_cache.plugins.modules." + module)
+    for attr in ("DOCUMENTATION", "EXAMPLES", "RETURN"):
+        try:
+            yaml.safe_load(getattr(mod, attr))
+        except yaml.YAMLError as exc:
+            pytest.fail("%s.%s is not valid YAML: %s" % (module, attr, exc))
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_documented_choices_are_the_registry(module):
     for path, documented, registry in documented_registry_choices(module):
         assert documented == registry, "%s: option %s documents %s, the registry has %s" % (
