@@ -5,7 +5,8 @@ One generated tree (``make_tree``: n_files small files, 100 per directory), two 
   makes (only entries of the cache group, docs/security.md), vs ``chmod -R g+rwX`` (both find
   nothing to change; chmod still calls chmod() on every entry). Target <= 1.0x.
 - wrong (root:root, 0644 files, 0755 dirs, no setgid, no ACL, as a plain download leaves it):
-  taking it over is adoption, so cache_dir recurse with ``adopt`` vs ``chgrp -R G`` + ``chmod -R g+rwX`` + ``find -type d -exec chmod g+s``
+  taking it over is adoption, so cache_dir recurse with ``adopt`` vs ``chgrp -R G`` +
+  ``chmod -R g+rwX`` + ``find -type d -exec chmod g+s``
   + ``find -type d -exec setfacl -d -m g:G:rwx`` (the shell combination that gives the same
   result; ``setfacl -R -d`` alone fails on files). Target <= 1.0x.
 - wrong, through ansible-playbook on localhost: a play running cache_dir recurse vs a play

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import re
 
+# The formats (and age_by values) the modules understand: one module each in _formats/.
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import AGE_BY, FORMATS
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
     ParamError,
     normalize_abs_path,
@@ -26,22 +28,8 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
 )
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import DEFAULT_PRIVATE
 
-# Formats the modules understand. The unit of deletion/reporting of each lives in _formats.py.
-FORMATS = (
-    "huggingface",  # HF hub cache: models--org--name/{blobs,snapshots,refs}, .locks
-    "torch",  # torch hub: hub/checkpoints/*.pth, hub/<owner>_<repo>_<ref>/
-    "pip",  # pip cache: http-v2/, wheels/
-    "conda",  # conda pkgs dir: <pkg>/ + <pkg>.conda|.tar.bz2, urls.txt
-    "apt",  # /var/cache/apt: archives/*.deb, archives/partial, lock
-    "npm",  # npm cache: _cacache/{index-v5,content-v2}
-    "go",  # GOMODCACHE: <module>@<version>/, cache/download/
-    "cargo",  # CARGO_HOME: registry/{cache,src,index}
-    "generic",  # files, then empty directories
-    "external",  # owned by a daemon or tool (buildkit, docker, git-lfs, rclone): never pruned by file
-)
 CATEGORIES = ("ml-models", "packages", "languages", "other")
 RETENTION_KEYS = ("max_age", "max_size", "min_free", "min_age", "exclude", "age_by")
-AGE_BY = ("atime", "mtime", "newest")
 ENTRY_KEYS = (
     "path",
     "mount",

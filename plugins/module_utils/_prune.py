@@ -34,18 +34,14 @@ from array import array
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
-    O_DIR,
     Foreign,
-    MemberFileError,
     Walker,
     free_bytes,
     human,
-    member_lines,
     mount_options,
     mounts_below,
     open_dir_nofollow,
     open_lock_file,
-    open_member_file,
     open_parent,
     open_private_dir,
     open_subdir,
@@ -572,127 +568,6 @@ class Trash:
             pass  # something locked (or not the cache's) is left inside: the next run deletes it
 
 
-def dir_is_prunable_repo(root_fd, prefix):
-    """True when an HF repo dir has no snapshot and no blob left (only refs / .no_exist)."""
-    dev = os.fstat(root_fd).st_dev
-    pfd = open_parent(root_fd, prefix + ("x",), dev, ())
-    if pfd is None:
-        return False
-    try:
-        for sub in ("snapshots", "blobs"):
-            try:
-                fd = os.open(sub, O_DIR, dir_fd=pfd)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                return False
-            try:
-                if os.listdir(fd):
-                    return False
-            finally:
-                os.close(fd)
-        return True
-    finally:
-        os.close(pfd)
-
-
-def rewrite_conda_urls(root_fd, prefix, gone):
-    """Drop urls.txt lines of removed packages; None when there is no urls.txt under prefix.
-
-    urls.txt is member-written: it is opened with ``_fs.open_member_file`` (no symlink, no FIFO,
-    at most ``_formats.CONDA_URLS_MAX``), read line by line (lines over
-    ``_formats.CONDA_URL_LINE_MAX`` are refused) and the kept lines stream into a new file made
-    O_EXCL next to it (the original's owner and permission bits), fsync'ed and renamed over it
-    only if urls.txt is still the file that was read. A file with holes is never rewritten (that
-    would allocate them). Whatever is refused raises MemberFileError and leaves urls.txt as it is.
-    Returns the number of lines dropped.
-    """
-    dev = os.fstat(root_fd).st_dev
-    pfd = open_parent(root_fd, prefix + ("urls.txt",), dev, ())
-    if pfd is None:
-        return None
-    try:
-        try:
-            fd, st = open_member_file(pfd, "urls.txt", _formats.CONDA_URLS_MAX)
-        except MemberFileError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
-            raise
-        try:
-            if _has_hole(fd, st.st_size):
-                raise MemberFileError(errno.EINVAL, "sparse; never rewritten (that would allocate its holes)")
-            return _filter_conda_urls(pfd, fd, st, gone)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(pfd)
-
-
-def _has_hole(fd, size):
-    try:
-        hole = os.lseek(fd, 0, os.SEEK_HOLE)
-    except (OSError, AttributeError):
-        return False  # no SEEK_HOLE here: the line cap still refuses a long run of zeros
-    finally:
-        os.lseek(fd, 0, os.SEEK_SET)
-    return hole < size
-
-
-def _conda_url_dist(line):
-    base = line.strip().rsplit(b"/", 1)[-1].decode("utf-8", "surrogateescape")
-    for ext in (".tar.bz2", ".conda"):
-        if base.endswith(ext):
-            return base[: -len(ext)]
-    return None
-
-
-def _filter_conda_urls(pfd, fd, st, gone):
-    tmp = ".urls.txt.mlinfra-prune-%s" % os.urandom(6).hex()
-    wfd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600, dir_fd=pfd
-    )
-    done = False
-    try:
-        dropped = 0
-        pending = []
-        for line in member_lines(fd, _formats.CONDA_URL_LINE_MAX, _formats.CONDA_URLS_MAX):
-            if line is None:
-                raise MemberFileError(errno.EINVAL, "a line over %d bytes" % _formats.CONDA_URL_LINE_MAX)
-            if _conda_url_dist(line) in gone:
-                dropped += 1
-                continue
-            pending.append(line)
-            if len(pending) >= 1024:
-                _write_all(wfd, b"".join(pending))
-                pending = []
-        if not dropped:
-            return 0
-        _write_all(wfd, b"".join(pending))
-        try:
-            os.fchown(wfd, st.st_uid, st.st_gid)
-        except OSError:
-            pass
-        os.fchmod(wfd, stat.S_IMODE(st.st_mode) & 0o777)  # after fchown, which may clear bits
-        os.fsync(wfd)
-        now = os.stat("urls.txt", dir_fd=pfd, follow_symlinks=False)
-        if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
-            raise MemberFileError(errno.EAGAIN, "changed while it was rewritten")
-        os.rename(tmp, "urls.txt", src_dir_fd=pfd, dst_dir_fd=pfd)
-        done = True
-        return dropped
-    finally:
-        os.close(wfd)
-        if not done:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=pfd)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 # ------------------------------------------------------------------------------------------
 # selection
 # ------------------------------------------------------------------------------------------
@@ -980,7 +855,7 @@ class Pruner:
                 result["busy"].append("%s (%s)" % (u.key, busy))
                 continue
             if self.check:
-                files = u.files + sum(len(collection.shared[s].paths) for s in gone)
+                files = u.files + sum(collection.shared[s].files for s in gone)
                 self._count(result, u, reason, freed, files)
                 removed.add(u.key)
                 freed_total += freed

@@ -43,7 +43,6 @@ CATEGORY_TITLES = (
     ("languages", "Language-Specific"),
     ("other", "Other Caches"),
 )
-AGE_BY = ("atime", "mtime", "newest")
 # A forked pool costs about 15 ms here (measured: 5 caches of 0/2k/20k files, 1 vs 2 workers);
 # a walk of 0.1 s is where two workers start to pay (20k files: 62 ms alone, 60 ms in two).
 PARALLEL_MIN_SECONDS = 0.1

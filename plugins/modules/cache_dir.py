@@ -18,7 +18,7 @@ description:
   - With O(recurse=true), existing content is brought into line in one walk, touching only the
     entries that differ, never following a symlink and never leaving the directory's filesystem.
   - Only what the cache owns is touched (its group is the cache group, which the setgid
-    directories give to everything created inside) - an entry of another group, such as a
+    directories give to everything created inside); an entry of another group, such as a
     directory a member moved in with another user's private files, is neither regrouped nor
     widened, a directory of another group is not entered, and both are reported in
     RV(foreign). Taking over an old tree of mixed groups is the explicit O(adopt=true), once.

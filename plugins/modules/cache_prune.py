@@ -14,7 +14,11 @@ description:
   - The unit of deletion follows the cache O(format). C(huggingface) - a revision (snapshot) of a
     repo with its refs; its blobs go only when no other revision uses them; stale C(*.incomplete)
     downloads; repos left empty are removed; never a dangling symlink. C(pip) - an HTTP response
-    (headers and body together) or a built-wheel directory. C(conda) - a package (extracted
+    (headers and body together) or a built-wheel directory. C(uv) - a wheel entry (link, HTTP policy,
+    metadata, lock), a source distribution's builds, an index response, interpreter information, a
+    git checkout; an unzipped wheel archive goes with the last entry that links it; uv's C(.lock) is
+    taken exclusively as C(uv cache prune) does; files hard-linked into environments are never
+    counted as freed. C(conda) - a package (extracted
     directory and tarball together) timed by its own C(info/repodata_record.json) and tarball, not
     by its files' (years old) mtimes; packages whose files are hard-linked into an environment are
     kept; C(urls.txt) is rewritten without the removed packages. C(apt) - C(archives/*.deb) and
@@ -48,7 +52,7 @@ description:
     everything below it, as systemd-tmpfiles does; the tool's own locks are respected (apt
     C(archives/lock) is taken for the run, cargo's C(.package-cache) too, HuggingFace C(.locks)
     of a repo make its units wait for the next run, Go's download C(.lock) files); a tool lock held
-    past the wait (any member can hold one) is reported in RV(busy) and does not stop the run -
+    past the wait (any member can hold one) is reported in RV(busy) and does not stop the run;
     what is in use stays by O(min_age) and the per-entry lock check; nothing younger
     than O(min_age) is deleted.
   - Bad input (unparseable sizes or ages, negative values, an unknown format, a path that is not
@@ -81,7 +85,7 @@ options:
         C(generic)).
     type: str
     default: auto
-    choices: [auto, huggingface, torch, pip, conda, apt, npm, go, cargo, generic, external]
+    choices: [auto, huggingface, torch, pip, uv, conda, apt, npm, go, cargo, generic, external]
   max_age:
     description:
       - Delete units not used for longer than this (V(90d), V(12h), V(2w), seconds).

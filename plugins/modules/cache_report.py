@@ -310,10 +310,9 @@ html:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import FORMATS
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import AGE_BY, FORMATS
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError, normalize_abs_path
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._usage import (
-    AGE_BY,
     CATEGORY_TITLES,
     build_report,
     foreign_note,

@@ -420,18 +420,19 @@ def test_conda_urls_txt_of_a_member_is_rewritten_as_hers_without_the_pruned_line
 
 def test_conda_urls_txt_a_member_appends_to_during_the_rewrite_keeps_her_line(actors, conda, monkeypatch):
     from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import conda as conda_format
 
     home, pkgs = conda
     urls = os.path.join(pkgs, "urls.txt")
     actors.alice.run("printf '%s' > %s" % (URLS, urls))
-    read_lines = _prune.member_lines
+    read_lines = conda_format.member_lines
 
     def lines_while_alice_appends(fd, max_line, max_bytes):
         yield from read_lines(fd, max_line, max_bytes)
         # conda appends as it downloads: she does so after root read the file, before its rename
         actors.alice.run("echo https://conda.anaconda.org/main/linux-64/mine-1.0-0.conda >> %s" % urls)
 
-    monkeypatch.setattr(_prune, "member_lines", lines_while_alice_appends)
+    monkeypatch.setattr(conda_format, "member_lines", lines_while_alice_appends)
     res = _prune.Pruner(home, fmt="conda", policy=_prune.Policy(max_age=90 * DAY, min_age=0), lock_timeout=0).run()
     assert_old_package_pruned(res, pkgs)
     with open(urls) as fh:

@@ -29,7 +29,11 @@ def by_name(entries):
 
 def test_builtin_catalog_has_every_seed_cache(defaults):
     entries = by_name(resolve(defaults["shared_cache_caches"], {}, defaults["shared_cache_root"]))
-    assert set(entries) == SEED_CACHES
+    assert set(entries) == SEED_CACHES | {"uv"}  # uv: issue 12
+    uv = entries["uv"]
+    assert (uv["abs_path"], uv["mount"], uv["env"]) == ("/mnt/storage/cache/uv", "/cache/uv", {"UV_CACHE_DIR": ""})
+    assert (uv["format"], uv["category"], uv["trust"]) == ("uv", "packages", entries["pip"]["trust"])
+    assert uv["retention"] == entries["pip"]["retention"]
     assert entries["pip"]["abs_path"] == "/mnt/storage/cache/pip"
     assert entries["pip"]["env"] == {"PIP_CACHE_DIR": "", "PIP_FIND_LINKS": "wheelhouse"}
     assert entries["apt"]["mount"] == "/var/cache/apt"

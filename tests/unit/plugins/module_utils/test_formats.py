@@ -284,3 +284,70 @@ def test_reading_npm_index_buckets_does_not_make_them_look_used(tmp_path):
         units = by_key(collect(tmp_path / "npm", "npm"))
         assert units["index-v5/aa/bb/cc"].atime == 1_600_000_000
     assert os.stat(bucket).st_atime == 1_600_000_000
+
+
+def test_uv_layout_every_root_kind_and_version(tmp_path):
+    """uv's roots (pypi, index, url, git), any bucket version, temporaries, dangling revisions,
+    orphan archives and linked files, on a synthetic tree laid out as uv 0.13 writes it (the real
+    uv fills the cache in tests/unit/plugins/modules/test_cache_prune_uv.py)."""
+    c = tmp_path / "uv"
+    for name in ("CACHEDIR.TAG", ".gitignore", ".lock", "sdists-v11/.git"):
+        write(c / name, b"")
+    write(c / "archive-v0" / "AAA" / "six.py", b"s" * 5000)
+    write(c / "archive-v0" / "BBB" / "pkg" / "__init__.py", b"b" * 100)
+    write(c / "archive-v0" / "ORPHAN" / "x.py", b"o")
+    whl = c / "wheels-v8" / "index" / "d1g" / "six"
+    write(whl / "1.17.0-py3-none-any.http", b"h")
+    write(whl / "1.17.0-py3-none-any.lock", b"")
+    os.symlink("../../../../archive-v0/AAA", str(whl / "1.17.0-py3-none-any"))
+    write(c / "wheels-v5" / "pypi" / "six" / ".tmpAbC" / "f", b"t")  # an older bucket version, being persisted
+    rev = c / "sdists-v11" / "url" / "d2g"
+    write(rev / "revision.http", b"\x92\xa4metaCURRENT00000000")
+    write(rev / "CURRENT00000000" / "metadata.msgpack", b"m")
+    os.symlink("../../../../archive-v0/BBB", str(rev / "CURRENT00000000" / "pkg-1.0-py3-none-any"))
+    write(rev / "OLDREVISION0000" / "src" / "setup.py", b"old")
+    write(c / "git-v0" / "checkouts" / "abc" / "1234567" / "f.py", b"g")
+    write(c / "git-v0" / "db" / "abc" / "HEAD", b"ref")
+    write(c / "git-v0" / "locks" / "abc.lock", b"")
+    write(c / "environments-v2" / "tool-x" / "pyvenv.cfg", b"e")
+    write(c / "builds-v0" / ".tmpBuild" / "bin" / "python", b"p")
+    write(c / "interpreter-v5" / "h1" / "h2.msgpack", b"i")
+    write(c / "simple-v28" / "index" / "d1g" / "six.rkyv", b"r")
+    env = tmp_path / "env"
+    env.mkdir()
+    os.link(str(c / "archive-v0" / "AAA" / "six.py"), str(env / "six.py"))  # as uv's hardlink mode does
+    assert detect(c) == "uv"
+    col = collect(c, "uv")
+    units = by_key(col)
+    kinds = {k: u.kind for k, u in units.items()}
+    assert kinds == {
+        "wheels-v8/index/d1g/six/1.17.0-py3-none-any": "wheel",
+        "wheels-v5/pypi/six/.tmpAbC": "temporary file",
+        "sdists-v11/url/d2g": "sdist build",
+        "sdists-v11/url/d2g/OLDREVISION0000": "dangling source revision",
+        "archive-v0/ORPHAN": "orphan archive",
+        "git-v0/checkouts/abc/1234567": "git checkout",
+        "git-v0/db/abc": "git db",
+        "environments-v2/tool-x": "cached environment",
+        "builds-v0/.tmpBuild": "temporary file",
+        "interpreter-v5/h1/h2": "interpreter info",
+        "simple-v28/index/d1g/six": "index page",
+    }
+    wheel = units["wheels-v8/index/d1g/six/1.17.0-py3-none-any"]
+    # pointer first, the link, the lock last; its archive is shared, freed with it
+    assert [p[-1] for p in wheel.paths] == [
+        "1.17.0-py3-none-any.http",
+        "1.17.0-py3-none-any",
+        "1.17.0-py3-none-any.lock",
+    ]
+    assert wheel.shared == ["AAA"] and wheel.locks == [
+        tuple("wheels-v8/index/d1g/six/1.17.0-py3-none-any.lock".split("/"))
+    ]
+    # six.py has a link outside the cache: in the cache's size, never in the unit's
+    assert col.shared["AAA"].disk == 0 and col.shared["AAA"].files == 1
+    assert any("1 file(s)" in n and "hard-linked" in n for n in col.notes)
+    assert col.total_size >= 5000
+    sdist = units["sdists-v11/url/d2g"]
+    assert sdist.shared == ["BBB"] and ("sdists-v11", "url", "d2g", "OLDREVISION0000") not in sdist.paths
+    assert units["sdists-v11/url/d2g/OLDREVISION0000"].stale and units["builds-v0/.tmpBuild"].stale
+    assert not units["sdists-v11/url/d2g"].stale

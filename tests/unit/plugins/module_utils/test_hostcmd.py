@@ -292,25 +292,38 @@ def test_wrappers_are_thin_and_run(tmp_path, template, var, args, expect):
     assert expect in run.stdout
 
 
+def _module_files(dotted):
+    """module_utils files for a dotted name below module_utils: a module or a package's __init__."""
+    rel = dotted.replace(".", "/")
+    if (ROOT / "plugins" / "module_utils" / rel).is_dir():
+        return rel + "/__init__.py"
+    return rel + ".py"
+
+
 def _imports(name, seen):
+    """Follow import statements (as AnsiballZ does; never a dynamic import) from module_utils ``name``."""
     if name in seen:
         return
     seen.add(name)
     tree = ast.parse((ROOT / "plugins" / "module_utils" / name).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and "shared_cache.plugins.module_utils" in node.module:
-            if node.module.endswith("module_utils"):
-                for alias in node.names:
-                    _imports(alias.name + ".py", seen)
-            else:
-                _imports(node.module.rsplit(".", 1)[1] + ".py", seen)
+            below = node.module.split("shared_cache.plugins.module_utils", 1)[1].lstrip(".")
+            if below:
+                _imports(_module_files(below), seen)
+            for alias in node.names:
+                sub = (below + "." if below else "") + alias.name
+                rel = sub.replace(".", "/")
+                base = ROOT / "plugins" / "module_utils"
+                if (base / rel).is_dir() or (base / (rel + ".py")).is_file():
+                    _imports(_module_files(sub), seen)
 
 
 def test_host_lib_ships_everything_the_commands_import():
     needed = set()
     _imports("_hostcmd.py", needed)
     shipped = set(yaml.safe_load((ROOT / "roles/host_lib/vars/main.yml").read_text())["host_lib_files"])
-    assert {"_hostcmd.py", "_jobs.py", "_fs.py"} <= needed
+    assert {"_hostcmd.py", "_jobs.py", "_fs.py", "_formats/__init__.py", "_formats/huggingface.py"} <= needed
     assert needed <= shipped, needed - shipped
 
 

@@ -1,0 +1,313 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The shared part of every format: Unit, Shared, Collection, Collector, Format (see ``_formats``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+AGE_BY = ("atime", "mtime", "newest")
+# Left-overs of interrupted downloads: cache_prune removes them once older than min_age,
+# whatever max_age says (Unit.stale).
+STALE_KINDS = frozenset(["incomplete download", "partial download", "temporary file"])
+# cache_prune moves a unit here (one rename per path) before deleting it, so the tool never sees
+# half a unit; collectors leave it out (it only lasts during a prune, or until the next one).
+TRASH_NAME = ".mlinfra-prune-trash"
+
+
+class Unit:
+    """One deletable unit of a cache (see the module docstring)."""
+
+    __slots__ = (
+        "key",
+        "name",
+        "kind",
+        "own_size",
+        "own_disk",
+        "size",
+        "disk",
+        "files",
+        "atime",
+        "mtime",
+        "recorded",
+        "paths",
+        "shared",
+        "locks",
+        "keep",
+        "timed",
+        "stale",
+    )
+
+    def __init__(self, key, kind, name=None):
+        self.key = key
+        self.kind = kind
+        self.name = name if name is not None else key
+        self.own_size = 0
+        self.own_disk = 0
+        self.size = 0
+        self.disk = 0
+        self.files = 0
+        self.atime = 0.0
+        self.mtime = 0.0
+        self.recorded = None
+        self.paths = []
+        self.shared = []
+        self.locks = []
+        self.keep = None
+        self.timed = False
+        self.stale = kind in STALE_KINDS
+
+    def last_used(self, age_by="newest"):
+        """Newest evidence of use: the tool's own record and the files' atime/mtime per age_by."""
+        if age_by == "atime":
+            t = self.atime
+        elif age_by == "mtime":
+            t = self.mtime
+        else:
+            t = max(self.atime, self.mtime)
+        if self.recorded is not None and self.recorded > t:
+            t = self.recorded
+        return t
+
+    def add_path(self, path):
+        if path not in self.paths:
+            self.paths.append(path)
+
+    def touch(self, st):
+        if st.st_atime > self.atime:
+            self.atime = st.st_atime
+        if st.st_mtime > self.mtime:
+            self.mtime = st.st_mtime
+        self.timed = True
+
+    def as_dict(self, age_by="newest"):
+        return {
+            "key": self.key,
+            "name": self.name,
+            "kind": self.kind,
+            "size": self.size,
+            "disk": self.disk,
+            "files": self.files,
+            "last_used": self.last_used(age_by),
+        }
+
+    def __repr__(self):
+        return "Unit(%r, %r, size=%d)" % (self.key, self.kind, self.size)
+
+
+class Shared:
+    """An object several units may reference (HF blob, npm content file)."""
+
+    __slots__ = ("size", "disk", "atime", "mtime", "paths", "refs", "files")
+
+    def __init__(self, st, path):
+        self.size = st.st_size
+        self.disk = st.st_blocks * 512
+        self.atime = st.st_atime
+        self.mtime = st.st_mtime
+        self.paths = [path]
+        self.refs = 0
+        self.files = 1  # files it holds (a directory of files, uv's archives, is one path)
+
+
+class Collection:
+    """What one walk of a cache found."""
+
+    def __init__(self, fmt, units, shared, other_size, other_disk, other_files, notes):
+        self.format = fmt
+        self.units = units
+        self.shared = shared
+        self.other_size = other_size
+        self.other_disk = other_disk
+        self.other_files = other_files
+        self.notes = notes
+
+    @property
+    def total_size(self):
+        return self.other_size + sum(u.own_size for u in self.units) + sum(s.size for s in self.shared.values())
+
+    @property
+    def total_disk(self):
+        return self.other_disk + sum(u.own_disk for u in self.units) + sum(s.disk for s in self.shared.values())
+
+    @property
+    def total_files(self):
+        return self.other_files + sum(u.files for u in self.units) + sum(s.files for s in self.shared.values())
+
+
+def _parts(rel):
+    return tuple(rel.split("/")) if rel else ()
+
+
+class Collector:
+    """Base collector: subclasses implement ``entry`` (and optionally ``enter``/``finish_units``).
+
+    ``entry(parts, name, st, d)`` is called for every non-directory entry and should call
+    ``self.add(key, kind, anchor, parts, st, ...)`` or ``self.other(st)``.
+    ``enter(parts, st, d)`` is called for every directory entry; return False to keep the walk
+    out of it (it is then counted nowhere by the collector), or call ``self.add_dir`` to attach
+    the directory's own times to a unit.
+    """
+
+    def __init__(self, fmt, root_fd):
+        self.fmt = fmt
+        self.root_fd = root_fd
+        self.units = {}
+        self.shared = {}
+        self.other_size = 0
+        self.other_disk = 0
+        self.other_files = 0
+        self.dir_disk = 0  # allocated bytes of the directories themselves (du counts them)
+        self.notes = []
+        self._seen_inodes = set()
+
+    # -- driving ---------------------------------------------------------------------------
+    def visit(self, d):
+        self.dir_disk += d.st.st_blocks * 512
+        base = _parts(d.rel)
+        entries = d.entries
+        if not d.rel:
+            entries = [e for e in entries if not e[0].startswith(TRASH_NAME)]
+            d.skip.update(e[0] for e in d.entries if e[0].startswith(TRASH_NAME))
+        for name, st in entries:
+            parts = base + (name,)
+            if stat.S_ISDIR(st.st_mode):
+                if self.enter(parts, st, d) is False:
+                    d.skip.add(name)
+            else:
+                self.entry(parts, name, st, d)
+
+    def finish(self):
+        units = self.finish_units()
+        for u in units:
+            u.size = u.own_size
+            u.disk = u.own_disk
+            for sid in u.shared:
+                s = self.shared.get(sid)
+                if s is not None:
+                    u.size += s.size
+                    u.disk += s.disk
+        return Collection(
+            self.fmt.name, units, self.shared, self.other_size, self.other_disk, self.other_files, self.notes
+        )
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    def _counted(self, st):
+        """False when this inode was already counted (hard link seen before in this walk)."""
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            ident = (st.st_dev, st.st_ino)
+            if ident in self._seen_inodes:
+                return False
+            self._seen_inodes.add(ident)
+        return True
+
+    def unit(self, key, kind, name=None):
+        u = self.units.get(key)
+        if u is None:
+            u = self.units[key] = Unit(key, kind, name)
+        return u
+
+    def add(self, key, kind, anchor, st, name=None, timed=True):
+        """Count a file (lstat ``st``) into unit ``key``; ``anchor`` is the path removed for it."""
+        u = self.unit(key, kind, name)
+        u.add_path(anchor)
+        u.files += 1
+        if self._counted(st):
+            u.own_size += st.st_size
+            u.own_disk += st.st_blocks * 512
+        if timed:
+            u.touch(st)
+        return u
+
+    def add_dir(self, key, kind, anchor, st, name=None, timed=True):
+        """Attach a directory to unit ``key``. Only its mtime counts: every walk (ours, du,
+        scan_cache_dir) updates a directory's atime, so it says nothing about use."""
+        u = self.unit(key, kind, name)
+        u.add_path(anchor)
+        if timed and st.st_mtime > u.mtime:
+            u.mtime = st.st_mtime
+        return u
+
+    def other(self, st):
+        self.other_files += 1
+        if self._counted(st):
+            self.other_size += st.st_size
+            self.other_disk += st.st_blocks * 512
+
+    def add_shared(self, sid, st, path):
+        s = self.shared.get(sid)
+        if s is None:
+            if not self._counted(st):
+                st = _ZeroStat(st)
+            self.shared[sid] = Shared(st, path)
+        else:
+            s.paths.append(path)
+            s.files += 1
+
+    # -- overridables ----------------------------------------------------------------------
+    def enter(self, parts, st, d):
+        return True
+
+    def entry(self, parts, name, st, d):
+        self.other(st)
+
+    def finish_units(self):
+        return list(self.units.values())
+
+
+class _ZeroStat:
+    """Stat-like with no size: a hard link already counted."""
+
+    def __init__(self, st):
+        self.st_size = 0
+        self.st_blocks = 0
+        self.st_atime = st.st_atime
+        self.st_mtime = st.st_mtime
+
+
+class Format:
+    """A cache layout: one module of this package per format, one subclass per module.
+
+    A subclass sets ``name`` (the catalog's and the modules' ``format`` value), ``description``,
+    ``collector_class`` (what a unit is: the walk's classification, the order of a unit's paths
+    is the order of removal), ``last_use`` (where a unit's last use comes from, for the docs and
+    the report), and, as needed, ``tool_locks``, ``age_by``, ``detect_order`` with ``detect``
+    (auto-detection, lowest order first; None: never detected) and ``post_prune`` (the format's
+    clean-up after its units went). ``_formats/__init__.py`` imports every format module and
+    builds the registry from them.
+    """
+
+    name = "generic"
+    description = "any tree: each file is a unit (reports group by top-level entry)"
+    prunable = True
+    per_file = False
+    tool_locks = ()
+    collector_class = Collector
+    age_by = AGE_BY
+    last_use = "file times (atime/mtime per age_by)"
+    detect_order = None
+
+    def collector(self, root_fd):
+        return self.collector_class(self, root_fd)
+
+    def detect(self, root_fd, top):
+        """True when the directory open at ``root_fd`` (its names: ``top``) has this layout."""
+        return False
+
+    def post_prune(self, root_fd, collection, removed_keys):
+        return []
+
+
+def names(dir_fd, sub=None):
+    """The names in ``dir_fd`` (or its subdirectory ``sub``, never through a symlink); empty on error."""
+    try:
+        if sub is None:
+            return set(os.listdir(dir_fd))
+        fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            return set(os.listdir(fd))
+        finally:
+            os.close(fd)
+    except OSError:
+        return set()

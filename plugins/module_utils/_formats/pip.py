@@ -1,0 +1,37 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""pip cache: unit = an HTTP response, a built-wheel directory or a prefetched wheel."""
+
+from __future__ import annotations
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format
+
+
+class _PipCollector(Collector):
+    def entry(self, parts, name, st, d):
+        top = parts[0]
+        if top in ("http", "http-v2") and len(parts) >= 3:
+            base = name[:-5] if name.endswith(".body") else name
+            self.add(top + "/" + base, "http", parts, st, name=base)
+        elif top == "wheels" and len(parts) >= 3:
+            key = "/".join(parts[:-1])
+            u = self.add(key, "wheel", parts[:-1], st)
+            if name.endswith(".whl"):
+                u.name = name
+        elif top == "wheelhouse" and len(parts) == 2:
+            # Wheels pre-fetched by cache_prefetch (found by pip through PIP_FIND_LINKS).
+            self.add("wheelhouse/" + name, "prefetched wheel", parts, st, name=name)
+        else:
+            self.other(st)
+
+
+class PipFormat(Format):
+    name = "pip"
+    description = "pip cache: unit = an HTTP response (headers + body), a built-wheel directory or a prefetched wheel"
+    collector_class = _PipCollector
+    detect_order = 70
+
+    def detect(self, root_fd, top):
+        return bool(top & {"http-v2", "wheels", "selfcheck"}) or (
+            "http" in top and not top - {"http", "selfcheck", "wheels"}
+        )
