@@ -43,10 +43,12 @@ options:
     description: Free space required on the cache filesystem (V(1G), V(500M)); empty for no check.
     type: str
     default: 1G
-  acl:
-    description: Require default POSIX ACL support on the cache filesystem.
+  require_acl:
+    description:
+      - Fail when the cache filesystem cannot hold default POSIX ACLs. Without it, such a
+        filesystem is a warning (the layout falls back to setgid and group modes).
     type: bool
-    default: true
+    default: false
   install_packages:
     description: Whether missing commands will be installed by package (else they are problems).
     type: bool
@@ -138,13 +140,17 @@ def check(p):
         root = None
     parent = nearest_existing(root) if root else "/"
     result["root_parent"] = parent
-    result["acl"], acl_msg = (None, "not probed") if not p["acl"] else acl_support(parent)
+    result["acl"], acl_msg = acl_support(parent)
     if result["acl"] is False:
-        problems.append(
-            "%s; fix: remount it with ACLs (mount -o remount,acl %s) or put shared_cache_root on ext4/xfs"
-            % (acl_msg, parent)
+        line = "%s; fix: remount it with ACLs (mount -o remount,acl %s) or put shared_cache_root on ext4/xfs" % (
+            acl_msg,
+            parent,
         )
-    elif p["acl"] and result["acl"] is None:
+        if p["require_acl"]:
+            problems.append(line)
+        else:
+            result["warnings"].append(line + " (without: setgid and group modes only, files written 0600 stay private)")
+    elif result["acl"] is None:
         result["warnings"].append("ACL support not checked: %s" % acl_msg)
     st = os.statvfs(parent)
     result["free_bytes"] = st.f_bavail * st.f_frsize
@@ -191,7 +197,7 @@ def main():
             cron_commands=dict(type="list", elements="dict", default=[]),
             scheduled=dict(type="bool", default=True),
             min_free=dict(type="str", default="1G"),
-            acl=dict(type="bool", default=True),
+            require_acl=dict(type="bool", default=False),
             install_packages=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
