@@ -36,8 +36,9 @@ options:
     default: /cache
   errors:
     description:
-      - V(raise) fails the template with the error; V(return) returns C({error: message}) instead
-        of the list, so that a C(fail) task can show the message alone (the catalog role does).
+      - V(raise) fails the template with the error; V(return) returns a mapping with the key
+        C(error) (the message) instead of the list, so that a C(fail) task can show the message
+        alone (the catalog role does).
     type: str
     choices: [raise, return]
     default: raise
