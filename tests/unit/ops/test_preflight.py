@@ -121,6 +121,12 @@ def test_a_bad_input_fails_site_before_any_change(tmp_path, site_vars, bad, mess
     assert not os.path.exists(site_vars["shared_cache_root"].split("/cache")[0])
 
 
+def run_preflight(tmp_path, **extra):
+    """The preflight role alone on this host, installing nothing, the root in tmp_path."""
+    base = {"shared_cache_root": str(tmp_path / "cache"), "shared_cache_install_packages": False}
+    return run_play_on_localhost(PREFLIGHT, tmp_path, dict(base, preflight_cron_commands=[], **extra))
+
+
 def no_scheduler_here():
     sched = scheduler()
     return sched["kind"] == "cron" and not sched["running"]
@@ -128,15 +134,7 @@ def no_scheduler_here():
 
 @pytest.mark.skipif(not no_scheduler_here(), reason="a scheduler runs this host")
 def test_the_preflight_warns_that_no_scheduler_runs(tmp_path):
-    rc, recap, out = run_play_on_localhost(
-        PREFLIGHT,
-        tmp_path,
-        {
-            "shared_cache_root": str(tmp_path / "cache"),
-            "shared_cache_install_packages": False,
-            "preflight_cron_commands": [],
-        },
-    )
+    rc, recap, out = run_preflight(tmp_path)
     assert rc == 0, out
     assert recap["changed"] == 0, out
     assert "no scheduler runs on this host" in out
@@ -148,20 +146,14 @@ def test_the_preflight_warns_that_no_scheduler_runs(tmp_path):
 
 
 def test_missing_commands_are_listed_once_and_nothing_is_installed(tmp_path):
-    rc, recap, out = run_play_on_localhost(
-        PREFLIGHT,
+    rc, recap, out = run_preflight(
         tmp_path,
-        {
-            "shared_cache_root": str(tmp_path / "cache"),
-            "shared_cache_install_packages": False,
-            "preflight_commands": [
-                {"command": "mlinfra-no-such-cmd", "package": "mlinfra-no-such-pkg", "why": "the test"},
-                {"command": sys.executable, "package": "python3", "why": "present"},
-                {"command": "mlinfra-no-such-cmd2", "package": "mlinfra-no-such-pkg", "why": "the test"},
-            ],
-            "preflight_cron_commands": [],
-            "preflight_min_free": "999P",
-        },
+        preflight_commands=[
+            {"command": "mlinfra-no-such-cmd", "package": "mlinfra-no-such-pkg", "why": "the test"},
+            {"command": sys.executable, "package": "python3", "why": "present"},
+            {"command": "mlinfra-no-such-cmd2", "package": "mlinfra-no-such-pkg", "why": "the test"},
+        ],
+        preflight_min_free="999P",
     )
     assert rc != 0
     assert recap["failed"] == 1 and recap["changed"] == 0, out
