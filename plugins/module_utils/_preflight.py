@@ -74,8 +74,15 @@ def nearest_existing(path):
 def acl_support(directory):
     """(True|False|None, reason): can a default POSIX ACL be set on a directory created here?
 
-    A temporary directory is created and removed again; None when the probe could not run.
+    A directory that already has a default ACL (a laid-out cache root) answers without a probe;
+    else a temporary directory is created and removed again. None when the probe could not run.
     """
+    try:
+        os.getxattr(directory, ACL_DEFAULT)
+        return True, "default ACLs supported (set on %s)" % directory
+    except OSError as exc:
+        if exc.errno in ACL_UNSUPPORTED:
+            return False, "the filesystem of %s does not support POSIX ACLs" % directory
     try:
         tmp = tempfile.mkdtemp(prefix=".mlinfra-preflight-", dir=directory)
     except OSError as exc:

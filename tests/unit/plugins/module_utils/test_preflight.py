@@ -22,6 +22,20 @@ def test_acl_probe_leaves_nothing_behind(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_acl_probe_reads_an_existing_default_acl_first(tmp_path):
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import ACL_DEFAULT, encode_acl
+
+    try:
+        os.setxattr(tmp_path, ACL_DEFAULT, encode_acl([(1, 7, 0), (4, 7, 0), (0x20, 5, 0)]))
+    except OSError:
+        return  # no ACLs on this filesystem: nothing to read first
+    tmp_path.chmod(0o555)  # a probe directory could not be created here (root ignores it: read below)
+    ok, msg = _preflight.acl_support(str(tmp_path))
+    tmp_path.chmod(0o755)
+    assert ok is True and "set on" in msg
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_commands_by_name_and_path():
     reqs = [
         {"command": "sh", "package": "dash"},
