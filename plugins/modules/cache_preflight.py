@@ -53,7 +53,7 @@ options:
     description: Whether missing commands will be installed by package (else they are problems).
     type: bool
     default: true
-author: mlinfra
+author: mlinfra (@mlinfra)
 """
 
 EXAMPLES = r"""
