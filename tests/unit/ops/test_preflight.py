@@ -98,8 +98,17 @@ def site_vars(tmp_path):
         ),
         ({"shared_cache_root": "storage/cache"}, "shared_cache_root: must be an absolute path"),
         ({"cache_prune_schedule": "hourly"}, "cache_prune: cache_prune_schedule must be none, systemd, cron or auto"),
+        ({"shared_cache_overrides": {"huggingface": {"env": {"HF_HOME": ""}}}}, "a catalog entry sets HF_HOME"),
+        (
+            {
+                "shared_cache_users": ["root"],
+                "compose_volumes_users": ["root"],
+                "compose_volumes_extra_volumes": ["/srv/x:/cache/pip"],
+            },
+            "/srv/x:/cache/pip clashes with the mount /cache/pip of cache pip",
+        ),
     ],
-    ids=["override", "relative-root", "prune-setting"],
+    ids=["override", "relative-root", "prune-setting", "cache_env-hf-home", "compose-clash"],
 )
 def test_a_bad_input_fails_site_before_any_change(tmp_path, site_vars, bad, message):
     watched = [str(tmp_path), "/etc/profile.d/shared-cache.sh", "/etc/cron.d", "/usr/local/bin/show-cache-info"]
