@@ -34,6 +34,14 @@ options:
     description: Where caches are mounted in containers when an entry gives no C(mount).
     type: path
     default: /cache
+  errors:
+    description:
+      - V(raise) fails the template with the error; V(return) returns a mapping with the key
+        C(error) (the message) instead of the list, so that a C(fail) task can show the message
+        alone (the catalog role does).
+    type: str
+    choices: [raise, return]
+    default: raise
 """
 
 EXAMPLES = r"""
@@ -59,10 +67,12 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._catalog impo
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
 
 
-def cache_catalog(caches, overrides=None, root="/mnt/storage/cache", mount_root="/cache"):
+def cache_catalog(caches, overrides=None, root="/mnt/storage/cache", mount_root="/cache", errors="raise"):
     try:
         return resolve(caches, overrides or {}, root, mount_root)
     except ParamError as exc:
+        if errors == "return":
+            return {"error": "shared cache catalog: %s" % exc}
         raise AnsibleFilterError("shared cache catalog: %s" % exc) from None
 
 

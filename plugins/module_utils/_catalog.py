@@ -195,6 +195,21 @@ def _overlaps(a, b):
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
+def _blame(exc, name, caches, overrides, root, mount_root):
+    """Name the variable the user set: an entry whose catalog value is valid alone was broken by
+    shared_cache_overrides, so the error reads shared_cache_overrides.<name>.<field>."""
+    if name not in (overrides or {}):
+        return exc
+    base = caches.get(name)
+    if isinstance(base, dict):
+        try:
+            _entry(name, base, root, mount_root)
+        except ParamError:
+            return exc  # the catalog entry itself is at fault
+    text = str(exc).replace("shared_cache_caches[%s]" % name, "shared_cache_overrides.%s" % name, 1)
+    return ParamError(text)
+
+
 def resolve(caches, overrides=None, root="/mnt/storage/cache", mount_root="/cache"):
     """Return the enabled, validated catalog as a list sorted by name.
 
@@ -218,8 +233,12 @@ def resolve(caches, overrides=None, root="/mnt/storage/cache", mount_root="/cach
     entries = []
     for name in sorted(merged):
         if not isinstance(name, str) or not name or "/" in name:
-            raise ParamError("cache name %r: expected a short name without '/'" % (name,))
-        entry = _entry(name, merged[name], root, mount_root)
+            where = "shared_cache_overrides" if name in (overrides or {}) else "shared_cache_caches"
+            raise ParamError("%s: cache name %r: expected a short name without '/'" % (where, name))
+        try:
+            entry = _entry(name, merged[name], root, mount_root)
+        except ParamError as exc:
+            raise _blame(exc, name, caches, overrides, root, mount_root) from None
         if entry["enabled"]:
             entries.append(entry)
     seen_env = {}

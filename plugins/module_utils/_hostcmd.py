@@ -279,7 +279,10 @@ def _report(args):
             with open(out["json"], encoding="utf-8") as fh:
                 report = json.load(fh)
         except FileNotFoundError:
-            sys.stderr.write("show-cache-info: no report written yet at %s; run without --last\n" % out["json"])
+            sys.stderr.write(
+                "show-cache-info: no report written yet at %s: run `show-cache-info --write` (as root) to "
+                "write it now, or wait for the scheduled refresh (`make site` writes the first one)\n" % out["json"]
+            )
             return 1
         sys.stdout.write(
             json.dumps(report, indent=2, sort_keys=True) + "\n" if args.json else _usage.render_table(report)

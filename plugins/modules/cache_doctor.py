@@ -118,6 +118,26 @@ options:
         touches) become one C(ownership) line per cache with the fix. Empty to skip (host only).
     type: path
     default: /var/lib/mlinfra-shared-cache/report/report.json
+  cron_dir:
+    description:
+      - Where the cron jobs of the roles are (C(mlinfra-shared-cache-*)). The C(scheduler) check (host
+        only) fails when jobs are installed but no cron daemon process runs (C(cron), C(crond),
+        busybox C(crond)), or when systemd timers (C(mlinfra-cache-*.timer) in O(systemd_dir)) are
+        installed but systemd does not run the host; the fix is the command that starts cron.
+    type: path
+    default: /etc/cron.d
+  systemd_dir:
+    description: Where the systemd units of the roles are installed.
+    type: path
+    default: /etc/systemd/system
+  systemd_run_dir:
+    description: Exists when systemd runs the host.
+    type: path
+    default: /run/systemd/system
+  proc:
+    description: The proc filesystem scanned for a cron daemon.
+    type: path
+    default: /proc
 attributes:
   check_mode:
     support: full
@@ -194,6 +214,7 @@ lines:
 """
 
 import errno
+import glob
 import grp
 import os
 import pwd
@@ -209,6 +230,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
     parse_mode,
     parse_size,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._preflight import START_CRON, scheduler
 
 # The probe runs /bin/sh as each member (any interpreter of Ansible's may be unreadable to them).
 PROBE_WRITE = 'mkdir -- "$1" && printf "first member\\n" > "$1/written"'
@@ -394,22 +416,25 @@ class Doctor:
     def fix_missing(self, entry):
         if self.p["context"] == "container":
             return (
-                "mount %s:%s:rw in the workspace service (mlinfra.shared_cache.compose_volumes) and "
-                "recreate the container" % (entry["abs_path"], entry["mount"])
+                "mount %s:%s:rw in the workspace service (mlinfra.shared_cache.compose_volumes writes it), "
+                "then recreate the container: docker compose up -d --force-recreate"
+                % (entry["abs_path"], entry["mount"])
             )
-        return self.fix_layout(entry)
-
-    def fix_layout(self, entry):
-        if self.p["context"] == "container":
-            return (
-                "fix it on the host: mlinfra.shared_cache.cache_dir path=%s group=%s mode=%s recurse=true; "
-                "and give the group the same gid in the image" % (entry["abs_path"], self.p["group"], entry["mode"])
-            )
-        return "mlinfra.shared_cache.cache_dir path=%s group=%s mode=%s recurse=true (not chmod -R 777)" % (
-            entry["abs_path"],
+        return "rerun `make site` (it lays out the whole tree); or just this one: install -d -g %s -m %s %s" % (
             self.p["group"],
             entry["mode"],
+            entry["abs_path"],
         )
+
+    def fix_layout(self, entry):
+        """Commands to paste (never chmod -R 777): the directory itself, or the whole tree by make site."""
+        here = "chgrp %s %s && chmod %s %s" % (self.p["group"], entry["abs_path"], entry["mode"], entry["abs_path"])
+        if self.p["context"] == "container":
+            return (
+                "on the host, rerun `make site` or: %s; and give the group the host's gid in the image "
+                "(groupadd -g GID %s in the Dockerfile)" % (here, self.p["group"])
+            )
+        return "rerun `make site` (the tree and its default ACLs), or for this directory only: " + here
 
     # -- environment ---------------------------------------------------------------------------
     def source(self):
@@ -462,7 +487,16 @@ class Doctor:
             return dict(os.environ), source
         env, error = self.read_env(source, pw)
         if env is None:
-            self.add("env", source, False, error, "check the script and the user")
+            script = self.p["env_file"] if source == "file" else "/etc/profile.d/shared-cache.sh"
+            user = pw.pw_name if pw is not None else "root"
+            self.add(
+                "env",
+                source,
+                False,
+                error,
+                "rerun `make site` (rewrites the profile script), or see the error: runuser -u %s -- bash -c '. %s'"
+                % (user, script),
+            )
         return env, source
 
     def check_root_env(self, pw):
@@ -472,7 +506,7 @@ class Doctor:
             return
         env, error = self.read_env(source)
         if env is None:
-            self.add("root_env", source, False, error, "check the script")
+            self.add("root_env", source, False, error, "see the error in root's shell files: bash -l -c true")
             return
         bases = [self.path_of(e) for e in self.p["catalog"]]
         found = sorted(
@@ -487,8 +521,8 @@ class Doctor:
                 False,
                 "root's environment points at the shared cache (%s): root would install or run what any "
                 "member can replace" % ", ".join(found),
-                "re-apply mlinfra.shared_cache.cache_env (its script exports the caches to members who are "
-                "not root only) and remove the variables from root's own shell files",
+                "remove them from root's own shell files (grep -n -E '%s' /root/.bashrc /root/.profile) and "
+                "rerun `make site` (its profile script exports the caches to members, not root)" % "|".join(found),
             )
         else:
             self.add("root_env", "root", True, "root's environment does not use the shared cache")
@@ -517,7 +551,8 @@ class Doctor:
                         var,
                         False,
                         "%s (expected %s)" % ("unset" if have is None else have, want),
-                        "set %s=%s in %s" % (var, want, where),
+                        "rerun `make site` (writes %s), then log in again; for this shell: export %s=%s"
+                        % (where, var, want),
                     )
         git = {}
         count = env.get("GIT_CONFIG_COUNT", "0")
@@ -536,7 +571,8 @@ class Doctor:
                         "git " + key,
                         False,
                         "%s (expected %s)" % ("unset" if have is None else have, want),
-                        "give git %s=%s through GIT_CONFIG_COUNT/KEY_n/VALUE_n in %s" % (key, want, where),
+                        "rerun `make site` (gives git %s=%s through GIT_CONFIG_COUNT/KEY_n/VALUE_n in %s), "
+                        "then log in again" % (key, want, where),
                     )
         hf_home = env.get("HF_HOME")
         shared = [e for e in self.p["catalog"] if hf_home and is_within(hf_home.rstrip("/"), self.path_of(e))]
@@ -547,7 +583,8 @@ class Doctor:
                 False,
                 "HF_HOME=%s is inside the shared cache %s: every user's token would be shared and "
                 "`hf auth login` chmods it 0700" % (hf_home, shared[0]["name"]),
-                "unset HF_HOME (it defaults to ~/.cache/huggingface per user); share HF_HUB_CACHE instead",
+                "share HF_HUB_CACHE instead (HF_HOME defaults to ~/.cache/huggingface per user): remove "
+                "HF_HOME from the catalog or the shell files, then: unset HF_HOME",
             )
         else:
             self.add("hf_home", "HF_HOME", True, "per user (%s)" % (hf_home or "unset"))
@@ -603,7 +640,7 @@ class Doctor:
                     user,
                     False,
                     "user %s does not exist here" % user,
-                    "create %s (same uid as on the host) or fix the members option" % user,
+                    "create it with the host's uid (or fix the members option): useradd -u UID %s" % user,
                 )
                 return
         if len(members) < 2:
@@ -612,7 +649,8 @@ class Doctor:
                 self.p["group"],
                 False,
                 "group %s has %d member(s); the probe needs two" % (self.p["group"], len(members)),
-                "add the workspace users to %s (shared_cache_users)" % self.p["group"],
+                "list the workspace users in shared_cache_users and rerun `make site`, or: usermod -aG %s USER"
+                % self.p["group"],
             )
             return
         first, second = members[0], members[1]
@@ -683,10 +721,20 @@ class Doctor:
         rc, out, err = self.module.run_command([apt_config, "dump"])
         if rc != 0:
             self.add(
-                "apt", "apt-config", False, "apt-config dump failed: %s" % err.strip(), "fix the APT configuration"
+                "apt",
+                "apt-config",
+                False,
+                "apt-config dump failed: %s" % err.strip(),
+                "correct the file it names in /etc/apt/apt.conf.d, then check: apt-config dump",
             )
             return
-        fix = "apply mlinfra.shared_cache.apt_keep_cache (or its Dockerfile fragment) and rebuild the image"
+        if self.p["context"] == "container":
+            fix = (
+                "add the apt_keep_cache Dockerfile fragment (/etc/mlinfra/shared-cache/Dockerfile.apt-keep-cache "
+                "on the host) to the image and rebuild it: docker compose build"
+            )
+        else:
+            fix = "rerun `make site` (mlinfra.shared_cache.apt_keep_cache)"
         keep = re.search(r'^Binary::apt::APT::Keep-Downloaded-Packages "([^"]*)";', out, re.M)
         if keep and keep.group(1).lower() in ("true", "1", "yes"):
             self.add("apt", "Keep-Downloaded-Packages", True, "true")
@@ -717,7 +765,7 @@ class Doctor:
                 "docker-clean",
                 False,
                 "a config deletes downloaded packages after each run: %s" % (clean[0] if clean else deleting[0]),
-                "remove %s: %s" % (clean[0] if clean else "that Post-Invoke", fix),
+                "%s; %s" % (("rm " + clean[0]) if clean else "remove that Post-Invoke line", fix),
             )
         else:
             self.add("apt", "docker-clean", True, "no config deletes downloaded packages")
@@ -748,8 +796,45 @@ class Doctor:
                 path,
                 ok,
                 "%.1f GiB free of %.1f GiB (need %.1f GiB)" % (free / 2.0**30, total / 2.0**30, need / 2.0**30),
-                "free space: mlinfra.shared_cache.cache_prune on the host (retention), or grow the filesystem",
+                "prune now by the catalog's retention (or grow the filesystem), on the host as root: "
+                "/usr/local/sbin/mlinfra-cache-prune",
             )
+
+    # -- scheduler ---------------------------------------------------------------------------------
+    def check_scheduler(self):
+        """Jobs installed for a scheduler that does not run here: the prune and report never run."""
+        if self.p["context"] != "host":
+            return
+        timers = sorted(glob.glob(os.path.join(self.p["systemd_dir"], "mlinfra-cache-*.timer")))
+        crons = sorted(glob.glob(os.path.join(self.p["cron_dir"], "mlinfra-shared-cache-*")))
+        sched = scheduler(self.p["proc"], self.p["systemd_run_dir"])
+        bad = False
+        if timers and sched["kind"] != "systemd":
+            bad = True
+            self.add(
+                "scheduler",
+                timers[0],
+                False,
+                "systemd timers are installed (%s) but systemd does not run this host: the prune and report "
+                "jobs never run" % ", ".join(os.path.basename(t) for t in timers),
+                "rerun `make site` (it schedules with cron where systemd does not run), then: %s" % START_CRON,
+            )
+        if crons and sched["kind"] == "cron" and not sched["running"]:
+            bad = True
+            self.add(
+                "scheduler",
+                crons[0],
+                False,
+                "cron jobs are installed (%s) but no cron daemon runs: the prune and report jobs never run"
+                % ", ".join(os.path.basename(c) for c in crons),
+                "start cron: %s" % START_CRON,
+            )
+        if bad:
+            return
+        if timers or crons:
+            self.add("scheduler", sched["kind"], True, "%s runs the installed jobs" % sched["kind"])
+        else:
+            self.add("scheduler", sched["kind"], None, "no scheduled jobs installed: skipped")
 
     # -- tools -------------------------------------------------------------------------------------
     def check_tools(self):
@@ -765,7 +850,13 @@ class Doctor:
                 rc, out, err = self.module.run_command([exe, "-c", TOOL_VERSION, tool])
                 version = out.strip()
                 if rc != 0:
-                    self.add(tool, exe, False, "cannot run %s: %s" % (exe, err.strip()), "check the interpreter")
+                    self.add(
+                        tool,
+                        exe,
+                        False,
+                        "cannot run %s: %s" % (exe, err.strip()),
+                        "see the error: %s -c 'import sys'" % exe,
+                    )
                 elif not version:
                     self.add(tool, exe, None, "not installed: skipped")
                 elif version_tuple(version) >= version_tuple(minimum):
@@ -802,7 +893,8 @@ class Doctor:
                 self.p["group"],
                 False,
                 "group %s does not exist here" % self.p["group"],
-                "create it (ansible.builtin.group) with the gid the host uses",
+                "rerun `make site` on the host; in a container, create it with the host's gid: groupadd -g GID %s"
+                % self.p["group"],
             )
         ok_paths = self.check_dirs(group_entry.gr_gid if group_entry else None)
         pw = self.env_user(group_entry)
@@ -812,6 +904,7 @@ class Doctor:
         self.check_apt()
         self.check_space()
         self.check_tools()
+        self.check_scheduler()
         self.check_ownership()
         failed = [c for c in self.checks if c["ok"] is False]
         lines = ["FAIL %s %s: %s; fix: %s" % (c["check"], c["target"], c["msg"], c["fix"]) for c in failed]
@@ -838,6 +931,10 @@ def main():
             min_huggingface_hub=dict(type="str", default="1.4"),
             fail_on_problem=dict(type="bool", default=True),
             report=dict(type="path", default="/var/lib/mlinfra-shared-cache/report/report.json"),
+            cron_dir=dict(type="path", default="/etc/cron.d"),
+            systemd_dir=dict(type="path", default="/etc/systemd/system"),
+            systemd_run_dir=dict(type="path", default="/run/systemd/system"),
+            proc=dict(type="path", default="/proc"),
         ),
         required_if=[("env_source", "file", ["env_file"])],
         supports_check_mode=True,

@@ -99,3 +99,13 @@ def test_show_cache_info_reports_every_cache(host):
     assert "Total" in out
     for label in ("pip", "HuggingFace"):
         assert label.lower() in out.lower()
+
+
+def test_site_wrote_the_first_report(host):
+    # site.yml runs show-cache-info --write once when no report exists (issue 14 item 4).
+    state = "/var/lib/mlinfra-shared-cache/report"
+    for path in (state + "/report.json", state + "/history.jsonl", state + "/index.html"):
+        assert host.file(path).is_file, path
+    assert host.file("/var/lib/prometheus/node-exporter/shared_cache.prom").is_file
+    last = host.run("/usr/local/bin/show-cache-info --last")
+    assert last.rc == 0 and "Total" in last.stdout, last.stderr

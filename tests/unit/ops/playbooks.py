@@ -43,10 +43,11 @@ def ansible_env(stdout_callback="json"):
     return env
 
 
-def run_play_on_localhost(play_text, tmp_path, extra_vars):
+def run_play_on_localhost(play_text, tmp_path, extra_vars, env=None):
     """ansible-playbook of ``play_text`` on localhost (local connection, this interpreter).
 
-    Runs with ansible-core's default output (no other collection needed). Returns (return code,
+    Runs with ansible-core's default output (no other collection needed), ``env`` added to the
+    environment (ANSIBLE_GATHERING=explicit skips a play's facts). Returns (return code,
     the play recap's counters for localhost such as {"ok": 3, "changed": 0, "failed": 0, ...},
     stdout+stderr).
     """
@@ -58,7 +59,7 @@ def run_play_on_localhost(play_text, tmp_path, extra_vars):
         capture_output=True,
         check=False,
         text=True,
-        env=ansible_env("default"),
+        env=dict(ansible_env("default"), **(env or {})),
         cwd=ROOT,
     )
     recap = {}

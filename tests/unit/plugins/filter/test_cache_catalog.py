@@ -21,6 +21,7 @@ try:
     f({"pip": {"path": "pip", "format": "nope"}})
 except AnsibleFilterError as exc:
     out["error"] = str(exc)
+out["returned"] = f({"pip": {"path": "pip", "format": "nope"}}, errors="return")
 print(json.dumps(out))
 """
 
@@ -40,3 +41,8 @@ def test_filter_error_names_the_entry():
     out = run_filter()
     assert "shared_cache_caches[pip].format" in out["error"]
     assert "unknown format" in out["error"]
+
+
+def test_filter_returns_the_error_for_a_fail_task():
+    out = run_filter()
+    assert out["returned"] == {"error": out["error"]}

@@ -89,7 +89,7 @@ def test_add_and_drop_entries(defaults):
         ({"extra": {"path": "extra", "env": {"PIP_CACHE_DIR": ""}}}, "set by both"),
         ({"extra": {"path": "extra", "env": {"BAD-NAME": ""}}}, "environment variable"),
         ({"pip": {"trust": "root"}}, "unknown kind 'root'"),
-        ({"pip": {"trust": []}}, "pip].trust: expected"),
+        ({"pip": {"trust": []}}, "shared_cache_overrides.pip.trust: expected"),
         ({"pip": {"trust": ["data", "code"]}}, "'data' means neither"),
         ({"pip": {"private": "token"}}, "expected a list"),
         ({"pip": {"private": ["sub/token"]}}, "without '/'"),
@@ -103,6 +103,20 @@ def test_bad_entries_are_refused_with_a_clear_message(defaults, over, message):
     with pytest.raises(ParamError) as err:
         resolve(defaults["shared_cache_caches"], over)
     assert message in str(err.value)
+
+
+def test_an_error_names_the_variable_the_user_set(defaults):
+    """A bad value from shared_cache_overrides is named there; a bad catalog entry stays the catalog's."""
+    with pytest.raises(ParamError) as err:
+        resolve(defaults["shared_cache_caches"], {"pip": {"retention": {"max_age": "7x"}}})
+    assert str(err.value).startswith("shared_cache_overrides.pip.retention.max_age: ")
+    with pytest.raises(ParamError) as err:
+        resolve(defaults["shared_cache_caches"], {"newkind": {"format": "zip"}})
+    assert str(err.value).startswith("shared_cache_overrides.newkind.format: ")
+    caches = dict(defaults["shared_cache_caches"], pip=dict(defaults["shared_cache_caches"]["pip"], format="zip"))
+    with pytest.raises(ParamError) as err:
+        resolve(caches, {"pip": {"description": "pip"}})
+    assert str(err.value).startswith("shared_cache_caches[pip].format: ")
 
 
 def test_trust_marks_and_private_patterns(defaults):

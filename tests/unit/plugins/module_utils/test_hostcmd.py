@@ -243,6 +243,18 @@ def test_report_files_follow_the_caches_modes(tmp_path, mode, want):
     assert sorted(os.listdir(state)) == ["history.jsonl", "index.html", "report.json", "shared_cache.prom"]
 
 
+def test_last_without_a_report_says_what_to_run(tmp_path, capsys):
+    conf, state = report_config(tmp_path, "2775")
+    assert _hostcmd.report_main(conf, ["--last"]) == 1
+    err = capsys.readouterr().err
+    assert "no report written yet at %s" % (state / "report.json") in err
+    assert "run `show-cache-info --write` (as root)" in err and "scheduled refresh" in err
+    assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 0
+    capsys.readouterr()
+    assert _hostcmd.report_main(conf, ["--last"]) == 0
+    assert "hf" in capsys.readouterr().out
+
+
 @ROOT_ONLY
 def test_report_refuses_a_directory_others_may_write(tmp_path, capsys):
     conf, state = report_config(tmp_path, "2770")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -32,11 +33,37 @@ def my_group():
     return grp.getgrgid(os.getegid()).gr_name
 
 
+# Commands a fix may end with: an admin pastes them (issue 14 item 5); or it says `make site`.
+COMMANDS = (
+    "chgrp",
+    "install",
+    "runuser",
+    "docker",
+    "rm",
+    "useradd",
+    "groupadd",
+    "usermod",
+    "service",
+    "unset",
+    "export",
+)
+COMMANDS += ("bash", "apt-config", "apt-get", "systemctl", "/usr/local/sbin/mlinfra-cache-prune")
+
+
+def pasteable(fix):
+    last = re.split(r": |; ", fix)[-1]
+    return "make site" in fix or last.split()[0] in COMMANDS or last.startswith(sys.executable + " ")
+
+
 def run(capsys, check=False, **args):
     args["_ansible_check_mode"] = check
     with patch_module_args(args), pytest.raises(SystemExit):
         cache_doctor.main()
-    return json.loads(capsys.readouterr().out)
+    res = json.loads(capsys.readouterr().out)
+    for c in res.get("checks") or []:
+        if c["ok"] is False:
+            assert pasteable(c["fix"]), c
+    return res
 
 
 def failed(res, check=None):
@@ -77,6 +104,8 @@ def base_args(tmp_path, catalog, **over):
         pythons=[sys.executable],
         min_pip="1.0",
         min_free="1K",
+        cron_dir=str(tmp_path / "cron.d"),
+        systemd_dir=str(tmp_path / "systemd"),
     )
     args.update(over)
     return args
@@ -106,8 +135,10 @@ def test_layout_problems_each_get_a_line_with_a_fix(capsys, tmp_path, tree):
     assert "FAIL layout %s: cache pip: setgid bit missing" % pip["abs_path"] in lines
     assert "world-writable" in lines
     assert "FAIL layout %s: cache apt: No such file or directory" % apt["abs_path"] in lines
-    assert lines.count("fix: mlinfra.shared_cache.cache_dir path=") == 3
-    assert "chmod -R 777" not in lines.replace("(not chmod -R 777)", "")
+    assert lines.count("fix: rerun `make site`") == 3
+    assert "chgrp %s %s && chmod 2775 %s" % (my_group(), pip["abs_path"], pip["abs_path"]) in lines
+    assert "install -d -g %s -m 2775 %s" % (my_group(), apt["abs_path"]) in lines
+    assert "chmod -R" not in lines and "777" not in lines.replace("2777", "")
     # the message of the failure is the same lines
     assert res["msg"].splitlines()[1:] == res["lines"]
 
@@ -128,7 +159,7 @@ def test_environment_problems(capsys, tmp_path, tree):
     res = run(capsys, **base_args(tmp_path, catalog, env_file=script, fail_on_problem=False))
     env = failed(res, "env")
     assert [c["target"] for c in env] == ["PIP_CACHE_DIR"]
-    assert "/elsewhere" in env[0]["msg"] and "set PIP_CACHE_DIR=" in env[0]["fix"]
+    assert "/elsewhere" in env[0]["msg"] and "export PIP_CACHE_DIR=" in env[0]["fix"]
     hf = failed(res, "hf_home")
     assert hf and "token" in hf[0]["msg"] and "unset HF_HOME" in hf[0]["fix"]
 
@@ -146,7 +177,7 @@ def test_free_space_threshold(capsys, tmp_path, tree):
     res = run(capsys, **base_args(tmp_path, catalog, min_free="99.999%", fail_on_problem=False))
     space = failed(res, "free_space")
     assert len(space) == 1  # one filesystem, reported once
-    assert "cache_prune" in space[0]["fix"]
+    assert space[0]["fix"].endswith(": /usr/local/sbin/mlinfra-cache-prune")
 
 
 def test_old_tool_version_fails_with_the_upgrade_command(capsys, tmp_path, tree):
@@ -188,6 +219,7 @@ def test_container_context_requires_mount_points(capsys, tmp_path):
     assert mounts["/"]["ok"] is True
     assert mounts[str(other)]["ok"] is False
     assert "compose_volumes" in mounts[str(other)]["fix"]
+    assert mounts[str(other)]["fix"].endswith(": docker compose up -d --force-recreate")
 
 
 @pytest.mark.skipif(shutil.which("apt-config") is None, reason="needs apt-config")
@@ -203,7 +235,8 @@ def test_apt_keep_and_docker_clean(capsys, tmp_path, tree, monkeypatch):
     apt = {c["target"]: c for c in failed(res, "apt")}
     assert set(apt) == {"Keep-Downloaded-Packages", "docker-clean"}
     assert str(parts / "docker-clean") in apt["docker-clean"]["msg"]
-    assert "apt_keep_cache" in apt["docker-clean"]["fix"]
+    assert apt["docker-clean"]["fix"].startswith("rm %s; " % (parts / "docker-clean"))
+    assert "make site" in apt["docker-clean"]["fix"]
     # what the apt_keep_cache role does fixes both
     (parts / "docker-clean").unlink()
     (parts / "10keep-downloaded-packages").write_text('Binary::apt::APT::Keep-Downloaded-Packages "true";\n')
@@ -259,3 +292,68 @@ def test_bad_input(capsys, tmp_path, tree, over, text):
     assert res["failed"] is True
     assert text in res["msg"]
     assert "checks" not in res
+
+
+def fake_proc(tmp_path, *comms):
+    proc = tmp_path / "proc"
+    for pid, comm in enumerate(comms, start=100):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+        (proc / str(pid) / "cmdline").write_bytes(b"\0".join([comm.encode(), b"-f"]) + b"\0")
+    proc.mkdir(exist_ok=True)
+    return str(proc)
+
+
+def scheduler_args(tmp_path, catalog, proc, systemd=False, timers=False, crons=True):
+    args = base_args(tmp_path, catalog, fail_on_problem=False, proc=proc)
+    args["systemd_run_dir"] = str(tmp_path / ("run-systemd" if systemd else "no-systemd"))
+    (tmp_path / "run-systemd").mkdir(exist_ok=True)
+    if crons:
+        os.makedirs(args["cron_dir"], exist_ok=True)
+        with open(os.path.join(args["cron_dir"], "mlinfra-shared-cache-report"), "w") as fh:
+            fh.write("*/15 * * * * root true\n")
+    if timers:
+        os.makedirs(args["systemd_dir"], exist_ok=True)
+        with open(os.path.join(args["systemd_dir"], "mlinfra-cache-prune.timer"), "w") as fh:
+            fh.write("[Timer]\n")
+    return args
+
+
+def test_scheduler_cron_jobs_without_a_cron_daemon(capsys, tmp_path, tree):
+    _root, catalog = tree
+    res = run(capsys, **scheduler_args(tmp_path, catalog, fake_proc(tmp_path, "sshd", "bash")))
+    sched = failed(res, "scheduler")
+    assert len(sched) == 1 and "no cron daemon runs" in sched[0]["msg"]
+    assert "never run" in sched[0]["msg"]
+    assert sched[0]["fix"] == "start cron: service cron start (or: systemctl enable --now cron)"
+
+
+@pytest.mark.parametrize("daemon", ["cron", "crond", "busybox"])
+def test_scheduler_a_running_cron_daemon_runs_the_jobs(capsys, tmp_path, tree, daemon):
+    _root, catalog = tree
+    proc = fake_proc(tmp_path, "sshd", daemon)
+    if daemon == "busybox":
+        (tmp_path / "proc" / "101" / "cmdline").write_bytes(b"busybox\0crond\0-f\0")
+    res = run(capsys, **scheduler_args(tmp_path, catalog, proc))
+    assert failed(res, "scheduler") == []
+    assert [c["ok"] for c in res["checks"] if c["check"] == "scheduler"] == [True]
+
+
+def test_scheduler_systemd_timers_without_systemd(capsys, tmp_path, tree):
+    _root, catalog = tree
+    args = scheduler_args(tmp_path, catalog, fake_proc(tmp_path, "cron"), timers=True, crons=False)
+    res = run(capsys, **args)
+    sched = failed(res, "scheduler")
+    assert len(sched) == 1 and "systemd does not run this host" in sched[0]["msg"]
+    assert "rerun `make site`" in sched[0]["fix"] and sched[0]["fix"].endswith(
+        "service cron start (or: systemctl enable --now cron)"
+    )
+    # under systemd the same timers are fine
+    args["systemd_run_dir"] = str(tmp_path / "run-systemd")
+    assert failed(run(capsys, **args), "scheduler") == []
+
+
+def test_scheduler_without_jobs_is_skipped(capsys, tmp_path, tree):
+    _root, catalog = tree
+    res = run(capsys, **scheduler_args(tmp_path, catalog, fake_proc(tmp_path), crons=False))
+    assert [c["ok"] for c in res["checks"] if c["check"] == "scheduler"] == [None]
