@@ -33,7 +33,11 @@ class Actor:
         self.groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {pw.pw_gid})
 
     def run(self, cmd, cwd=None, check=True, timeout=60, env=None, input=None):
-        """Run ``cmd`` (argv list, or a ``sh -c`` string) as this user; CompletedProcess (text)."""
+        """Run ``cmd`` (argv list, or a ``sh -c`` string) as this user; CompletedProcess (text).
+
+        The working directory is ``/`` unless given: the tests' own (root's 0700 temporary copy of
+        the collection under ``make test``) is not one a member may enter, and git, for one, fails there.
+        """
         if isinstance(cmd, str):
             cmd = ["sh", "-c", cmd]
         argv = [
@@ -46,7 +50,14 @@ class Actor:
         base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
         base_env.update(env or {})
         return subprocess.run(
-            argv, cwd=cwd, check=check, timeout=timeout, env=base_env, capture_output=True, text=True, input=input
+            argv,
+            cwd=cwd or "/",
+            check=check,
+            timeout=timeout,
+            env=base_env,
+            capture_output=True,
+            text=True,
+            input=input,
         )
 
     def popen(self, cmd, cwd=None, env=None):
@@ -62,7 +73,9 @@ class Actor:
         ] + list(cmd)
         base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
         base_env.update(env or {})
-        return subprocess.Popen(argv, cwd=cwd, env=base_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            argv, cwd=cwd or "/", env=base_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
 
 class Actors:
