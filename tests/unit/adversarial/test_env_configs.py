@@ -38,6 +38,9 @@ PIP = "/usr/bin/python3"  # Debian's pip, runnable by every user (the venv's may
 
 
 def apply_role(arena, actors, cache, **extra):
+    # the role edits ini files with community.general (the ansible package; not in the bare
+    # ansible-core 2.21 venv, where these tests skip; make test's strict 2.19 stage runs them)
+    pytest.importorskip("ansible_collections.community.general", reason="community.general not installed")
     etc = os.path.join(arena, "etc")
     variables = {
         "shared_cache_root": cache,
