@@ -32,12 +32,8 @@ class Actor:
         self.gid = pw.pw_gid
         self.groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {pw.pw_gid})
 
-    def run(self, cmd, cwd=None, check=True, timeout=60, env=None, input=None):
-        """Run ``cmd`` (argv list, or a ``sh -c`` string) as this user; CompletedProcess (text).
-
-        The working directory is ``/`` unless given: the tests' own (root's 0700 temporary copy of
-        the collection under ``make test``) is not one a member may enter, and git, for one, fails there.
-        """
+    def _command(self, cmd, env):
+        """(argv through setpriv with this user's ids and groups, a minimal environment + ``env``)."""
         if isinstance(cmd, str):
             cmd = ["sh", "-c", cmd]
         argv = [
@@ -49,6 +45,15 @@ class Actor:
         ] + list(cmd)
         base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
         base_env.update(env or {})
+        return argv, base_env
+
+    def run(self, cmd, cwd=None, check=True, timeout=60, env=None, input=None):
+        """Run ``cmd`` (argv list, or a ``sh -c`` string) as this user; CompletedProcess (text).
+
+        The working directory is ``/`` unless given: the tests' own (root's 0700 temporary copy of
+        the collection under ``make test``) is not one a member may enter, and git, for one, fails there.
+        """
+        argv, base_env = self._command(cmd, env)
         return subprocess.run(
             argv,
             cwd=cwd or "/",
@@ -62,17 +67,7 @@ class Actor:
 
     def popen(self, cmd, cwd=None, env=None):
         """Start ``cmd`` as this user and leave it running (e.g. holding a lock); a Popen."""
-        if isinstance(cmd, str):
-            cmd = ["sh", "-c", cmd]
-        argv = [
-            "setpriv",
-            "--reuid=%d" % self.uid,
-            "--regid=%d" % self.gid,
-            "--groups=%s" % ",".join(str(g) for g in self.groups),
-            "--",
-        ] + list(cmd)
-        base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
-        base_env.update(env or {})
+        argv, base_env = self._command(cmd, env)
         return subprocess.Popen(
             argv, cwd=cwd or "/", env=base_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
