@@ -834,12 +834,16 @@ class Pruner:
         finally:
             if trash is not None:
                 trash.close()
-        if not self.check and removed:
+        if not self.check:  # every run: a format's clean-up also finishes what a killed run left
             try:
                 for note in fmt.post_prune(fd, collection, removed):
                     result.setdefault("notes", []).append(note)
             except OSError as exc:
                 self._error(result, ".", "format clean-up: %s" % (exc.strerror or exc))
+            files, disk = getattr(collection, "cleanup_freed", (0, 0))  # what the clean-up itself freed
+            result["files"] += files
+            result["bytes"] += disk
+            freed_total += disk
         result["after"] = {
             "bytes": max(0, collection.total_disk + col.dir_disk - freed_total),
             "units": len(collection.units) - len(removed),

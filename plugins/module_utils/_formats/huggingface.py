@@ -1,12 +1,27 @@
 # Copyright (c) 2026 mlinfra
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""HuggingFace hub cache: unit = a revision (snapshot) of a repo; blobs shared between revisions."""
+"""HuggingFace hub cache: unit = a revision (snapshot) of a repo; blobs shared between revisions.
+
+Every layout huggingface_hub writes is read: 0.x/1.x (``<repo>/blobs/<etag>`` regular files) and 2.x
+with its cache-wide store of Xet files (``blobs/<2 hex>/<xet hash>`` read-only payloads, a
+``.huggingface-shared-blobs`` marker, ``<hash>.refs`` manifests, ``<hash>.lock`` flock files, each
+repo's ``blobs/<etag>`` a relative symlink into it; ``HF_HUB_DISABLE_SHARED_BLOBS`` gives the 0.x
+layout). A store payload is a shared object of every revision whose repo blob links to it: it
+counts once, and it goes after the last linking repo blob went, decided again from the filesystem
+under the store entry's own lock (``sweep_store``), the manifest rewritten to what still links.
+When the cache is an ``HF_HOME`` (hub, xet, assets), every file of the Xet chunk and shard caches,
+its logs and every ``assets/`` file is a unit of its own, ordered by last use with the revisions.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import re
 import stat
+import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format, names
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
@@ -17,8 +32,35 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
 )
 
 HF_REF_MAX = 256  # refs/<name> holds a 40-hex commit id (huggingface_hub writes just that)
+HF_MANIFEST_MAX = 4 << 20  # a store manifest: one "<repo>/blobs/<etag>" line per linking repo blob
+HF_STORE_LOCK_WAIT = 2.0  # seconds root waits for a store entry's lock before leaving it for a later run
 
 _HF_REPO = re.compile(r"^(models|datasets|spaces)--")
+_XET_HASH = re.compile(r"^[0-9a-f]{64}$")
+_STORE_MARKER = ".huggingface-shared-blobs"
+_STORE_MARKER_TEXT = b"1\n"  # SHARED_BLOBS_LAYOUT_VERSION, as huggingface_hub writes it
+# HF_HOME's other caches: kind of a unit per file (the Xet chunk and shard caches, its logs, assets)
+_XET_KINDS = {"chunk-cache": "xet chunk", "shard-cache": "xet shard", "logs": "xet log"}
+
+
+def _store_offset(parts):
+    """Index of the store's ``blobs`` in ``parts`` (the hub is the root or its ``hub/``), else -1."""
+    if parts and parts[0] == "blobs":
+        return 0
+    if len(parts) > 1 and parts[0] == "hub" and parts[1] == "blobs":
+        return 1
+    return -1
+
+
+def store_target(target, depth):
+    """The xet hash a repo blob link points to (``../`` * depth + ``blobs/<xx>/<hash>``), else None."""
+    tparts = target.split("/")
+    if len(tparts) != depth + 3 or any(p != ".." for p in tparts[:depth]) or tparts[depth] != "blobs":
+        return None
+    xx, h = tparts[depth + 1], tparts[depth + 2]
+    if _XET_HASH.match(h) and xx == h[:2]:
+        return h
+    return None
 
 
 def _hf_offset(parts):
@@ -30,11 +72,12 @@ def _hf_offset(parts):
 
 
 class _HFRepo:
-    __slots__ = ("prefix", "blobs", "snapshots", "refs", "no_exist", "incomplete")
+    __slots__ = ("prefix", "blobs", "links", "snapshots", "refs", "no_exist", "incomplete")
 
     def __init__(self, prefix):
         self.prefix = prefix
-        self.blobs = {}  # blob name -> st
+        self.blobs = {}  # blob name -> st (a regular file, or a link into the shared store)
+        self.links = {}  # blob name -> xet hash of the store payload it links to
         self.snapshots = {}  # rev -> Unit (own files: non-symlinks, symlinks)
         self.refs = {}  # ref path -> rev
         self.no_exist = set()
@@ -47,6 +90,8 @@ class _HFCollector(Collector):
         self.repos = {}
         self.snap_blobs = {}  # (repo, rev) -> set(blob)
         self.lock_dirs = {}  # repo -> prefix of .locks/<repo>
+        self.store = None  # prefix of the marked shared store (hub/blobs), None when there is none
+        self.payloads = {}  # xet hash -> (path, st) of a store payload
 
     def _repo(self, parts, off):
         key = parts[off]
@@ -56,8 +101,19 @@ class _HFCollector(Collector):
         return r
 
     def enter(self, parts, st, d):
+        soff = _store_offset(parts)
+        if soff >= 0 and len(parts) == soff + 1:
+            try:
+                marked = read_member_file(d.fd, "blobs/" + _STORE_MARKER, 64) == _STORE_MARKER_TEXT
+            except (MemberFileError, OSError):
+                marked = False
+            if marked:
+                self.store = parts
+            return True
         off = _hf_offset(parts)
-        if off >= 0 and len(parts) == off + 3 and parts[off + 1] == "snapshots":
+        if off >= 0 and len(parts) == off + 1:
+            self._repo(parts, off)  # an empty skeleton too: post_prune removes it
+        elif off >= 0 and len(parts) == off + 3 and parts[off + 1] == "snapshots":
             repo = self._repo(parts, off)
             rev = parts[off + 2]
             # not timed: a snapshot directory's mtime moves when anything inside is removed
@@ -73,7 +129,20 @@ class _HFCollector(Collector):
     def entry(self, parts, name, st, d):
         off = _hf_offset(parts)
         if off < 0 or len(parts) < off + 3:
-            self.other(st)
+            if len(parts) > 1 and parts[0] in ("xet", "assets") and stat.S_ISREG(st.st_mode):
+                self._cache_file(parts, st)
+            elif (
+                self.store is not None
+                and len(parts) == len(self.store) + 2
+                and parts[: len(self.store)] == self.store
+                and _XET_HASH.match(name)
+                and name[:2] == parts[-2]
+                and stat.S_ISREG(st.st_mode)
+            ):
+                self.add_shared(("store", name), st, parts)
+                self.payloads[name] = (parts, st)
+            else:
+                self.other(st)  # the marker, manifests, store locks, anything else
             return
         repo = self._repo(parts, off)
         sub = parts[off + 1]
@@ -84,6 +153,17 @@ class _HFCollector(Collector):
             elif stat.S_ISREG(st.st_mode):
                 repo.blobs[name] = st
                 self.add_shared((repo.prefix[-1], name), st, parts)
+            elif stat.S_ISLNK(st.st_mode) and not name.startswith("."):
+                try:
+                    h = store_target(os.readlink(name, dir_fd=d.fd), 2)
+                except OSError:
+                    h = None
+                if h is None:
+                    self.other(st)
+                else:
+                    repo.blobs[name] = st
+                    repo.links[name] = h
+                    self.add_shared((repo.prefix[-1], name), st, parts)
             else:
                 self.other(st)
         elif sub == "snapshots" and len(parts) >= off + 4:
@@ -129,6 +209,26 @@ class _HFCollector(Collector):
         else:
             self.other(st)
 
+    def _cache_file(self, parts, st):
+        """A file of HF_HOME's Xet cache (chunk, shard, log) or assets cache: a unit of its own."""
+        if parts[0] == "assets":
+            kind = "asset"
+        else:
+            kind = next((k for sub, k in _XET_KINDS.items() if sub in parts[1:-1]), None)
+            if kind is None:
+                self.other(st)  # staging, upload sessions: hf_xet's work in progress
+                return
+        self.add("/".join(parts), kind, parts, st)
+
+    def _link_store(self, u, repo_name, blobs):
+        """Attach the store payloads the repo blobs ``blobs`` link to (once per unit)."""
+        repo = self.repos[repo_name]
+        for b in blobs:
+            h = repo.links.get(b)
+            if h is not None and h in self.payloads and ("store", h) not in u.shared:
+                u.shared.append(("store", h))
+                self.shared[("store", h)].refs += 1
+
     def finish_units(self):
         for (repo_name, _rev), blobs in self.snap_blobs.items():
             for b in blobs:
@@ -144,7 +244,9 @@ class _HFCollector(Collector):
             for b in present:
                 u.shared.append((repo_name, b))
             for b in own:
-                u.touch(repo.blobs[b])
+                h = repo.links.get(b)
+                u.touch(self.payloads[h][1] if h in self.payloads else repo.blobs[b])
+            self._link_store(u, repo_name, present)
             refs = sorted(r for r, (target, _p, _s) in repo.refs.items() if target == rev)
             label = repo_name.split("--", 1)[1].replace("--", "/") if "--" in repo_name else repo_name
             u.name = "%s %s%s" % (label, rev[:12], (" (%s)" % ", ".join(refs)) if refs else "")
@@ -180,13 +282,43 @@ class _HFCollector(Collector):
                     u.files += 1
                     u.touch(bst)
                     u.paths = list(s.paths)
+                    self._link_store(u, repo_name, [b])
                     if lockdir is not None:
                         u.locks.append(lockdir)
             for name in repo.incomplete:
                 u = self.units.get(repo_name + "/blobs/" + name)
                 if u is not None and lockdir is not None:
                     u.locks.append(lockdir)
+        # the engine never moves a store payload: sweep_store removes it under its own lock
+        for h in self.payloads:
+            self.shared[("store", h)].paths = []
         return list(self.units.values())
+
+    def finish(self):
+        """As Collector.finish, then each unit's ``disk``/``size`` for reports: a shared blob or
+        payload split between the units that link to it, so units add up to the cache once."""
+        col = Collector.finish(self)
+        users = {}
+        for u in col.units:
+            u.size, u.disk = u.own_size, u.own_disk
+            for sid in u.shared:
+                if sid in col.shared:
+                    users.setdefault(sid, []).append(u)
+        for sid, us in users.items():
+            s = col.shared[sid]
+            n = len(us)
+            for i, u in enumerate(sorted(us, key=lambda x: x.key)):
+                u.size += s.size // n + (s.size % n if i == 0 else 0)
+                u.disk += s.disk // n + (s.disk % n if i == 0 else 0)
+        links = {}
+        for r in self.repos.values():
+            for b, h in r.links.items():
+                links.setdefault(h, []).append(r.prefix + ("blobs", b))
+        col.store = self.store
+        col.store_links = links
+        col.payloads = self.payloads
+        col.repo_prefixes = sorted(r.prefix for r in self.repos.values())
+        return col
 
 
 class HuggingFaceFormat(Format):
@@ -200,17 +332,12 @@ class HuggingFaceFormat(Format):
         return any(_HF_REPO.match(n) for n in top) or any(_HF_REPO.match(n) for n in names(root_fd, "hub"))
 
     def post_prune(self, root_fd, collection, removed_keys):
-        """Remove repos left with no snapshot and no blob (refs, .no_exist, the dir itself)."""
+        """After every run (not only when units went): nested ref directories of removed revisions,
+        store payloads no repo blob links to any more (``sweep_store``, under each entry's lock),
+        and repos left with no snapshot and no blob, whoever left them (a killed run too)."""
         from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 
         notes = []
-        repos = {}
-        for u in collection.units:
-            if u.kind in ("revision", "orphan blob", "incomplete download"):
-                top = u.paths[-1]
-                off = _hf_offset(top)
-                if off >= 0:
-                    repos.setdefault(top[: off + 1], []).append(u.key in removed_keys)
         # nested refs (refs/pr/1) leave their directory behind: remove it once empty
         for u in collection.units:
             if u.kind != "revision" or u.key not in removed_keys:
@@ -221,17 +348,200 @@ class HuggingFaceFormat(Format):
                     for cut in range(len(p) - 1, off + 2, -1):
                         if not _prune.rmdir_if_empty(root_fd, p[:cut]):
                             break
-        for prefix, flags in repos.items():
-            if not all(flags):
+        files = disk = 0
+        locks = _prune.ProcLocks()
+        gid = os.fstat(root_fd).st_gid
+        for prefix in getattr(collection, "repo_prefixes", ()):
+            if _repo_lock_held(root_fd, prefix, locks):
                 continue
             if dir_is_prunable_repo(root_fd, prefix):
-                if _prune.remove_path(root_fd, prefix) is not None:
-                    notes.append("removed empty repo %s" % "/".join(prefix))
+                st = _prune.remove_path(root_fd, prefix, locks=locks, stats=_prune.RemoveStats(gid))
+                if st is not None and not st.errors and not st.busy:
+                    files += st.files
+                    disk += st.disk
+                    notes.append("removed repo %s (no revision left)" % "/".join(prefix))
+        if getattr(collection, "store", None) is not None:
+            n, d, busy = sweep_store(root_fd, collection)
+            files += n
+            disk += d
+            if n:
+                notes.append("removed %d shared store payload(s) no repo links to" % n)
+            if busy:
+                notes.append("left %d store payload(s) whose lock is held: next run" % busy)
+        collection.cleanup_freed = (files, disk)
         return notes
 
 
+def _repo_lock_held(root_fd, prefix, locks):
+    """True when a process holds a lock in the repo's ``.locks/<repo>`` (a download in progress)."""
+    lock_dir = prefix[:-1] + (".locks", prefix[-1])
+    dev = os.fstat(root_fd).st_dev
+    pfd = open_parent(root_fd, lock_dir + ("x",), dev, ())
+    if pfd is None:
+        return False
+    try:
+        for name in os.listdir(pfd):
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and locks.held(st, pfd, name):
+                return True
+    except OSError:
+        return True
+    finally:
+        os.close(pfd)
+    return False
+
+
+def _link_hash(root_fd, parts, dev):
+    """The store hash the repo blob ``parts`` (``<repo>/blobs/<etag>`` below the hub) links to now."""
+    pfd = open_parent(root_fd, parts, dev, ())
+    if pfd is None:
+        return None
+    try:
+        return store_target(os.readlink(parts[-1], dir_fd=pfd), 2)
+    except OSError:
+        return None
+    finally:
+        os.close(pfd)
+
+
+def _manifest_links(dfd, name, hub):
+    """The repo blob paths a manifest lists (validated as huggingface_hub does), None when it is
+    missing; raises MemberFileError when it cannot be read safely (the payload is then kept)."""
+    try:
+        data = read_member_file(dfd, name, HF_MANIFEST_MAX)
+    except MemberFileError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        lp = tuple(line.split("/"))
+        if len(lp) == 3 and _HF_REPO.match(lp[0]) and lp[1] == "blobs" and lp[2] not in ("", ".", ".."):
+            out.append(hub + lp)
+    return out
+
+
+def store_lock(dfd, name, gid, wait=HF_STORE_LOCK_WAIT):
+    """flock a store entry's ``<hash>.lock`` as huggingface_hub does (member-writable file: never
+    followed, a regular file of the cache group, created 0664 when missing); the fd, or None when
+    it is held past ``wait`` seconds or unsafe (the entry is then left for a later run)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dfd)
+    except FileNotFoundError:
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o664, dir_fd=dfd)
+            os.fchown(fd, -1, gid)
+            os.fchmod(fd, 0o664)  # huggingface_hub's own users open it to take the same lock
+        except OSError:
+            return None
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_gid != gid:
+        os.close(fd)
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+        time.sleep(0.05)
+
+
+def _rewrite_manifest(dfd, name, keep, hub, gid):
+    """Replace the manifest by the lines of the links in ``keep`` (what still links), atomically."""
+    body = "".join("/".join(p[len(hub) :]) + "\n" for p in sorted(keep)).encode()
+    try:
+        old = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        old = None
+    tmp = "%s.%d.mlinfra.tmp" % (name, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664, dir_fd=dfd)
+    try:
+        os.write(fd, body)
+        if old is not None and stat.S_ISREG(old.st_mode):
+            os.fchown(fd, old.st_uid, gid)
+        else:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, 0o664)  # huggingface_hub appends to it as any member
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp, dir_fd=dfd)
+        raise
+    os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def sweep_store(root_fd, collection):
+    """Remove the store payloads no repo blob links to any more; (files, bytes, busy).
+
+    Decided from the filesystem as huggingface_hub's ``sweep_shared_blob`` does, but with the walk's
+    links too: under the entry's lock, every link the manifest lists and every link the walk saw is
+    read again; a payload goes (with its manifest) only when none of them links to it, else the
+    manifest is rewritten to the links that still do. A payload that a link points to and that we
+    did not see linked (a download after the walk) always appears in its manifest first (it is
+    written under the same lock before the link), so it is kept.
+    """
+    dev = os.fstat(root_fd).st_dev
+    store = collection.store
+    hub = store[:-1]
+    gid = os.fstat(root_fd).st_gid
+    files = disk = busy = 0
+    for h in sorted(collection.payloads):
+        walk_links = collection.store_links.get(h, [])
+        # cheap test first (no lock): every link the walk saw still points here, nothing to do
+        if walk_links and all(_link_hash(root_fd, p, dev) == h for p in walk_links):
+            continue
+        ppath, pst = collection.payloads[h]
+        dfd = open_parent(root_fd, ppath, dev, ())
+        if dfd is None:
+            continue
+        try:
+            lfd = store_lock(dfd, h + ".lock", gid)
+            if lfd is None:
+                busy += 1
+                continue
+            try:
+                try:
+                    listed = _manifest_links(dfd, h + ".refs", hub)
+                except MemberFileError:
+                    continue  # unreadable manifest: leak rather than risk, as huggingface_hub does
+                cands = set(walk_links) | set(listed or ())
+                keep = {p for p in cands if _link_hash(root_fd, p, dev) == h}
+                if keep:
+                    if listed is not None and set(listed) != keep:
+                        _rewrite_manifest(dfd, h + ".refs", keep, hub, gid)
+                    continue
+                try:
+                    st = os.stat(h, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and stat.S_ISREG(st.st_mode) and st.st_gid == gid and st.st_ino == pst.st_ino:
+                    os.unlink(h, dir_fd=dfd)
+                    files += 1
+                    disk += st.st_blocks * 512 if st.st_nlink <= 1 else 0
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(h + ".refs", dir_fd=dfd)
+            finally:
+                os.close(lfd)
+        finally:
+            os.close(dfd)
+    return files, disk, busy
+
+
 def dir_is_prunable_repo(root_fd, prefix):
-    """True when an HF repo dir has no snapshot and no blob left (only refs / .no_exist)."""
+    """True when an HF repo dir has no revision left: nothing in ``snapshots`` and, in ``blobs``,
+    no download in progress (``.incomplete``); its refs, .no_exist and blobs are then what a
+    removal of its last revision, or a run killed during it, left behind."""
     dev = os.fstat(root_fd).st_dev
     pfd = open_parent(root_fd, prefix + ("x",), dev, ())
     if pfd is None:
@@ -245,10 +555,13 @@ def dir_is_prunable_repo(root_fd, prefix):
             except OSError:
                 return False
             try:
-                if os.listdir(fd):
-                    return False
+                left = os.listdir(fd)
             finally:
                 os.close(fd)
+            if sub == "snapshots" and left:
+                return False
+            if any(n.endswith(".incomplete") for n in left):
+                return False
         return True
     finally:
         os.close(pfd)

@@ -1,0 +1,266 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""cache_prune and cache_report on every HuggingFace hub layout in use.
+
+Caches are filled by huggingface_hub 2.4 itself: real downloads from a loopback hub (the fake hub
+of the prefetch tests), then, for the 2.x shared Xet store, huggingface_hub's own
+``publish_blob_to_shared_store`` (the loopback hub serves no Xet, so the download cannot publish
+by itself). Layouts: ``plain`` (0.x/1.x, or 2.x with HF_HUB_DISABLE_SHARED_BLOBS), ``store`` (2.x,
+every blob in the store) and ``mixed`` (one repo published, one written with the store disabled).
+After every prune, huggingface_hub's ``scan_cache_dir()`` has no warning and its
+``unreferenced_shared_blobs`` finds nothing; sizes are checked against du-style counting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune, _usage
+from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import run_main, tree
+
+hfh = pytest.importorskip("huggingface_hub")
+from huggingface_hub.utils import _shared_blobs  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location(
+    "hf_store_fake_hub", Path(__file__).parent / "test_prefetch_support" / "fake_hub.py"
+)
+fake_hub = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fake_hub)
+
+DAY = 86400
+W = os.urandom(96 * 1024)  # the weights both models share
+REPOS = {
+    "model": {
+        "org/llm": {
+            "v1": {"config.json": b'{"v": 1}', "model.safetensors": os.urandom(64 * 1024)},
+            "main": {"config.json": b'{"v": 2}', "model.safetensors": W},
+        },
+        "org/llm-ft": {"main": {"config.json": b'{"ft": 1}', "model.safetensors": W}},
+    }
+}
+
+
+def run_module(capsys, check=False, **args):
+    return run_main(cache_prune, capsys, check=check, **args)
+
+
+def du(path):
+    """du -s --block-size=1 (apparent blocks, each inode once, directories included)."""
+    seen = set()
+    total = os.lstat(path).st_blocks * 512
+    for dp, dn, fn in os.walk(path):
+        for n in dn + fn:
+            st = os.lstat(os.path.join(dp, n))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def publish(hub, repo_dir):
+    """Move every blob of ``repo_dir`` into the shared store, as a Xet download does."""
+    for blob in sorted((repo_dir / "blobs").iterdir()):
+        if blob.is_symlink():
+            continue
+        data = blob.read_bytes()
+        assert _shared_blobs.publish_blob_to_shared_store(
+            blob_path=str(blob),
+            xet_hash=hashlib.sha256(data).hexdigest(),
+            cache_dir=str(hub),
+            expected_size=len(data),
+        )
+
+
+def set_times(path, t):
+    for dp, dn, fn in os.walk(path):
+        for n in dn + fn:
+            os.utime(os.path.join(dp, n), (t, t), follow_symlinks=False)
+    os.utime(path, (t, t))
+
+
+def build(tmp_path, layout):
+    home = tmp_path / "huggingface"
+    hub = home / "hub"
+    hub.mkdir(parents=True)
+    os.chmod(hub, 0o2775)
+    with fake_hub.FakeHub(REPOS) as fh:
+        for repo, branches in REPOS["model"].items():
+            for branch, files in branches.items():
+                for f in files:
+                    hfh.hf_hub_download(repo, f, revision=branch, cache_dir=str(hub), endpoint=fh.endpoint)
+    a, b = hub / "models--org--llm", hub / "models--org--llm-ft"
+    if layout in ("store", "mixed"):
+        publish(hub, a)
+    if layout == "store":
+        publish(hub, b)
+    old = time.time() - 200 * DAY
+    set_times(home, old)
+    # org/llm-ft was used an hour ago: its own config was read (the weights are shared with llm)
+    snap = next((b / "snapshots").iterdir())
+    now = time.time() - 3600
+    os.utime(snap / "config.json", (now, now))  # follows the links, as reading it does
+    return home, hub, a, b
+
+
+def hf_clean(hub):
+    """huggingface_hub's own view: no scan warning, nothing unreferenced in the store, no dangling link."""
+    info = hfh.scan_cache_dir(str(hub))
+    assert not info.warnings, info.warnings
+    assert _shared_blobs.unreferenced_shared_blobs(str(hub)) == {}
+    for dp, _dn, fn in os.walk(hub):
+        for f in fn:
+            assert os.path.exists(os.path.join(dp, f)), "dangling link %s/%s" % (dp, f)
+    return {r.repo_id: len(r.revisions) for r in info.repos}
+
+
+def store_payloads(hub):
+    return sorted(p.name for p in _shared_blobs.shared_store_blob_paths(str(hub)))
+
+
+@pytest.mark.parametrize("layout", ["plain", "store", "mixed"])
+def test_revisions_go_and_store_payloads_follow_their_last_link(capsys, tmp_path, layout):
+    home, hub, a, b = build(tmp_path, layout)
+    assert hf_clean(hub) == {"org/llm": 2, "org/llm-ft": 1}
+    before = du(home)
+    chk = run_module(capsys, check=True, path=str(home), format="huggingface", max_age="90d")
+    res = run_module(capsys, path=str(home), format="huggingface", max_age="90d")
+    assert res["changed"] and res["units"] == 2, res
+    # org/llm (both revisions) went whole; the weights stay for org/llm-ft, counted once
+    assert hf_clean(hub) == {"org/llm-ft": 1}
+    assert not a.exists()
+    assert (next((b / "snapshots").iterdir()) / "model.safetensors").read_bytes() == W
+    freed = before - du(home)
+    assert res["bytes"] == chk["bytes"]
+    # what the result says it freed is what du sees gone, but for directories (not units)
+    assert 0 <= freed - res["bytes"] < 64 * 1024, (freed, res["bytes"])
+    if layout == "store":
+        assert store_payloads(hub) == sorted(hashlib.sha256(c).hexdigest() for c in (W, b'{"ft": 1}'))
+        manifest = hub / "blobs" / hashlib.sha256(W).hexdigest()[:2] / (hashlib.sha256(W).hexdigest() + ".refs")
+        lines = manifest.read_text().splitlines()
+        assert lines and all(line.startswith("models--org--llm-ft/blobs/") for line in lines), lines
+    elif layout == "mixed":
+        assert store_payloads(hub) == []  # llm-ft holds its own copy: every payload of llm went
+    # a second run changes nothing; then the last model goes and the store is left empty
+    assert run_module(capsys, path=str(home), format="huggingface", max_age="90d")["changed"] is False
+    res = run_module(capsys, path=str(home), format="huggingface", max_age="0s", min_age="0s")
+    assert res["units"] == 1
+    assert hf_clean(hub) == {}
+    assert store_payloads(hub) == []
+    assert not b.exists()
+
+
+@pytest.mark.parametrize("layout", ["plain", "store"])
+def test_report_counts_a_shared_payload_once_and_names_the_models(tmp_path, layout):
+    home, hub, a, b = build(tmp_path, layout)
+    out = _usage.measure_cache("hf", str(home), fmt="huggingface", top=50)
+    assert out["bytes"] == du(home)
+    units = out["units"]
+    # units plus what is outside them add up to the files, the shared weights once
+    files_disk = du(home) - sum(
+        os.lstat(os.path.join(dp, n)).st_blocks * 512 for dp, dn, _f in os.walk(home) for n in dn
+    ) - os.lstat(home).st_blocks * 512
+    assert sum(u["bytes"] for u in units) + out["outside_units_bytes"] == files_disk
+    assert units[0]["unit"].startswith(("org/llm ", "org/llm-ft ")), units[0]
+
+
+def test_killed_run_leftovers_converge_to_one_run(capsys, tmp_path):
+    """What a prune killed between its steps leaves is finished by the next run, whatever the
+    policy of that run: skeletons, repo blob links whose snapshot went, payloads whose links went."""
+    ref_home, ref_hub, _a, _b = build(tmp_path / "ref", "store")
+    run_module(capsys, path=str(ref_home), format="huggingface", max_age="90d")
+    want = tree(ref_home)
+    for step in ("snapshot", "links", "skeleton"):
+        home, hub, a, b = build(tmp_path / step, "store")
+        for snap in (a / "snapshots").iterdir():
+            for dp, dn, fn in os.walk(snap, topdown=False):
+                for n in fn:
+                    os.unlink(os.path.join(dp, n))
+                for n in dn:
+                    os.rmdir(os.path.join(dp, n))
+            os.rmdir(snap)
+        if step in ("links", "skeleton"):
+            for link in (a / "blobs").iterdir():
+                os.unlink(link)
+        if step == "skeleton":
+            for ref in (a / "refs").iterdir():
+                os.unlink(ref)
+        # the next run has nothing to select (no policy): it still converges
+        res = run_module(capsys, path=str(home), format="huggingface", max_age="10000d")
+        assert tree(home) == want, (step, res)
+        assert hf_clean(hub) == {"org/llm-ft": 1}
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_store_entry_lock_held_keeps_the_payload_until_a_later_run(capsys, tmp_path):
+    home, hub, a, b = build(tmp_path, "store")
+    h = hashlib.sha256(b'{"v": 1}').hexdigest()
+    lock = hub / "blobs" / h[:2] / (h + ".lock")
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        res = run_module(capsys, path=str(home), format="huggingface", max_age="90d")
+        assert any("lock is held" in n for n in res.get("notes", [])), res
+        assert h in store_payloads(hub)
+    finally:
+        p.kill()
+        p.wait()
+    res = run_module(capsys, path=str(home), format="huggingface", max_age="90d")
+    assert h not in store_payloads(hub)
+    assert hf_clean(hub) == {"org/llm-ft": 1}
+
+
+def test_a_planted_lock_link_is_not_followed(capsys, tmp_path):
+    home, hub, a, b = build(tmp_path, "store")
+    h = hashlib.sha256(b'{"v": 1}').hexdigest()
+    target = tmp_path / "victim"
+    target.write_text("x")
+    os.unlink(hub / "blobs" / h[:2] / (h + ".lock"))  # a member replaces the lock file by a link
+    os.symlink(str(target), hub / "blobs" / h[:2] / (h + ".lock"))
+    run_module(capsys, path=str(home), format="huggingface", max_age="90d")
+    assert target.read_text() == "x" and os.stat(target).st_mode & 0o777 != 0o664
+    assert h in store_payloads(hub)  # left: its lock could not be taken safely
+    assert hfh.scan_cache_dir(str(hub)).warnings == []
+
+
+def test_xet_and_assets_files_go_before_a_model_used_since(capsys, tmp_path):
+    home, hub, a, b = build(tmp_path, "store")
+    # a real hf_xet log, in the HF_HOME's xet cache
+    env = dict(os.environ, HF_XET_CACHE=str(home / "xet"), HF_HOME=str(home))
+    subprocess.run([sys.executable, "-c", "import hf_xet; hf_xet.XetSession()"], env=env, check=True)
+    logs = list((home / "xet" / "logs").iterdir())
+    assert logs
+    shard = home / "xet" / "https___hub" / "shard-cache" / ("a" * 64 + ".mdb")
+    chunk = home / "xet" / "https___hub" / "chunk-cache" / "AA" / "bbbb" / "0-1"
+    asset = home / "assets" / "datasets" / "default" / "default" / "processed.arrow"
+    for f, n in ((shard, 40000), (chunk, 80000), (asset, 50000)):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(os.urandom(n))
+    old = time.time() - 300 * DAY  # used before any model was
+    for f in logs + [shard, chunk, asset]:
+        os.utime(f, (old, old))
+    before = run_module(capsys, check=True, path=str(home), format="huggingface", max_size="1P")["before"]["bytes"]
+    res = run_module(capsys, path=str(home), format="huggingface", max_size=str(before - 150000))
+    kinds = sorted({s["kind"] for s in res["sample"]})
+    assert "xet shard" in kinds and "xet chunk" in kinds and "asset" in kinds, res["sample"]
+    assert {s["kind"] for s in res["sample"]} <= {"xet shard", "xet chunk", "xet log", "asset"}
+    # the models, used after the xet and assets files, all stay
+    assert hf_clean(hub) == {"org/llm": 2, "org/llm-ft": 1}
+    assert not shard.exists() and not chunk.exists() and not asset.exists()
+    assert res["after"]["bytes"] <= before - 150000
