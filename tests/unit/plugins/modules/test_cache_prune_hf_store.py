@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune, _usage
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import run_main, tree
 
@@ -91,7 +91,7 @@ def build(tmp_path, layout):
     home = tmp_path / "huggingface"
     hub = home / "hub"
     hub.mkdir(parents=True)
-    os.chmod(hub, 0o2775)
+    os.chmod(hub, 0o2770)  # noqa: S103 - a cache directory, group only
     with fake_hub.FakeHub(REPOS) as fh:
         for repo, branches in REPOS["model"].items():
             for branch, files in branches.items():
@@ -165,9 +165,11 @@ def test_report_counts_a_shared_payload_once_and_names_the_models(tmp_path, layo
     assert out["bytes"] == du(home)
     units = out["units"]
     # units plus what is outside them add up to the files, the shared weights once
-    files_disk = du(home) - sum(
-        os.lstat(os.path.join(dp, n)).st_blocks * 512 for dp, dn, _f in os.walk(home) for n in dn
-    ) - os.lstat(home).st_blocks * 512
+    files_disk = (
+        du(home)
+        - sum(os.lstat(os.path.join(dp, n)).st_blocks * 512 for dp, dn, _f in os.walk(home) for n in dn)
+        - os.lstat(home).st_blocks * 512
+    )
     assert sum(u["bytes"] for u in units) + out["outside_units_bytes"] == files_disk
     assert units[0]["unit"].startswith(("org/llm ", "org/llm-ft ")), units[0]
 
