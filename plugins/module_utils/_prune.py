@@ -848,7 +848,7 @@ class Pruner:
             "bytes": max(0, collection.total_disk + col.dir_disk - freed_total),
             "units": len(collection.units) - len(removed),
         }
-        result["changed"] = bool(result["units"])
+        result["changed"] = bool(result["units"] or result["files"])
 
     def _remove_chosen(self, fd, chosen, collection, result, locks, mounts, dev, trash, removed):
         freed_total = 0
