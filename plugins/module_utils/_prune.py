@@ -658,6 +658,25 @@ def select(collection, policy, now, free_now, extra_disk=0):
     return chosen, kept
 
 
+def cap_not_met(collection, policy, chosen, kept, free_now, extra_disk=0):
+    """Why ``max_size``/``min_free`` cannot be met by what ``select`` chose (a note), or None."""
+    freed = sum(c[2] for c in chosen)
+    total = collection.total_disk + extra_disk - freed
+    miss = []
+    if policy.max_size is not None and total > policy.max_size:
+        miss.append("max_size %s (%s left)" % (human(policy.max_size), human(total)))
+    if policy.min_free is not None and free_now + freed < policy.min_free:
+        miss.append("min_free %s (%s free)" % (human(policy.min_free), human(free_now + freed)))
+    if not miss:
+        return None
+    outside = collection.other_disk + extra_disk + sum(s.disk for s in collection.shared.values() if not s.refs)
+    return (
+        "%s not met: every unit the policy allows is chosen; kept %d unit(s) used within min_age, "
+        "%d excluded, %d protected; %s is outside any unit (directories, the tool's metadata)"
+        % (" and ".join(miss), kept["young"], kept["excluded"], kept["protected"], human(outside))
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------
@@ -819,6 +838,9 @@ class Pruner:
         }
         chosen, kept = select(collection, self.policy, now, free_bytes(fd), extra_disk=col.dir_disk)
         result["kept"] = kept
+        short = cap_not_met(collection, self.policy, chosen, kept, free_bytes(fd), col.dir_disk)
+        if short:
+            result.setdefault("notes", []).append(short)
         removed = set()
         dev = os.fstat(fd).st_dev
         freed_total = 0

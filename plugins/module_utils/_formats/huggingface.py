@@ -348,6 +348,13 @@ class HuggingFaceFormat(Format):
                     for cut in range(len(p) - 1, off + 2, -1):
                         if not _prune.rmdir_if_empty(root_fd, p[:cut]):
                             break
+        # directories the xet and assets files left empty (never the caches' own xet/<endpoint>/<cache>)
+        for u in collection.units:
+            if u.key in removed_keys and (u.kind == "asset" or u.kind.startswith("xet ")):
+                p = u.paths[0]
+                for cut in range(len(p) - 1, 1 if p[0] == "assets" else 3, -1):
+                    if not _prune.rmdir_if_empty(root_fd, p[:cut]):
+                        break
         files = disk = 0
         locks = _prune.ProcLocks()
         gid = os.fstat(root_fd).st_gid

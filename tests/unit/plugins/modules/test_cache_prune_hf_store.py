@@ -265,4 +265,36 @@ def test_xet_and_assets_files_go_before_a_model_used_since(capsys, tmp_path):
     # the models, used after the xet and assets files, all stay
     assert hf_clean(hub) == {"org/llm": 2, "org/llm-ft": 1}
     assert not shard.exists() and not chunk.exists() and not asset.exists()
+    # the directories they left empty went, the caches' own directories stay
+    assert not chunk.parent.parent.exists() and chunk.parent.parent.parent.is_dir()
+    assert not (home / "assets" / "datasets").exists() and (home / "assets").is_dir()
     assert res["after"]["bytes"] <= before - 150000
+
+
+def test_a_cap_that_cannot_be_met_says_why_and_keeps_recent_models(capsys, tmp_path):
+    home, hub, a, b = build(tmp_path, "store")
+    res = run_module(capsys, path=str(home), format="huggingface", max_size="1k", min_age="1d")
+    assert any("max_size" in n and "not met" in n and "min_age" in n for n in res["notes"]), res.get("notes")
+    # org/llm-ft was used an hour ago, within min_age: only it is kept, and the note says so
+    assert res["kept"]["young"] >= 1
+    assert hf_clean(hub) == {"org/llm-ft": 1}
+
+
+def test_a_member_manifest_link_or_bogus_lines_never_free_a_linked_payload(capsys, tmp_path):
+    home, hub, a, b = build(tmp_path, "store")
+    h = hashlib.sha256(W).hexdigest()
+    manifest = hub / "blobs" / h[:2] / (h + ".refs")
+    # a member rewrites the manifest: lines outside the cache, a link it does not list
+    manifest.write_text("../../etc/passwd\n/abs/path\nmodels--org--llm/blobs/nothing\n")
+    run_module(capsys, path=str(home), format="huggingface", max_age="90d")
+    assert h in store_payloads(hub)  # org/llm-ft still links to it: found from the filesystem
+    assert all(line.startswith("models--org--llm-ft/blobs/") for line in manifest.read_text().splitlines())
+    assert hf_clean(hub) == {"org/llm-ft": 1}
+    # a manifest replaced by a link is not read: the payload is kept, as huggingface_hub would
+    victim = tmp_path / "victim"
+    victim.write_text("models--org--llm-ft/blobs/x\n")
+    manifest.unlink()
+    os.symlink(victim, manifest)
+    run_module(capsys, path=str(home), format="huggingface", max_age="0s", min_age="0s")
+    assert victim.read_text() == "models--org--llm-ft/blobs/x\n"
+    assert h in store_payloads(hub)
