@@ -325,7 +325,10 @@ class HuggingFaceFormat(Format):
     name = "huggingface"
     description = "HuggingFace hub cache: unit = a revision (snapshot) of a repo; shared blobs freed last"
     collector_class = _HFCollector
-    last_use = "the atime of the blobs only that revision has, the mtime of its snapshot links"
+    last_use = (
+        "the atime of the blobs (or store payloads) only that revision has, the mtime of its snapshot links; "
+        "xet and assets files: their own times"
+    )
     detect_order = 10
 
     def detect(self, root_fd, top):
