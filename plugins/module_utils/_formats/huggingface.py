@@ -33,7 +33,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
 
 HF_REF_MAX = 256  # refs/<name> holds a 40-hex commit id (huggingface_hub writes just that)
 HF_MANIFEST_MAX = 4 << 20  # a store manifest: one "<repo>/blobs/<etag>" line per linking repo blob
-HF_STORE_LOCK_WAIT = 2.0  # seconds root waits for a store entry's lock before leaving it for a later run
+HF_STORE_LOCK_WAIT = 2.0  # seconds a run waits in all for store entry locks before leaving them to a later run
 
 _HF_REPO = re.compile(r"^(models|datasets|spaces)--")
 _XET_HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -506,6 +506,8 @@ def sweep_store(root_fd, collection):
     hub = store[:-1]
     gid = os.fstat(root_fd).st_gid
     files = disk = busy = 0
+    # one wait for the whole sweep: members holding many entries' locks delay a run by that at most
+    deadline = time.monotonic() + HF_STORE_LOCK_WAIT
     for h in sorted(collection.payloads):
         walk_links = collection.store_links.get(h, [])
         # cheap test first (no lock): every link the walk saw still points here, nothing to do
@@ -516,7 +518,7 @@ def sweep_store(root_fd, collection):
         if dfd is None:
             continue
         try:
-            lfd = store_lock(dfd, h + ".lock", gid)
+            lfd = store_lock(dfd, h + ".lock", gid, max(0.0, deadline - time.monotonic()))
             if lfd is None:
                 busy += 1
                 continue

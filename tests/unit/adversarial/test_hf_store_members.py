@@ -1,0 +1,92 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Issue 12 item 1: members attack huggingface_hub's shared Xet store while root prunes it.
+
+Root fills a cache laid out by cache_dir's code with huggingface_hub 2.4 (loopback downloads,
+then its own ``publish_blob_to_shared_store``). Alice, a real member, then holds store entry locks
+through the whole run, replaces a lock file by a link to a file of hers or by a FIFO. Root's prune
+ends in bounded time, never opens what the link points to, never blocks on the FIFO, leaves the
+payloads whose lock it could not take to a later run, and huggingface_hub's own scan stays clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import pytest
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats.huggingface import HF_STORE_LOCK_WAIT
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import lay_out_cache
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.modules import test_cache_prune_hf_store as hfs
+
+hfh = pytest.importorskip("huggingface_hub")
+
+
+@pytest.fixture
+def store(actors, arena):
+    home = lay_out_cache(os.path.join(arena, "huggingface"), actors.gid, subdirs=["hub", "xet", "assets"])
+    hub = os.path.join(home, "hub")
+    with hfs.fake_hub.FakeHub(hfs.REPOS) as fh:
+        for repo, branches in hfs.REPOS["model"].items():
+            for branch, files in branches.items():
+                for f in files:
+                    hfh.hf_hub_download(repo, f, revision=branch, cache_dir=hub, endpoint=fh.endpoint)
+    for repo in ("models--org--llm", "models--org--llm-ft"):
+        hfs.publish(hfs.Path(hub), hfs.Path(hub) / repo)
+    hfs.set_times(hfs.Path(home), time.time() - 200 * hfs.DAY)
+    return home, hub
+
+
+def entry(hub, content, suffix=""):
+    h = hashlib.sha256(content).hexdigest()
+    return os.path.join(hub, "blobs", h[:2], h + suffix), h
+
+
+def test_member_locks_links_and_fifos_cost_only_their_payloads(actors, arena, store):
+    home, hub = store
+    held = [entry(hub, b'{"v": 1}'), entry(hub, b'{"v": 2}')]
+    linked = entry(hub, hfs.REPOS["model"]["org/llm"]["v1"]["model.safetensors"])
+    fifo = entry(hub, hfs.W)
+    mine = os.path.join(home, "alices-file")
+    actors.alice.run("echo mine > %s" % mine)
+    before = os.lstat(mine)
+    # one process holds both (the shell's descriptors, flock'ed, kept across exec): killing it frees them
+    lock_cmd = "exec 8>>%s.lock 9>>%s.lock; flock -x 8; flock -x 9; echo held; exec sleep 120" % (
+        held[0][0],
+        held[1][0],
+    )
+    holder = actors.alice.popen(lock_cmd)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        time.sleep(0.5)
+        actors.alice.run("rm -f {0}.lock && ln -s {1} {0}.lock".format(linked[0], mine))
+        actors.alice.run("rm -f {0}.lock && mkfifo {0}.lock".format(fifo[0]))
+        t0 = time.monotonic()
+        res = _prune.Pruner(home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_timeout=0).run()
+        took = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert took < HF_STORE_LOCK_WAIT + 30, took
+    # every revision went (200 days old); the payloads whose lock was held or unsafe stayed
+    info = hfh.scan_cache_dir(hub)
+    assert not info.repos and not info.warnings
+    left = set(hfs.store_payloads(hub))
+    assert {h for _p, h in held} <= left and linked[1] in left and fifo[1] in left
+    assert any("lock is held" in n for n in res.get("notes", [])), res.get("notes")
+    st = os.lstat(mine)  # never chmod'ed, chown'ed or written through the link (ctime would move)
+    assert (st.st_uid, st.st_gid, st.st_mode, st.st_ctime) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mode,
+        before.st_ctime,
+    )
+    assert os.path.islink(linked[0] + ".lock")
+    # the locks go: the next run frees the payloads whose locks are plain files again
+    _prune.Pruner(home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_timeout=0).run()
+    left = set(hfs.store_payloads(hub))
+    assert not ({h for _p, h in held} & left)
+    assert not hfh.scan_cache_dir(hub).warnings
