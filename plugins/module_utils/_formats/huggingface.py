@@ -361,15 +361,26 @@ class HuggingFaceFormat(Format):
         files = disk = 0
         locks = _prune.ProcLocks()
         gid = os.fstat(root_fd).st_gid
-        for prefix in getattr(collection, "repo_prefixes", ()):
-            if _repo_lock_held(root_fd, prefix, locks):
-                continue
-            if dir_is_prunable_repo(root_fd, prefix):
-                st = _prune.remove_path(root_fd, prefix, locks=locks, stats=_prune.RemoveStats(gid))
-                if st is not None and not st.errors and not st.busy:
+        trash = None
+        try:
+            for prefix in getattr(collection, "repo_prefixes", ()):
+                if _repo_lock_held(root_fd, prefix, locks) or not dir_is_prunable_repo(root_fd, prefix):
+                    continue
+                # one rename out of the hub first: a run killed while deleting it never leaves
+                # huggingface_hub a repo without its snapshots directory
+                if trash is None:
+                    trash = _prune.Trash(root_fd, os.fstat(root_fd).st_dev, gid)
+                st = _prune.RemoveStats(gid)
+                name = trash.move(prefix, (), st)
+                if name is not None:
+                    trash.purge(name, locks, st)
+                if name is not None and not st.errors and not st.busy:
                     files += st.files
                     disk += st.disk
                     notes.append("removed repo %s (no revision left)" % "/".join(prefix))
+        finally:
+            if trash is not None:
+                trash.close()
         if getattr(collection, "store", None) is not None:
             n, d, busy = sweep_store(root_fd, collection)
             files += n

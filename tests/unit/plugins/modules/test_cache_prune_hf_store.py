@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune, _usage
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import run_main, tree
 
@@ -298,3 +298,59 @@ def test_a_member_manifest_link_or_bogus_lines_never_free_a_linked_payload(capsy
     run_module(capsys, path=str(home), format="huggingface", max_age="0s", min_age="0s")
     assert victim.read_text() == "models--org--llm-ft/blobs/x\n"
     assert h in store_payloads(hub)
+
+
+KILL = """
+import sys
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
+print("start", flush=True)
+_prune.Pruner(sys.argv[1], fmt="huggingface", policy=_prune.Policy(max_age=90 * 86400)).run()
+"""
+
+
+def build_many(base):
+    """30 models in the store, weights shared two by two; one model used today."""
+    from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import make_hf_repo
+
+    home = base / "huggingface"
+    hub = home / "hub"
+    for n in range(30):
+        files = {"config.json": b'{"n": %d}' % n, "model.safetensors": b"W%d" % (n // 2) * 4096}
+        repo = make_hf_repo(hub, "models--org--m%02d" % n, {"%040x" % (n + 1): files}, {"main": "%040x" % (n + 1)})
+        publish(hub, repo)
+    set_times(home, time.time() - 200 * DAY)
+    now = time.time()
+    os.utime(hub / "models--org--m29" / "snapshots" / ("%040x" % 30) / "config.json", (now, now))
+    return home, hub
+
+
+def test_a_prune_killed_anywhere_converges_to_what_one_run_leaves(tmp_path):
+    ref_home, ref_hub = build_many(tmp_path / "ref")
+    _prune.Pruner(str(ref_home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY)).run()
+    want = tree(ref_home)
+    assert hf_clean(ref_hub) == {"org/m29": 1}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+    def left(hub, what):
+        repos = [n for n in os.listdir(hub) if n.startswith("models--")]
+        if what == "repos":
+            return len(repos)
+        return sum(len(os.listdir(hub / r / "snapshots")) for r in repos if (hub / r / "snapshots").is_dir())
+
+    # killed while revisions leave (the engine's units), then while empty repos go (the clean-up)
+    for what, gone in (("snapshots", 3), ("snapshots", 17), ("repos", 2), ("repos", 21)):
+        home, hub = build_many(tmp_path / ("%s%d" % (what, gone)))
+        p = subprocess.Popen([sys.executable, "-c", KILL, str(home)], stdout=subprocess.PIPE, env=env)
+        p.stdout.readline()
+        deadline = time.monotonic() + 30
+        while left(hub, what) > 30 - gone and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        p.kill()
+        p.wait()
+        assert p.returncode == -9 and tree(home) != want, (what, gone, "not killed mid-run")
+        # the killed run's leftovers: huggingface_hub reads the cache without a warning meanwhile
+        assert not hfh.scan_cache_dir(str(hub)).warnings
+        res = _prune.Pruner(str(home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY)).run()
+        assert not res["errors"], res["errors"]
+        assert tree(home) == want, (what, gone, sorted(tree(home) ^ want)[:10])
+        assert hf_clean(hub) == {"org/m29": 1}
