@@ -71,6 +71,14 @@ def _hf_offset(parts):
     return -1
 
 
+class _Times:
+    __slots__ = ("st_atime", "st_mtime")
+
+    def __init__(self, atime, mtime):
+        self.st_atime = atime
+        self.st_mtime = mtime
+
+
 class _HFRepo:
     __slots__ = ("prefix", "blobs", "links", "snapshots", "refs", "no_exist", "incomplete")
 
@@ -220,6 +228,16 @@ class _HFCollector(Collector):
                 return
         self.add("/".join(parts), kind, parts, st)
 
+    def _blob_times(self, repo, b):
+        """Times of repo blob ``b``: the payload's for a store link; never a link's own atime
+        (reading the link, as every walk does, moves it)."""
+        h = repo.links.get(b)
+        if h is None:
+            return repo.blobs[b]
+        if h in self.payloads:
+            return self.payloads[h][1]
+        return _Times(0.0, repo.blobs[b].st_mtime)
+
     def _link_store(self, u, repo_name, blobs):
         """Attach the store payloads the repo blobs ``blobs`` link to (once per unit)."""
         repo = self.repos[repo_name]
@@ -244,8 +262,7 @@ class _HFCollector(Collector):
             for b in present:
                 u.shared.append((repo_name, b))
             for b in own:
-                h = repo.links.get(b)
-                u.touch(self.payloads[h][1] if h in self.payloads else repo.blobs[b])
+                u.touch(self._blob_times(repo, b))
             self._link_store(u, repo_name, present)
             refs = sorted(r for r, (target, _p, _s) in repo.refs.items() if target == rev)
             label = repo_name.split("--", 1)[1].replace("--", "/") if "--" in repo_name else repo_name
@@ -272,7 +289,7 @@ class _HFCollector(Collector):
         # blobs no snapshot references: their own unit, so they can be reclaimed by age
         for repo_name, repo in self.repos.items():
             lockdir = self.lock_dirs.get(repo_name)
-            for b, bst in repo.blobs.items():
+            for b in repo.blobs:
                 sid = (repo_name, b)
                 if self.shared[sid].refs == 0:
                     s = self.shared.pop(sid)
@@ -280,7 +297,7 @@ class _HFCollector(Collector):
                     u.own_size += s.size
                     u.own_disk += s.disk
                     u.files += 1
-                    u.touch(bst)
+                    u.touch(self._blob_times(repo, b))
                     u.paths = list(s.paths)
                     self._link_store(u, repo_name, [b])
                     if lockdir is not None:

@@ -354,3 +354,16 @@ def test_a_prune_killed_anywhere_converges_to_what_one_run_leaves(tmp_path):
         assert not res["errors"], res["errors"]
         assert tree(home) == want, (what, gone, sorted(tree(home) ^ want)[:10])
         assert hf_clean(hub) == {"org/m29": 1}
+
+
+def test_reading_repo_blob_links_never_makes_a_revision_look_used(capsys, tmp_path):
+    """Every walk reads the links (readlink moves a link's atime): a revision whose payload is
+    gone (dangling link) or whose link is an orphan is timed by the link's mtime, never its atime."""
+    home, hub, a, b = build(tmp_path, "store")
+    h = hashlib.sha256(REPOS["model"]["org/llm"]["v1"]["model.safetensors"]).hexdigest()
+    os.unlink(hub / "blobs" / h[:2] / h)  # the payload went behind huggingface_hub's back
+    for _ in range(3):  # walks that read every link
+        run_module(capsys, check=True, path=str(home), format="huggingface", max_age="90d")
+    res = run_module(capsys, path=str(home), format="huggingface", max_age="90d")
+    assert sorted(s["name"].split()[0] for s in res["sample"]) == ["org/llm", "org/llm"], res["sample"]
+    assert hf_clean(hub) == {"org/llm-ft": 1}
