@@ -321,6 +321,11 @@ class _HFCollector(Collector):
             for sid in u.shared:
                 if sid in col.shared:
                     users.setdefault(sid, []).append(u)
+        for sid in [sid for sid in col.shared if sid not in users]:
+            s = col.shared.pop(sid)  # a payload no repo links to: outside any unit (sweep_store's)
+            col.other_size += s.size
+            col.other_disk += s.disk
+            col.other_files += s.files
         for sid, us in users.items():
             s = col.shared[sid]
             n = len(us)
