@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import stat
+
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format
 
 
@@ -21,3 +23,16 @@ class GenericFormat(Format):
     name = "generic"
     per_file = True
     collector_class = _GenericCollector
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+def verify(ctx):
+    """A generic tree records no digest: every file is counted unverifiable, never verified."""
+    for d in ctx.walk():
+        base = ctx.parts(d)
+        for name, st in d.entries:
+            if stat.S_ISREG(st.st_mode):
+                ctx.unverifiable(base + (name,), st)
+
+
+GenericFormat.verifier = staticmethod(verify)
