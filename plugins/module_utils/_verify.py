@@ -601,7 +601,6 @@ class Verifier:
     def _flush(self, final=False):
         if self._pending:
             batch, self._pending, self._pending_bytes = self._pending, [], 0
-            self.hashed_bytes += sum(i.size for i in batch)
             jobs = [
                 {"kind": i.kind, "target": i.target, "expected": i.expected, "ident": i.ident, "size": i.size}
                 for i in batch
@@ -622,6 +621,8 @@ class Verifier:
 
     def _collect(self, batch, results):
         for item, (status, actual, path) in zip(batch, results, strict=True):
+            if status in ("verified", "corrupt"):
+                self.hashed_bytes += item.size  # read whole (a busy or unverifiable one: not, or part)
             self._result(item, status, actual, path)
 
     def _get_pool(self):

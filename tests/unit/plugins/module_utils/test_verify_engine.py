@@ -1,0 +1,168 @@
+# Copyright (c) 2026 mlinfra
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""cache_verify's engine (_verify): incremental state, busy units, check mode, workers, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify
+from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_verify
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import age, make_hf_repo, run_main, write
+
+R1 = "1" * 40
+
+
+@pytest.fixture
+def hub(tmp_path):
+    files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(300000), "w2.bin": os.urandom(200000)}
+    make_hf_repo(tmp_path / "hf" / "hub", "models--org--m", {R1: files}, {"main": R1})
+    age(tmp_path / "hf", 5)
+    return tmp_path / "hf", files
+
+
+def blob(hub_dir, content):
+    return hub_dir / "hub" / "models--org--m" / "blobs" / hashlib.sha256(content).hexdigest()
+
+
+def verify(path, state, **kw):
+    kw.setdefault("min_age", 0)
+    return _verify.Verifier(str(path), state_dir=str(state), **kw).run()
+
+
+def test_incremental_run_reads_only_what_changed_and_full_reads_all(tmp_path, hub):
+    path, files = hub
+    state = tmp_path / "state"
+    first = verify(path, state)
+    total = sum(len(v) for v in files.values())
+    assert first["verified"] == 3 and first["hashed_bytes"] == total and first["reused"] == 0
+    st = os.stat(state)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+    (sfile,) = [n for n in os.listdir(state) if n.startswith("state-")]
+    assert stat.S_IMODE(os.stat(state / sfile).st_mode) == 0o600
+    again = verify(path, state)
+    assert again["verified"] == 3 and again["hashed_bytes"] == 0 and again["reused"] == 3
+    # a byte changed in place with the mtime put back: the ctime still moved, so it is read again
+    b = blob(path, files["w2.bin"])
+    st = os.stat(b)
+    data = bytearray(b.read_bytes())
+    data[7] ^= 0xFF
+    b.write_bytes(bytes(data))
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    res = verify(path, state)
+    assert res["corrupt"] == 1 and res["hashed_bytes"] == len(files["w2.bin"]) and res["reused"] == 2
+    assert res["corrupt_sample"][0]["expected"] == "sha256:" + b.name
+    # a corrupt unit is never remembered as verified: the next incremental run finds it again
+    assert verify(path, state)["corrupt"] == 1
+    full = verify(path, state, full=True)
+    assert full["hashed_bytes"] == total and full["reused"] == 0 and full["corrupt"] == 1
+
+
+def test_state_of_a_renamed_in_file_is_not_trusted(tmp_path, hub):
+    """The state is keyed by inode and signature: a different file under a verified name is read."""
+    path, files = hub
+    state = tmp_path / "state"
+    verify(path, state)
+    b = blob(path, files["model.safetensors"])
+    other = path / "other"
+    other.write_bytes(b"x" * len(files["model.safetensors"]))
+    os.replace(other, b)
+    res = verify(path, state)
+    assert res["corrupt"] == 1 and res["reused"] == 2
+
+
+def test_young_units_are_busy_not_verified(tmp_path, hub):
+    path, files = hub
+    res = verify(path, tmp_path / "state", min_age=3600)  # ctime is now: every blob may be in the making
+    assert res["skipped_busy"] == 3 and res["verified"] == 0 and res["hashed_bytes"] == 0
+
+
+def test_check_mode_quarantines_nothing_and_writes_no_state(tmp_path, hub):
+    path, files = hub
+    b = blob(path, files["config.json"])
+    b.write_bytes(b"{}")
+    state = tmp_path / "state"
+    res = verify(path, state, quarantine=True, check_mode=True)
+    assert res["corrupt"] == 1 and res["quarantined"] == ["hub/models--org--m/blobs/" + b.name]
+    assert b.exists()
+    assert not [n for n in os.listdir(state) if n.startswith("state-")]
+
+
+def test_quarantine_leaves_a_unit_replaced_after_it_was_read(tmp_path, hub):
+    path, files = hub
+    b = blob(path, files["config.json"])
+    b.write_bytes(b"{}")
+
+    class Racing(_verify.Verifier):
+        def _quarantine(self, root_fd, rst, mounts):
+            # between the check and the move, the name gets another file (a re-download)
+            tmp = b.with_name("new")
+            tmp.write_bytes(files["config.json"])
+            os.replace(tmp, b)
+            return _verify.Verifier._quarantine(self, root_fd, rst, mounts)
+
+    res = Racing(str(path), state_dir=str(tmp_path / "state"), min_age=0, quarantine=True).run()
+    assert res["corrupt"] == 1 and res["quarantined"] == []
+    assert any("changed since it was checked" in n for n in res["notes"])
+    assert b.read_bytes() == files["config.json"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_give_the_same_results(tmp_path, hub, workers):
+    path, files = hub
+    blob(path, files["w2.bin"]).write_bytes(b"bad")
+    res = verify(path, tmp_path / "state", workers=workers)
+    assert (res["verified"], res["corrupt"], res["corrupt_bytes"]) == (2, 1, 3)
+
+
+def test_torch_checkpoint_named_by_its_hash_prefix(tmp_path):
+    cache = tmp_path / "torch"
+    good = os.urandom(5000)
+    name = "resnet-%s.pth" % hashlib.sha256(good).hexdigest()[:8]
+    write(cache / "hub" / "checkpoints" / name, good)
+    write(cache / "hub" / "checkpoints" / ("bad-%s.pth" % ("0" * 8)), b"nope")
+    write(cache / "hub" / "checkpoints" / "plain.pth", b"no hash in the name")
+    res = verify(cache, tmp_path / "state")
+    assert res["format"] == "torch"
+    assert (res["verified"], res["corrupt"], res["unverifiable"]) == (1, 1, 1)
+
+
+def test_external_is_skipped_and_generic_only_unverifiable(tmp_path):
+    ext = tmp_path / "ext"
+    write(ext / "x", b"abc")
+    res = verify(ext, tmp_path / "state", fmt="external")
+    assert res["skipped"] and res["verified"] == 0
+    res = verify(ext, tmp_path / "state", fmt="generic")
+    assert (res["verified"], res["unverifiable"], res["unverifiable_bytes"]) == (0, 1, 3)
+
+
+def test_summary_keeps_other_caches_and_caps_the_sample(tmp_path):
+    state = tmp_path / "state"
+    res = _verify.empty_counts()
+    res.update(corrupt=30, corrupt_sample=[{"path": str(i), "expected": "e", "actual": "a"} for i in range(30)])
+    _verify.write_summary({"a": res}, str(state), now=100)
+    doc = _verify.write_summary({"b": _verify.empty_counts()}, str(state), now=200)
+    on_disk = json.loads((state / "summary.json").read_text())
+    assert on_disk == doc and doc["time"] == 200 and set(doc["caches"]) == {"a", "b"}
+    assert len(doc["caches"]["a"]["corrupt_sample"]) == 20
+    assert stat.S_IMODE(os.stat(state / "summary.json").st_mode) == 0o640
+
+
+def test_bad_input_fails_clearly_and_writes_nothing(capsys, tmp_path, hub):
+    path, _files = hub
+    state = tmp_path / "state"
+    for args, msg in (
+        ({"path": "relative/dir"}, "absolute"),
+        ({"path": str(tmp_path / "missing")}, "does not exist"),
+        ({"path": str(path), "workers": -1}, "workers"),
+        ({"path": str(path), "min_age": "soon"}, "min_age"),
+        ({"path": str(path), "format": "nope"}, "value of format"),
+    ):
+        res = run_main(cache_verify, capsys, state_dir=str(state), **args)
+        assert res.get("failed") and msg in res["msg"], res
+    assert not state.exists()
