@@ -145,6 +145,7 @@ class Context:
         self.root_fd = root_fd
         self.walker = walker
         self.notes = engine.notes
+        self.gid = engine.gid  # the cache group (the walk shows only its entries)
 
     def walk(self):
         for d in self.walker.walk():
@@ -455,12 +456,106 @@ def check_npm_index(item):
     return "%d lines" % lines
 
 
+def _h1(entries):
+    """Go's dirhash.Hash1 over [(name, sha256 hex)]: 'h1:' + base64(sha256 of the summary)."""
+    h = hashlib.sha256()
+    for name, hexd in sorted(entries, key=lambda e: e[0].encode("utf-8", "surrogateescape")):
+        if "\n" in name:
+            raise Outcome("corrupt", "a file name with a newline")
+        h.update(("%s  %s\n" % (hexd, name)).encode("utf-8", "surrogateescape"))
+    return "h1:" + base64.b64encode(h.digest()).decode("ascii")
+
+
+def check_go_zip(item):
+    """A Go module zip against its .ziphash (dirhash.HashZip: every entry's name and SHA-256)."""
+    want = item["expected"].split(" ", 1)[0]
+    fd, st = _open_target(item["target"], item["ident"], item["ident"][2])
+    deadline = _deadline(st.st_size)
+    f = os.fdopen(fd, "rb")
+    try:
+        entries = []
+        try:
+            with zipfile.ZipFile(f) as zf:
+                for info in zf.infolist():
+                    h = hashlib.sha256()
+                    with zf.open(info) as member:
+                        while True:
+                            chunk = member.read(_CHUNK)
+                            if not chunk:
+                                break
+                            h.update(chunk)
+                            if time.monotonic() > deadline:
+                                raise Outcome("busy", "time limit")
+                    entries.append((info.filename, h.hexdigest()))
+        except _ZIP_ERRORS as exc:
+            raise Outcome("corrupt", "zip: %s" % exc) from None
+    finally:
+        f.close()
+    got = _h1(entries)
+    if got != want:
+        raise Outcome("corrupt", got)
+    return got
+
+
+def check_go_dir(item):
+    """An extracted Go module directory against its .ziphash (dirhash.HashDir with the
+    ``module@version`` prefix). Go never extracts a symbolic link: one is corruption, not followed."""
+    want, _sp, prefix = item["expected"].partition(" ")
+    try:
+        top = open_below(_ROOT["fd"], item["target"], _ROOT["dev"])
+    except (NotBelow, OSError):
+        raise Outcome("busy", "gone") from None
+    deadline = _deadline(item["size"])
+    entries = []
+    stack = [(top, "")]
+    try:
+        st = os.fstat(top)
+        if (st.st_dev, st.st_ino) != tuple(item["ident"][:2]):
+            raise Outcome("busy", "changed")
+        while stack:
+            dfd, rel = stack.pop()
+            try:
+                for name in sorted(os.listdir(dfd)):
+                    est = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    path = rel + "/" + name if rel else name
+                    if stat.S_ISDIR(est.st_mode):
+                        try:
+                            stack.append((open_below(dfd, [name], _ROOT["dev"]), path))
+                        except (NotBelow, OSError):
+                            raise Outcome("busy", "changed") from None
+                        continue
+                    if not stat.S_ISREG(est.st_mode):
+                        raise Outcome("corrupt", "%s is not a regular file" % path, tuple(item["target"]) + (name,))
+                    fd, fst = open_member_file(dfd, name, 1 << 62)
+                    try:
+                        if _sparse(fst):
+                            raise Outcome("unverifiable", "sparse file: not read")
+                        entries.append((prefix + "/" + path, _hash_fd(fd, "sha256", deadline)))
+                    finally:
+                        os.close(fd)
+            finally:
+                if dfd != top:
+                    os.close(dfd)
+    except MemberFileError as exc:
+        raise Outcome("busy", exc.strerror or str(exc)) from None
+    finally:
+        for dfd, _rel in stack:
+            os.close(dfd)
+        os.close(top)
+    got = _h1(entries)
+    if got != want:
+        raise Outcome("corrupt", got)
+    return got
+
+
 CHECKS = {
     "digest": check_digest,
     "wheel": check_wheel,
     "record_dir": check_record_dir,
     "deb": check_deb,
     "npm_index": check_npm_index,
+    "go_zip": check_go_zip,
+    "go_dir": check_go_dir,
 }
 
 

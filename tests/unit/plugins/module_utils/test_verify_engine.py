@@ -166,3 +166,82 @@ def test_bad_input_fails_clearly_and_writes_nothing(capsys, tmp_path, hub):
         res = run_main(cache_verify, capsys, state_dir=str(state), **args)
         assert res.get("failed") and msg in res["msg"], res
     assert not state.exists()
+
+
+# -- conda, cargo: fixtures laid out as the tools' sources write them (neither tool can fetch here) --
+def _conda_pkg(pkgs, dist, record_algo="sha256"):
+    """A package as conda leaves it in pkgs/: the tarball (info/ first, as conda-package-handling
+    writes .tar.bz2) and the extracted dir whose info/repodata_record.json carries the channel's
+    sha256 and md5 of the tarball (conda's ``PackageCacheData`` / ``ProgressiveFetchExtract``)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:bz2") as tf:
+        for name, data in (("info/index.json", b'{"name": "%s"}' % dist.encode()), ("lib/x.py", os.urandom(4000))):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    tarball = buf.getvalue()
+    write(pkgs / (dist + ".tar.bz2"), tarball)
+    rec = {"fn": dist + ".tar.bz2", "url": "https://conda.anaconda.org/conda-forge/noarch/%s.tar.bz2" % dist}
+    rec[record_algo] = getattr(hashlib, record_algo)(tarball).hexdigest()
+    write(pkgs / dist / "info" / "repodata_record.json", json.dumps(rec).encode())
+    write(pkgs / dist / "lib" / "x.py", b"print()")
+    return pkgs / (dist + ".tar.bz2")
+
+
+def test_conda_tarball_against_repodata_record(tmp_path):
+    cache = tmp_path / "conda"
+    pkgs = cache / "pkgs"
+    good = _conda_pkg(pkgs, "six-1.16.0-pyh6c4a22f_0")
+    md5 = _conda_pkg(pkgs, "tqdm-4.66.1-pyhd8ed1ab_0", record_algo="md5")
+    bad = _conda_pkg(pkgs, "idna-3.6-pyhd8ed1ab_0")
+    write(pkgs / "urls.txt", b"")
+    write(pkgs / "orphan-1.0-0.tar.bz2", b"no record")
+    bad.write_bytes(bad.read_bytes()[:-1] + b"\0")
+    age(cache, 2)
+    res = verify(cache, tmp_path / "state", quarantine=True)
+    assert res["format"] == "conda"
+    assert res["methods"]["sha256 (repodata_record.json)"] == {
+        "verified": 1, "corrupt": 1, "unverifiable": 0, "skipped_busy": 0,
+    }  # fmt: skip
+    assert res["methods"]["md5 (repodata_record.json)"]["verified"] == 1
+    assert res["corrupt_sample"][0]["path"] == "pkgs/" + bad.name
+    assert res["quarantined"] == ["pkgs/" + bad.name] and not bad.exists() and good.exists() and md5.exists()
+    # the orphan tarball, urls.txt, the extracted files and records: unverifiable, never verified
+    assert res["verified"] == 2 and res["unverifiable"] == 1 + 1 + 3 * 2
+
+
+def _cargo_index_cache(path, name, versions):
+    """cargo's registry index cache file (src/cargo/sources/registry/index/cache.rs): the cache
+    version byte (3), the index format version (u32 LE, 2), the index revision NUL, then
+    ``version NUL json NUL`` per version."""
+    import struct
+
+    body = b"etag: W/\"abc\"\0"
+    for vers, cksum in versions.items():
+        line = json.dumps({"name": name, "vers": vers, "deps": [], "cksum": cksum, "features": {}, "yanked": False})
+        body += vers.encode() + b"\0" + line.encode() + b"\0"
+    write(path, b"\x03" + struct.pack("<I", 2) + body)
+
+
+def test_cargo_crate_against_the_index_cache_cksum(tmp_path):
+    cache = tmp_path / "cargo"
+    reg = "index.crates.io-6f17d22bba15001f"
+    crates = {("serde-json-core", "0.5.1"): os.urandom(7000), ("cc", "1.0.83"): os.urandom(5000)}
+    for (name, vers), data in crates.items():
+        write(cache / "registry" / "cache" / reg / ("%s-%s.crate" % (name, vers)), data)
+    _cargo_index_cache(
+        cache / "registry" / "index" / reg / ".cache" / "se" / "rd" / "serde-json-core",
+        "serde-json-core",
+        {"0.5.0": "0" * 64, "0.5.1": hashlib.sha256(crates[("serde-json-core", "0.5.1")]).hexdigest()},
+    )
+    _cargo_index_cache(cache / "registry" / "index" / reg / ".cache" / "2" / "cc", "cc", {"1.0.83": "f" * 64})
+    write(cache / "registry" / "cache" / reg / "unknown-0.1.0.crate", b"no index entry")
+    age(cache, 2)
+    res = verify(cache, tmp_path / "state", fmt="cargo")
+    assert res["methods"]["sha256 (registry index cksum)"]["verified"] == 1
+    assert res["corrupt"] == 1 and res["corrupt_sample"][0]["path"].endswith("cc-1.0.83.crate")
+    assert res["corrupt_sample"][0]["expected"] == "sha256:" + "f" * 64
+    assert res["unverifiable"] == 3  # the unknown crate and the two index cache files
