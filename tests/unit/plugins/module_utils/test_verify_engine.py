@@ -219,7 +219,7 @@ def _cargo_index_cache(path, name, versions):
     ``version NUL json NUL`` per version."""
     import struct
 
-    body = b"etag: W/\"abc\"\0"
+    body = b'etag: W/"abc"\0'
     for vers, cksum in versions.items():
         line = json.dumps({"name": name, "vers": vers, "deps": [], "cksum": cksum, "features": {}, "yanked": False})
         body += vers.encode() + b"\0" + line.encode() + b"\0"

@@ -391,3 +391,77 @@ def test_summary_file_is_root_owned_0640_and_merges_caches(capsys, tmp_path, npm
         "unverifiable_bytes": 3, "skipped_busy": 0, "corrupt_sample": [],
     }  # fmt: skip
     assert doc["caches"]["npm"]["verified"] > 0
+
+
+# -- Go --------------------------------------------------------------------------------------------
+def _go_proxy(base):
+    """A file:// GOPROXY serving one module (the proxy protocol's list/info/mod/zip files)."""
+    import zipfile
+
+    vdir = base / "proxy" / "example.com" / "!hello" / "@v"
+    vdir.mkdir(parents=True)
+    mod = "module example.com/Hello\n\ngo 1.19\n"
+    (vdir / "list").write_text("v1.0.0\n")
+    (vdir / "v1.0.0.info").write_text('{"Version": "v1.0.0", "Time": "2024-01-01T00:00:00Z"}')
+    (vdir / "v1.0.0.mod").write_text(mod)
+    with zipfile.ZipFile(vdir / "v1.0.0.zip", "w") as zf:
+        zf.writestr("example.com/Hello@v1.0.0/go.mod", mod)
+        zf.writestr("example.com/Hello@v1.0.0/hello.go", 'package hello\n\nfunc Hi() string { return "hi" }\n')
+        zf.writestr("example.com/Hello@v1.0.0/sub/x.go", "package sub\n" + "// padding\n" * 200)
+    return "file://%s" % (base / "proxy")
+
+
+def _go_download(proxy, cache, home):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "GOPROXY": proxy, "GOSUMDB": "off", "GOMODCACHE": str(cache)}
+    env["GOCACHE"] = str(home / "gocache")
+    return tool(["go", "mod", "download", "-json", "example.com/Hello@v1.0.0"], env=env, cwd=home)
+
+
+def _make_writable(path):
+    for dp, dn, fn in os.walk(path):
+        os.chmod(dp, 0o755)
+        for f in fn:
+            os.chmod(os.path.join(dp, f), 0o644)
+
+
+def test_go_zip_and_module_dir_against_the_ziphash_go_wrote(capsys, tmp_path):
+    if not shutil.which("go"):
+        pytest.skip("go not installed (Debian's golang-go)")
+    proxy = _go_proxy(tmp_path)
+    cache = tmp_path / "gomod"
+    res = _go_download(proxy, cache, tmp_path)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    dl = cache / "cache" / "download" / "example.com" / "!hello" / "@v"
+    assert (dl / "v1.0.0.ziphash").read_text() == info["Sum"]  # go's own h1 of the zip
+    moddir = cache / "example.com" / "!hello@v1.0.0"
+    res = run(capsys, tmp_path, path=str(cache))
+    assert res["format"] == "go"
+    assert_clean(res)
+    assert res["methods"]["h1 dirhash (.ziphash) of the zip"]["verified"] == 1
+    assert res["methods"]["h1 dirhash (.ziphash) of the module dir"]["verified"] == 1
+    assert res["verified"] == 2
+
+    # a byte of the extracted (read-only) module dir: the dir is corrupt, the zip is not
+    os.chmod(moddir / "sub" / "x.go", 0o644)
+    flip(moddir / "sub" / "x.go")
+    os.chmod(moddir / "sub" / "x.go", 0o444)
+    res = run(capsys, tmp_path, path=str(cache), quarantine=True)
+    sample = assert_one_corrupt(res, "example.com/!hello@v1.0.0")
+    assert sample["expected"].startswith(info["Sum"])
+    assert res["quarantined"] == ["example.com/!hello@v1.0.0"] and not moddir.exists()
+    assert _go_download(proxy, cache, tmp_path).returncode == 0  # go extracts it again from the zip
+    assert moddir.exists()
+    assert_clean(run(capsys, tmp_path, path=str(cache)))
+
+    # a byte of the zip: the zip goes with its .ziphash, go downloads both again
+    os.chmod(dl / "v1.0.0.zip", 0o644)
+    flip(dl / "v1.0.0.zip", (dl / "v1.0.0.zip").read_bytes().index(b"padding") + 10)
+    res = run(capsys, tmp_path, path=str(cache), quarantine=True)
+    assert_one_corrupt(res, "v1.0.0.zip")
+    assert not (dl / "v1.0.0.zip").exists() and not (dl / "v1.0.0.ziphash").exists()
+    assert _go_download(proxy, cache, tmp_path).returncode == 0
+    res = run(capsys, tmp_path, path=str(cache))
+    assert_clean(res)
+    assert res["verified"] == 2
+    _make_writable(cache)  # pytest's tmp_path clean-up
