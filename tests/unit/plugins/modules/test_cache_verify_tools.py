@@ -417,13 +417,6 @@ def _go_download(proxy, cache, home):
     return tool(["go", "mod", "download", "-json", "example.com/Hello@v1.0.0"], env=env, cwd=home)
 
 
-def _make_writable(path):
-    for dp, dn, fn in os.walk(path):
-        os.chmod(dp, 0o755)
-        for f in fn:
-            os.chmod(os.path.join(dp, f), 0o644)
-
-
 def test_go_zip_and_module_dir_against_the_ziphash_go_wrote(capsys, tmp_path):
     if not shutil.which("go"):
         pytest.skip("go not installed (Debian's golang-go)")
@@ -464,4 +457,3 @@ def test_go_zip_and_module_dir_against_the_ziphash_go_wrote(capsys, tmp_path):
     res = run(capsys, tmp_path, path=str(cache))
     assert_clean(res)
     assert res["verified"] == 2
-    _make_writable(cache)  # pytest's tmp_path clean-up
