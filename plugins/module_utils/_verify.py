@@ -92,9 +92,9 @@ class Deadline(Exception):
 class Item:
     """One unit to check (built by ``Context.check``)."""
 
-    __slots__ = ("unit", "ident", "size", "kind", "target", "expected", "method", "sig", "files")
+    __slots__ = ("unit", "ident", "size", "kind", "target", "expected", "method", "sig", "key")
 
-    def __init__(self, unit, ident, size, kind, target, expected, method, sig, files):
+    def __init__(self, unit, ident, size, kind, target, expected, method, sig, key):
         self.unit = unit  # paths (tuples) quarantine moves, in order
         self.ident = ident  # (dev, ino, size, mtime_ns) of unit[0] as the walk saw it
         self.size = size
@@ -103,7 +103,7 @@ class Item:
         self.expected = expected
         self.method = method
         self.sig = sig  # incremental signature
-        self.files = files
+        self.key = key  # in the state file: kind, device, inode
 
 
 def identity(st):
@@ -163,22 +163,24 @@ class Context:
     def check(self, unit, st, kind, expected, method, target=None, sig=None, size=None, young=None):
         """Check ``unit`` (a path tuple, or a list of them: what quarantine moves; the first is
         the unit's own entry, lstat ``st``) with CHECKS[kind] against ``expected``."""
+        eng = self.engine
+        if size is None:
+            size = st.st_size
+        if young is None:
+            young = st.st_mtime if st.st_mtime > st.st_ctime else st.st_ctime
+        if young > eng.busy_after:
+            eng.busy(method)
+            return
+        key = "%s|%d:%d" % (kind, st.st_dev, st.st_ino)
+        if sig is None:
+            sig = "%d:%d:%d" % (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if not eng.full:
+            old = eng.old_state.get(key)
+            if old is not None and old[0] == sig and old[1] == expected:
+                eng.reuse(key, old, size, method)
+                return
         units = [unit] if isinstance(unit, tuple) else list(unit)
-        self.engine.add(
-            Item(
-                units,
-                identity(st),
-                st.st_size if size is None else size,
-                kind,
-                target or units[0],
-                expected,
-                method,
-                sig or signature(st),
-                None,
-            ),
-            st,
-            young,
-        )
+        eng.add(Item(units, identity(st), size, kind, target or units[0], expected, method, sig, key))
 
     def unverifiable(self, parts, st, size=None):
         self.engine.count_unverifiable(parts, st.st_size if size is None else size)
@@ -633,6 +635,8 @@ class Verifier:
         self._pending_bytes = 0
         self._futures = []
         self._pool = None
+        self._mc = {}
+        self.busy_after = self.now - self.min_age if self.min_age else float("inf")
 
     # -- counting --------------------------------------------------------------------------
     def count_unverifiable(self, parts, size):
@@ -640,14 +644,27 @@ class Verifier:
         self.counts["unverifiable_bytes"] += size
 
     def _method(self, method, status):
-        m = self.methods.setdefault(method, {"verified": 0, "corrupt": 0, "unverifiable": 0, "skipped_busy": 0})
-        m[status] += 1
+        k = (method, status)
+        self._mc[k] = self._mc.get(k, 0) + 1
+
+    def busy(self, method):
+        self.counts["skipped_busy"] += 1
+        self._method(method, "skipped_busy")
+
+    def reuse(self, key, old, size, method):
+        """A unit unchanged since a run verified it: counted verified, not read."""
+        c = self.counts
+        c["verified"] += 1
+        c["verified_bytes"] += size
+        self.new_state[key] = old
+        self.reused += 1
+        self._method(method, "verified")
 
     def _result(self, item, status, actual, path):
         if status == "verified":
             self.counts["verified"] += 1
             self.counts["verified_bytes"] += item.size
-            self.new_state[self._key(item)] = [item.sig, item.expected, actual]
+            self.new_state[item.key] = [item.sig, item.expected, actual]
         elif status == "corrupt":
             self.counts["corrupt"] += 1
             self.counts["corrupt_bytes"] += item.size
@@ -671,23 +688,8 @@ class Verifier:
                 self.notes.append("%s: %s" % ("/".join(item.target), actual))
         self._method(item.method, status)
 
-    @staticmethod
-    def _key(item):
-        return "%s|%d:%d" % (item.kind, item.ident[0], item.ident[1])
-
     # -- scheduling ------------------------------------------------------------------------
-    def add(self, item, st, young=None):
-        young = young if young is not None else max(st.st_mtime, st.st_ctime)
-        if self.min_age and young > self.now - self.min_age:
-            self.counts["skipped_busy"] += 1
-            self._method(item.method, "skipped_busy")
-            return
-        if not self.full:
-            old = self.old_state.get(self._key(item))
-            if old and old[0] == item.sig and old[1] == item.expected:
-                self.reused += 1
-                self._result(item, "verified", old[2], None)
-                return
+    def add(self, item):
         self._pending.append(item)
         self._pending_bytes += item.size
         if len(self._pending) >= 512 or self._pending_bytes >= (64 << 20):
@@ -749,7 +751,7 @@ class Verifier:
             if st.st_uid != os.geteuid() or st.st_mode & 0o077:
                 return {}
             state = json.loads(data)
-            return state.get("units", {}) if state.get("version") == 1 else {}
+            return state.get("units", {}) if state.get("version") == 2 else {}
         except (OSError, ValueError, AttributeError):
             return {}
 
@@ -796,10 +798,13 @@ class Verifier:
             if walker.error_count:
                 self.errors.extend("%s: %s" % e for e in walker.errors)
             res["foreign"] = walker.foreign.as_dict()
-            if sdir is not None and not self.check_mode:
+            if sdir is not None and not self.check_mode and self.new_state != self.old_state:
                 write_atomic(
                     os.path.join(spath, self._state_name(rst)),
-                    json.dumps({"version": 1, "path": self.path, "time": self.now, "units": self.new_state}),
+                    json.dumps(
+                        {"version": 2, "path": self.path, "time": self.now, "units": self.new_state},
+                        separators=(",", ":"),
+                    ),
                     mode=0o600,
                 )
             res.update(self._finish(t0))
@@ -813,6 +818,10 @@ class Verifier:
             os.close(root_fd)
 
     def _finish(self, t0):
+        for (method, status), n in self._mc.items():
+            m = self.methods.setdefault(method, {"verified": 0, "corrupt": 0, "unverifiable": 0, "skipped_busy": 0})
+            m[status] += n
+        self._mc = {}
         out = dict(self.counts)
         out.update(
             methods=self.methods,
