@@ -94,7 +94,7 @@ def rows(n_files, workdir):
         t = min(x[0] for x in times)
         out.append(
             {
-                "name": "cache_verify full, %s (%d MiB)" % ("1 process" if workers == 1 else "default workers", VERIFY_MB),
+                "name": "cache_verify full, %s (%d MiB)" % ("1 process" if workers == 1 else "all CPUs", VERIFY_MB),
                 "peer": "sha256sum (1 process)",
                 "ours_s": t,
                 "peer_s": peer,
