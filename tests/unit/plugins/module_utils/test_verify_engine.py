@@ -199,7 +199,8 @@ def test_conda_tarball_against_repodata_record(tmp_path):
     bad = _conda_pkg(pkgs, "idna-3.6-pyhd8ed1ab_0")
     write(pkgs / "urls.txt", b"")
     write(pkgs / "orphan-1.0-0.tar.bz2", b"no record")
-    bad.write_bytes(bad.read_bytes()[:-1] + b"\0")
+    data = bad.read_bytes()
+    bad.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # one bit of the last byte
     age(cache, 2)
     res = verify(cache, tmp_path / "state", quarantine=True)
     assert res["format"] == "conda"
