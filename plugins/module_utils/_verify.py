@@ -155,6 +155,14 @@ class Context:
                 d.entries = [e for e in d.entries if e[0] not in trash]
             yield d
 
+    def files(self):
+        """(Dir, path tuple, lstat) of every regular file of the cache's group, walk order."""
+        for d in self.walk():
+            base = tuple(d.rel.split("/")) if d.rel else ()
+            for name, st in d.entries:
+                if stat.S_ISREG(st.st_mode):
+                    yield d, base + (name,), st
+
     @staticmethod
     def parts(d, name=None):
         base = tuple(d.rel.split("/")) if d.rel else ()
@@ -293,6 +301,20 @@ def _b64hex(b64):
         return ""
 
 
+def _hash_member(zf, member, algo, deadline):
+    """Hex digest of a zip member (name or ZipInfo), read in chunks; its CRC is checked at the end."""
+    h = hashlib.new(algo)
+    with zf.open(member) as fh:
+        while True:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            if time.monotonic() > deadline:
+                raise Outcome("busy", "time limit")
+    return h.hexdigest()
+
+
 def check_wheel(item):
     """A wheel (zip) against its own RECORD: every listed file's digest; the zip's CRCs too."""
     fd, st = _open_target(item["target"], item["ident"], item["ident"][2])
@@ -321,19 +343,10 @@ def check_wheel(item):
                 for path, algo, b64 in rows:
                     if algo not in hashlib.algorithms_guaranteed:
                         raise Outcome("unverifiable", "RECORD algorithm %s" % algo)
-                    h = hashlib.new(algo)
                     try:
-                        with zf.open(path) as member:
-                            while True:
-                                chunk = member.read(_CHUNK)
-                                if not chunk:
-                                    break
-                                h.update(chunk)
-                                if time.monotonic() > deadline:
-                                    raise Outcome("busy", "time limit")
+                        got = _hash_member(zf, path, algo, deadline)
                     except KeyError:
                         raise Outcome("corrupt", "%s missing" % path) from None
-                    got = binascii.hexlify(h.digest()).decode("ascii")
                     if got != _b64hex(b64):
                         raise Outcome("corrupt", "%s: %s=%s" % (path, algo, got), path)
             except _ZIP_ERRORS as exc:
@@ -479,16 +492,7 @@ def check_go_zip(item):
         try:
             with zipfile.ZipFile(f) as zf:
                 for info in zf.infolist():
-                    h = hashlib.sha256()
-                    with zf.open(info) as member:
-                        while True:
-                            chunk = member.read(_CHUNK)
-                            if not chunk:
-                                break
-                            h.update(chunk)
-                            if time.monotonic() > deadline:
-                                raise Outcome("busy", "time limit")
-                    entries.append((info.filename, h.hexdigest()))
+                    entries.append((info.filename, _hash_member(zf, info, "sha256", deadline)))
         except _ZIP_ERRORS as exc:
             raise Outcome("corrupt", "zip: %s" % exc) from None
     finally:

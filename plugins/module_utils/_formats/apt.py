@@ -118,16 +118,11 @@ def verify(ctx):
     name gets dpkg-deb's structural check (both members unpack: their compressors' checksums),
     counted under its own method. Partial downloads and apt's own files are unverifiable."""
     debs = []
-    for d in ctx.walk():
-        base = ctx.parts(d)
-        for name, st in d.entries:
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            parts = base + (name,)
-            if len(parts) == 2 and parts[0] == "archives" and name.endswith(".deb") and _deb_key(name):
-                debs.append((parts, st))
-            else:
-                ctx.unverifiable(parts, st)
+    for _d, parts, st in ctx.files():
+        if len(parts) == 2 and parts[0] == "archives" and parts[1].endswith(".deb") and _deb_key(parts[1]):
+            debs.append((parts, st))
+        else:
+            ctx.unverifiable(parts, st)
     digests = apt_list_digests({_deb_key(p[-1]) for p, _st in debs}, ctx.options.get("apt_lists") or APT_LISTS)
     for parts, st in debs:
         sums = digests.get(_deb_key(parts[-1]))

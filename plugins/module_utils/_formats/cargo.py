@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import stat
 import tempfile
 import time
 
@@ -239,16 +238,11 @@ def verify(ctx):
     import json
 
     crates = []
-    for d in ctx.walk():
-        base = ctx.parts(d)
-        for name, st in d.entries:
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            parts = base + (name,)
-            if len(parts) == 4 and parts[:2] == ("registry", "cache") and name.endswith(".crate"):
-                crates.append((parts, st))
-            else:
-                ctx.unverifiable(parts, st)
+    for _d, parts, st in ctx.files():
+        if len(parts) == 4 and parts[:2] == ("registry", "cache") and parts[3].endswith(".crate"):
+            crates.append((parts, st))
+        else:
+            ctx.unverifiable(parts, st)
     index_cache = {}
     for parts, st in crates:
         stem = parts[-1][: -len(".crate")]

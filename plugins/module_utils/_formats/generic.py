@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import stat
-
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format
 
 
@@ -28,11 +26,8 @@ class GenericFormat(Format):
 # -- cache_verify ---------------------------------------------------------------------------
 def verify(ctx):
     """A generic tree records no digest: every file is counted unverifiable, never verified."""
-    for d in ctx.walk():
-        base = ctx.parts(d)
-        for name, st in d.entries:
-            if stat.S_ISREG(st.st_mode):
-                ctx.unverifiable(base + (name,), st)
+    for _d, parts, st in ctx.files():
+        ctx.unverifiable(parts, st)
 
 
 GenericFormat.verifier = staticmethod(verify)

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import stat
-
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format
 
 
@@ -46,21 +44,14 @@ def verify(ctx):
     (``http-v2/*.body``: a corrupt one goes with its metadata file, so pip downloads it again).
     Other bodies (index pages, source archives) and the old pickled ``http/`` cache record no
     digest: unverifiable."""
-    for d in ctx.walk():
-        base = ctx.parts(d)
-        for name, st in d.entries:
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            parts = base + (name,)
-            top = parts[0]
-            if (top == "wheels" and len(parts) >= 3 or top == "wheelhouse" and len(parts) == 2) and name.endswith(
-                ".whl"
-            ):
-                ctx.check(parts, st, "wheel", "RECORD", "wheel RECORD")
-            elif top == "http-v2" and len(parts) >= 3 and name.endswith(".body"):
-                ctx.check([parts[:-1] + (name[:-5],), parts], st, "wheel", "maybe", "wheel RECORD", target=parts)
-            else:
-                ctx.unverifiable(parts, st)
+    for _d, parts, st in ctx.files():
+        top, name = parts[0], parts[-1]
+        if (top == "wheels" and len(parts) >= 3 or top == "wheelhouse" and len(parts) == 2) and name.endswith(".whl"):
+            ctx.check(parts, st, "wheel", "RECORD", "wheel RECORD")
+        elif top == "http-v2" and len(parts) >= 3 and name.endswith(".body"):
+            ctx.check([parts[:-1] + (name[:-5],), parts], st, "wheel", "maybe", "wheel RECORD", target=parts)
+        else:
+            ctx.unverifiable(parts, st)
 
 
 PipFormat.verifier = staticmethod(verify)

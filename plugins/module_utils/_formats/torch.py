@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import re
-import stat
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format, names
 
@@ -44,17 +43,13 @@ def verify(ctx):
     """torch.hub names a checkpoint ``<name>-<first hex digits of its SHA-256>.<ext>``
     (``torch.hub.HASH_REGEX``, what ``load_state_dict_from_url(check_hash=True)`` checks): a
     checkpoint with at least 8 such digits is checked against them; the rest is unverifiable."""
-    for d in ctx.walk():
-        base = ctx.parts(d)
-        for name, st in d.entries:
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            parts = base + (name,)
-            m = _TORCH_HASH.search(name) if len(parts) == 3 and parts[:2] == ("hub", "checkpoints") else None
-            if m and len(m.group(1)) >= 8 and not name.endswith(".partial"):
-                ctx.check(parts, st, "digest", "sha256-prefix:" + m.group(1), "sha256 prefix (torch.hub name)")
-            else:
-                ctx.unverifiable(parts, st)
+    for _d, parts, st in ctx.files():
+        name = parts[-1]
+        m = _TORCH_HASH.search(name) if len(parts) == 3 and parts[:2] == ("hub", "checkpoints") else None
+        if m and len(m.group(1)) >= 8 and not name.endswith(".partial"):
+            ctx.check(parts, st, "digest", "sha256-prefix:" + m.group(1), "sha256 prefix (torch.hub name)")
+        else:
+            ctx.unverifiable(parts, st)
 
 
 TorchFormat.verifier = staticmethod(verify)

@@ -20,6 +20,7 @@ import pytest
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import integrity_ids
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_verify
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.modules import test_cache_prune_tools
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import run_main, tree
 
 _spec = importlib.util.spec_from_file_location(
@@ -33,6 +34,10 @@ def run(capsys, tmp_path, check=False, **args):
     args.setdefault("min_age", "0")
     args.setdefault("state_dir", str(tmp_path / "verify-state"))
     return run_main(cache_verify, capsys, check=check, **args)
+
+
+# the npm cache npm itself filled (is-number, isarray), module-scoped, shared with the prune tests
+npm_cache_master = test_cache_prune_tools.npm_cache_master
 
 
 def tool(cmd, **kw):
@@ -153,20 +158,9 @@ def test_huggingface_blob_flipped_is_found_quarantined_and_fetched_again(capsys,
 
 
 # -- npm -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def npm_master(tmp_path_factory):
-    if not shutil.which("npm"):
-        pytest.skip("npm not installed")
-    base = tmp_path_factory.mktemp("npmverify")
-    res = tool(["npm", "cache", "add", "is-number@7.0.0", "isarray@2.0.5", "--cache", str(base / "npm")], cwd=base)
-    if res.returncode:
-        pytest.skip("npm registry unreachable: %s" % res.stderr[-300:])
-    return base / "npm"
-
-
-def test_npm_content_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_path, npm_master):
+def test_npm_content_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_path, npm_cache_master):
     cache = tmp_path / "npm"
-    shutil.copytree(npm_master, cache, symlinks=True)
+    shutil.copytree(npm_cache_master, cache, symlinks=True)
     shutil.rmtree(cache / "_logs", ignore_errors=True)
     content = sorted(f for f in tree(cache) if f.startswith("_cacache/content-v2/") and (cache / f).is_file())
     index = sorted(f for f in tree(cache) if f.startswith("_cacache/index-v5/") and (cache / f).is_file())
@@ -202,9 +196,9 @@ def test_npm_content_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_
     assert verify.returncode == 0 and "Corrupted" not in verify.stdout, verify.stdout
 
 
-def test_npm_index_line_edited_is_corrupt(capsys, tmp_path, npm_master):
+def test_npm_index_line_edited_is_corrupt(capsys, tmp_path, npm_cache_master):
     cache = tmp_path / "npm"
-    shutil.copytree(npm_master, cache, symlinks=True)
+    shutil.copytree(npm_cache_master, cache, symlinks=True)
     buckets = [cache / f for f in sorted(tree(cache)) if f.startswith("_cacache/index-v5/")]
     bucket = next(b for b in buckets if b.is_file())
     text = bucket.read_text()
@@ -372,9 +366,9 @@ def test_uv_archive_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_p
     assert out.stdout.strip() == "1.16.0"
 
 
-def test_summary_file_is_root_owned_0640_and_merges_caches(capsys, tmp_path, npm_master):
+def test_summary_file_is_root_owned_0640_and_merges_caches(capsys, tmp_path, npm_cache_master):
     cache = tmp_path / "npm"
-    shutil.copytree(npm_master, cache, symlinks=True)
+    shutil.copytree(npm_cache_master, cache, symlinks=True)
     run(capsys, tmp_path, path=str(cache), name="npm")
     gen = tmp_path / "gen"
     gen.mkdir()
