@@ -321,6 +321,24 @@ def test_pip_built_wheel_flipped_is_found_quarantined_and_built_again(capsys, tm
     assert_clean(res)
     assert res["methods"]["wheel RECORD"]["verified"] == 1
 
+    # pip's HTTP cache (http-v2: ``<key>`` metadata + ``<key>.body``) as pip lays it out when the
+    # index lets it cache (this one does not): a body that is the wheel is checked by its RECORD,
+    # an index page is not; a corrupt body goes with its metadata
+    http = cache / "http-v2" / "a" / "b" / "c" / "d" / "e"
+    http.mkdir(parents=True)
+    key = "abcdef0123456789" * 3
+    shutil.copyfile(cache / wheel, http / (key + ".body"))
+    (http / key).write_bytes(b"cc=4,response metadata")
+    (http / "page.body").write_text("<html><a href='six-1.16.0.tar.gz'>six</a></html>")
+    res = run(capsys, tmp_path, path=str(cache))
+    assert_clean(res)
+    assert res["methods"]["wheel RECORD"]["verified"] == 2
+    flip(http / (key + ".body"), data.index(b"six.py") + 200)
+    res = run(capsys, tmp_path, path=str(cache), quarantine=True)
+    assert_one_corrupt(res, key + ".body")
+    assert res["quarantined"] == ["http-v2/a/b/c/d/e/%s.body" % key]
+    assert sorted(os.listdir(http)) == ["page.body"]
+
 
 # -- uv --------------------------------------------------------------------------------------------
 UV = Path(sys.executable).parent / "uv"
