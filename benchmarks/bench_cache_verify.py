@@ -67,7 +67,7 @@ def _hub(root, sizes):
 
 
 def _best(fn):
-    return min(fn() for _ in range(REPEAT))
+    return min(fn() for _run in range(REPEAT))
 
 
 def _sha256sum(paths):
@@ -90,7 +90,7 @@ def rows(n_files, workdir):
     _sha256sum(paths)()  # warm the page cache
     peer = _best(_sha256sum(paths))
     for workers, target in ((1, 1 / 0.9), (0, 1 / 1.6)):
-        times = [python_timed(VERIFY, coll, big, state, str(workers), "full") for _ in range(REPEAT)]
+        times = [python_timed(VERIFY, coll, big, state, str(workers), "full") for _run in range(REPEAT)]
         t = min(x[0] for x in times)
         out.append(
             {
@@ -112,10 +112,10 @@ def rows(n_files, workdir):
         _hub(small, [700] * count)
         st = tempfile.mkdtemp(dir=workdir)
         python_timed(VERIFY, coll, small, st, "0", "full")  # the state the nightly run starts from
-        inc = [python_timed(VERIFY, coll, small, st, "0", "incremental") for _ in range(REPEAT)]
+        inc = [python_timed(VERIFY, coll, small, st, "0", "incremental") for _run in range(REPEAT)]
         rss[label] = max(x[1] for x in inc)
         if label == "all":
-            walk = min(python_timed(WALK, coll, small)[0] for _ in range(REPEAT))
+            walk = min(python_timed(WALK, coll, small)[0] for _run in range(REPEAT))
             t = min(x[0] for x in inc)
             out.append(
                 {

@@ -41,9 +41,11 @@ attributes:
     description: Reads and checks, says what O(quarantine) would remove; removes nothing, writes no state.
   diff_mode:
     support: none
+    description: Nothing to show as a diff; RV(quarantined) lists what was removed.
   platform:
     support: full
     platforms: posix
+    description: Linux (C(/proc/self/mountinfo) is read; elsewhere mount points below the cache are not known).
 options:
   path:
     description: The cache directory to verify (absolute, no symbolic link in any component).
@@ -198,6 +200,10 @@ skipped:
   description: True when the cache was not verified (another verify holds it, format external); RV(msg) says why.
   returned: always
   type: bool
+msg:
+  description: Why the cache was skipped.
+  returned: when RV(skipped) is true
+  type: str
 summary:
   description: One line for logs.
   returned: always
