@@ -7,6 +7,7 @@ and ``peak_rss_mb`` (ours). Ours and the peer run in the same process, on the sa
 on identical trees: only the ratio is meaningful on a shared, noisy machine.
 
 BENCH_FILES sets the tree size (default 200000); BENCH_ONLY=name,name runs some modules.
+bench_cache_verify.py also reads BENCH_VERIFY_MB (bytes hashed, default 512) and BENCH_VERIFY_FILES.
 Results also go to benchmarks/results.json.
 """
 

@@ -2,6 +2,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Root's host commands: ``mlinfra-cache-prune`` (``prune_main``) and ``show-cache-info`` (``report_main``).
 
+The nightly ``mlinfra-cache-prune`` also verifies each cache's content (``_verify``, incremental;
+``verify`` in its configuration) between the prune and the permission fix-up, and merges the
+counts into the verify summary the report and the doctor read.
+
 The installed commands are thin wrappers (roles cache_prune and cache_report) that put the
 host_lib copy of the collection on ``sys.path`` and call ``sys.exit(prune_main(CONFIG))``; all
 the logic is here, linted and tested, and runs the same checks as the modules (``_jobs``).
@@ -27,7 +31,7 @@ import stat
 import sys
 import time
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _usage
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _usage, _verify
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     open_lock_file,
     read_trusted_json,
@@ -87,6 +91,26 @@ def prune_cache(cache, conf, dry_run):
     return _prune.summary_line(res, dry_run, cache["name"]), res
 
 
+def verify_cache(cache, conf, dry_run, full=False):
+    """Verify one cache (``conf["verify"]``: quarantine, workers, state_dir, min_age) as the cache_verify
+    module does, incrementally unless ``full``; (line, result)."""
+    v = conf.get("verify") or {}
+    path, _root = _jobs.prune_paths(cache["path"], conf["root"])
+    res = _verify.Verifier(
+        path,
+        fmt=cache.get("format") or "auto",
+        gid=_perms.resolve_group(conf["group"]),
+        full=full,
+        quarantine=bool(v.get("quarantine")),
+        check_mode=dry_run,
+        workers=v.get("workers") or None,
+        state_dir=v.get("state_dir") or _verify.VERIFY_DIR,
+        min_age=v.get("min_age", 600),
+        lock_timeout=conf.get("lock_timeout", 60),
+    ).run()
+    return _verify.summary_line(res, cache["name"], dry_run), res
+
+
 def fix_permissions(cache, conf, dry_run):
     """Re-apply one cache's group permissions as the cache_dir module does (recurse); (line, errors)."""
     t0 = time.monotonic()
@@ -144,6 +168,8 @@ PRUNE_FLAGS = (
     ("--syslog", "also log the summary lines to syslog"),
     ("--quiet", "print nothing"),
     ("--no-permissions", "skip the permission fix-up"),
+    ("--no-verify", "skip the content verification"),
+    ("--verify-full", "verify by reading every unit again (not only new or changed ones)"),
 )
 REPORT_FLAGS = (
     ("--json", "print the report as JSON"),
@@ -205,6 +231,7 @@ def prune_main(config_path, argv=None):
 def _prune_all(conf, args, emit):
     failures = 0
     results = []
+    verified = {}
     for cache in conf["caches"]:
         if args.cache and cache["name"] not in args.cache:
             continue
@@ -227,6 +254,16 @@ def _prune_all(conf, args, emit):
             except Exception as exc:  # noqa: BLE001 - one broken cache must not stop the others
                 failures += 1
                 emit("cache_prune %s failed: %s" % (cache["name"], exc), error=True)
+        if (conf.get("verify") or {}).get("enabled") and not args.no_verify:
+            try:
+                line, res = verify_cache(cache, conf, args.dry_run, args.verify_full)
+                results.append({"name": cache["name"], "verify": res})
+                emit(line, error=bool(res["corrupt"] or res["errors"]))
+                if not res["skipped"]:
+                    verified[cache["name"]] = res
+            except Exception as exc:  # noqa: BLE001
+                failures += 1
+                emit("cache_verify %s failed: %s" % (cache["name"], exc), error=True)
         if conf.get("fix_permissions") and not args.no_permissions:
             try:
                 line, errors = fix_permissions(cache, conf, args.dry_run)
@@ -235,6 +272,12 @@ def _prune_all(conf, args, emit):
             except Exception as exc:  # noqa: BLE001
                 failures += 1
                 emit("cache_dir %s failed: %s" % (cache["name"], exc), error=True)
+    if verified and not args.dry_run:
+        try:
+            _verify.write_summary(verified, (conf.get("verify") or {}).get("state_dir"))
+        except OSError as exc:
+            failures += 1
+            emit("cache_verify summary: %s" % exc, error=True)
     return failures, results
 
 

@@ -79,3 +79,15 @@ def test_second_run_of_the_command_has_nothing_to_do(host):
     assert all(
         " units=0 " in line for line in out.stdout.splitlines() if line.startswith("cache_prune ") and "format=" in line
     )
+
+
+def test_nightly_command_verifies_and_writes_the_summary(host):
+    with host.sudo():
+        out = host.run(CMD + " --cache huggingface --no-permissions")
+        assert out.rc == 0, out.stdout + out.stderr
+        summary = host.file("/var/lib/mlinfra-shared-cache/verify/summary.json")
+        assert summary.user == "root" and summary.mode == 0o640
+        doc = json.loads(summary.content_string)
+    assert any(line.startswith("cache_verify huggingface format=huggingface ") for line in out.stdout.splitlines())
+    assert doc["version"] == 1 and "huggingface" in doc["caches"]
+    assert host.file("/var/lib/mlinfra-shared-cache/verify").mode == 0o700

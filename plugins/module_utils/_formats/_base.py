@@ -287,6 +287,8 @@ class Format:
     age_by = AGE_BY
     last_use = "file times (atime/mtime per age_by)"
     detect_order = None
+    # cache_verify: ``verify(ctx)`` of the format's module (appended at its end), None: nothing to check
+    verifier = None
 
     def collector(self, root_fd):
         return self.collector_class(self, root_fd)

@@ -199,3 +199,93 @@ class CargoFormat(Format):
 
     def detect(self, root_fd, top):
         return "registry" in top and bool(names(root_fd, "registry") & {"cache", "src", "index"})
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+CARGO_INDEX_CACHE_MAX = 32 << 20
+
+
+def cargo_index_path(name):
+    """The index file of crate ``name`` below an index root (cargo's ``make_dep_path``, lowercased)."""
+    name = name.lower()
+    if len(name) <= 2:
+        return (str(len(name)), name)
+    if len(name) == 3:
+        return ("3", name[0], name)
+    return (name[:2], name[2:4], name)
+
+
+def cargo_cache_entries(data):
+    """{version: json bytes} of one of cargo's index cache files (``registry/index/*/.cache/...``).
+
+    cargo's ``index/cache.rs``: one byte of cache version, four of index format version (u32 LE),
+    the index revision and NUL, then pairs of ``version NUL json NUL``."""
+    out = {}
+    if len(data) < 5:
+        return out
+    fields = data[5:].split(b"\0")
+    for i in range(1, len(fields) - 1, 2):
+        out[fields[i].decode("utf-8", "replace")] = fields[i + 1]
+    return out
+
+
+def verify(ctx):
+    """``registry/cache/<registry>/<name>-<version>.crate`` against the ``cksum`` (SHA-256) of that
+    version in the registry's index cache (``registry/index/<registry>/.cache``), which cargo
+    itself checks the download against. A crate the cache does not list, extracted sources, git
+    checkouts and the rest are unverifiable; a corrupt .crate goes alone (cargo downloads it
+    again; its extracted ``registry/src`` dir is left as it is)."""
+    import json
+
+    crates = []
+    for _d, parts, st in ctx.files():
+        if len(parts) == 4 and parts[:2] == ("registry", "cache") and parts[3].endswith(".crate"):
+            crates.append((parts, st))
+        else:
+            ctx.unverifiable(parts, st)
+    index_cache = {}
+    for parts, st in crates:
+        stem = parts[-1][: -len(".crate")]
+        want = None
+        for i, ch in enumerate(stem):
+            if ch != "-" or i + 1 >= len(stem) or not stem[i + 1].isdigit():
+                continue
+            name, version = stem[:i], stem[i + 1 :]
+            key = (parts[2], name)
+            if key not in index_cache:
+                rel = ("registry", "index", parts[2], ".cache") + cargo_index_path(name)
+                index_cache[key] = _cargo_read_cache(ctx, rel)
+            line = index_cache[key].get(version)
+            if line is not None:
+                try:
+                    cksum = json.loads(line).get("cksum")
+                except (ValueError, AttributeError):
+                    cksum = None
+                if isinstance(cksum, str) and len(cksum) == 64:
+                    want = "sha256:" + cksum.lower()
+                    break
+        if want is None:
+            ctx.unverifiable(parts, st)
+        else:
+            ctx.check(parts, st, "digest", want, "sha256 (registry index cksum)")
+
+
+def _cargo_read_cache(ctx, rel):
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import NotBelow, open_below
+
+    try:
+        fd = open_below(ctx.root_fd, rel[:-1], os.fstat(ctx.root_fd).st_dev)
+    except (NotBelow, OSError):
+        return {}
+    try:
+        st = os.stat(rel[-1], dir_fd=fd, follow_symlinks=False)
+        ours = ctx.gid is None or st.st_gid == ctx.gid
+        data = ctx.read_small(fd, rel[-1], CARGO_INDEX_CACHE_MAX) if ours else None
+    except OSError:
+        data = None
+    finally:
+        os.close(fd)
+    return cargo_cache_entries(data) if data else {}
+
+
+CargoFormat.verifier = staticmethod(verify)

@@ -206,3 +206,56 @@ def _write_all(fd, data):
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+CONDA_RECORD_MAX = 1 << 20
+
+
+def verify(ctx):
+    """A package tarball (``<dist>.conda`` / ``<dist>.tar.bz2``) against the ``sha256`` (else the
+    ``md5``) conda wrote into the extracted package's ``info/repodata_record.json`` from the
+    channel's repodata when it fetched it. A tarball with no such record, and the extracted files,
+    are unverifiable. A corrupt tarball goes alone: conda fetches it again when it needs it."""
+    import json
+
+    flat = None
+    records = {}
+    tarballs = []
+    for d in ctx.walk():
+        base = ctx.parts(d)
+        if flat is None:
+            top = {e[0] for e in d.entries}
+            flat = "urls.txt" in top and "pkgs" not in top
+        off = 0 if flat else _conda_offset(base + ("",))
+        for name, st in d.entries:
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            parts = base + (name,)
+            if off >= 0 and len(parts) == off + 1 and name.endswith(_CONDA_EXT):
+                tarballs.append((parts, st))
+                continue
+            if off >= 0 and len(parts) == off + 3 and parts[off + 1 :] == ("info", "repodata_record.json"):
+                data = ctx.read_small(d.fd, name, CONDA_RECORD_MAX)
+                try:
+                    rec = json.loads(data) if data is not None else None
+                except ValueError:
+                    rec = None
+                if isinstance(rec, dict):
+                    for algo in ("sha256", "md5"):
+                        want = rec.get(algo)
+                        if isinstance(want, str) and want and all(c in "0123456789abcdefABCDEF" for c in want):
+                            records[parts[off]] = "%s:%s" % (algo, want.lower())
+                            break
+            ctx.unverifiable(parts, st)
+    for parts, st in tarballs:
+        name = parts[-1]
+        dist = next(name[: -len(ext)] for ext in _CONDA_EXT if name.endswith(ext))
+        want = records.get(dist)
+        if want is None:
+            ctx.unverifiable(parts, st)
+        else:
+            ctx.check(parts, st, "digest", want, "%s (repodata_record.json)" % want.split(":", 1)[0])
+
+
+CondaFormat.verifier = staticmethod(verify)

@@ -21,3 +21,13 @@ class GenericFormat(Format):
     name = "generic"
     per_file = True
     collector_class = _GenericCollector
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+def verify(ctx):
+    """A generic tree records no digest: every file is counted unverifiable, never verified."""
+    for _d, parts, st in ctx.files():
+        ctx.unverifiable(parts, st)
+
+
+GenericFormat.verifier = staticmethod(verify)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import stat
+
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format, names
 
 _GO_EXT = (".info", ".mod", ".zip", ".ziphash", ".partial", ".lock")
@@ -74,3 +76,95 @@ class GoFormat(Format):
         return ("pkg" in top and "mod" in names(root_fd, "pkg")) or (
             "cache" in top and "download" in names(root_fd, "cache")
         )
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+GO_ZIPHASH_MAX = 256
+
+
+def go_unescape(path):
+    """Go's module path escaping undone ('!b!urnt!sushi' -> 'BurntSushi'); None if invalid."""
+    out = []
+    bang = False
+    for ch in path:
+        if bang:
+            if not "a" <= ch <= "z":
+                return None
+            out.append(ch.upper())
+            bang = False
+        elif ch == "!":
+            bang = True
+        elif "A" <= ch <= "Z":
+            return None
+        else:
+            out.append(ch)
+    return None if bang else "".join(out)
+
+
+def verify(ctx):
+    """``cache/download/<module>/@v/<version>.zip`` against its ``.ziphash`` (the ``h1:`` dirhash go
+    computed over the zip's files when it downloaded and checked it against go.sum), and the
+    extracted ``<module>@<version>`` directory against the same hash (``dirhash.HashDir`` with
+    the ``module@version`` prefix). No .ziphash: unverifiable. A corrupt zip goes with its
+    .ziphash, a corrupt directory alone: go downloads (or extracts) them again."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._verify import DirPrint
+
+    hashes = {}  # (escaped module, version) -> h1
+    zips = []
+    dirs = {}  # parts of module@version dir -> (escaped module, version, DirPrint)
+    for d in ctx.walk():
+        base = ctx.parts(d)
+        off = _go_offset(base + ("",))
+        inside = None
+        if off >= 0:
+            at = next((i for i in range(off, len(base)) if "@" in base[i]), None)
+            if at is not None and base[: at + 1] in dirs:
+                inside = base[: at + 1]
+        for name, st in d.entries:
+            parts = base + (name,)
+            if stat.S_ISDIR(st.st_mode):
+                if off >= 0 and inside is None and len(parts) > off and parts[off] != "cache" and "@" in name:
+                    mod, _at, ver = "/".join(parts[off:]).rpartition("@")
+                    if "@" not in mod:
+                        dirs[parts] = (mod, ver, DirPrint(st))
+                continue
+            if inside is not None:
+                dirs[inside][2].add(parts[len(inside) :], st)
+                continue
+            rest = parts[off:] if off >= 0 else ()
+            if len(rest) >= 5 and rest[:2] == ("cache", "download") and rest[-2] == "@v":
+                mod = "/".join(rest[2:-2])
+                if name.endswith(".ziphash") and stat.S_ISREG(st.st_mode):
+                    data = ctx.read_small(d.fd, name, GO_ZIPHASH_MAX)
+                    text = data.decode("ascii", "replace").strip() if data else ""
+                    if text.startswith("h1:"):
+                        hashes[(mod, name[: -len(".ziphash")])] = text
+                    ctx.unverifiable(parts, st, size=0)  # the record itself
+                    continue
+                if name.endswith(".zip") and stat.S_ISREG(st.st_mode):
+                    zips.append((parts, st, mod, name[: -len(".zip")]))
+                    continue
+            if stat.S_ISREG(st.st_mode):
+                ctx.unverifiable(parts, st)
+    for parts, st, mod, ver in zips:
+        want = hashes.get((mod, ver))
+        if want is None:
+            ctx.unverifiable(parts, st)
+            continue
+        prefix = go_unescape(mod)
+        ctx.check(
+            [parts, parts[:-1] + (ver + ".ziphash",)], st, "go_zip", "%s %s@%s" % (want, prefix, ver),
+            "h1 dirhash (.ziphash) of the zip", target=parts,
+        )  # fmt: skip
+    for parts, (mod, ver, dp) in dirs.items():
+        want = hashes.get((mod, ver))
+        if want is None:
+            ctx.unverifiable(parts, dp.st, size=dp.size)
+            continue
+        ctx.check(
+            parts, dp.st, "go_dir", "%s %s@%s" % (want, go_unescape(mod), ver),
+            "h1 dirhash (.ziphash) of the module dir", sig=dp.sig(), size=dp.size, young=dp.young,
+        )  # fmt: skip
+
+
+GoFormat.verifier = staticmethod(verify)

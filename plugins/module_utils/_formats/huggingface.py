@@ -610,3 +610,36 @@ def dir_is_prunable_repo(root_fd, prefix):
         return True
     finally:
         os.close(pfd)
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def verify(ctx):
+    """A blob's name is its digest: SHA-256 of the content for LFS files, the git blob SHA-1
+    (``sha1("blob <size>\\0" + content)``) for small files (huggingface_hub names a blob by the
+    hub's ETag). Blobs are what the snapshots' links name; everything else (refs, snapshot files
+    that are not links, ``.incomplete`` downloads, ``.no_exist`` markers) is unverifiable."""
+    sha256 = _HEX64.match
+    sha1 = _HEX40.match
+    for d in ctx.walk():
+        base = ctx.parts(d)
+        off = _hf_offset(base + ("",))
+        blobs = off >= 0 and len(base) == off + 2 and base[off + 1] == "blobs"
+        for name, st in d.entries:
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            parts = base + (name,)
+            if blobs:
+                if sha256(name):
+                    ctx.check(parts, st, "digest", "sha256:" + name, "sha256 (blob name)")
+                    continue
+                if sha1(name):
+                    ctx.check(parts, st, "digest", "gitblob:" + name, "git blob sha1 (blob name)")
+                    continue
+            ctx.unverifiable(parts, st)
+
+
+HuggingFaceFormat.verifier = staticmethod(verify)

@@ -215,3 +215,29 @@ class NpmFormat(Format):
 
     def detect(self, root_fd, top):
         return "_cacache" in top
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+_NPM_ALGOS = {"sha512": 128, "sha384": 96, "sha256": 64, "sha1": 40, "md5": 32}
+
+
+def verify(ctx):
+    """``_cacache/content-v2/<algo>/<2>/<2>/<rest>`` is named by the hex of its integrity digest
+    (cacache's ``contentPath``); every index-v5 bucket line is ``<sha1 of its JSON>\\t<JSON>``
+    (cacache checks the same on read and drops a line that fails). The index entries point to the
+    content by that digest, so a content file that matches its name matches what they promise."""
+    for _d, parts, st in ctx.files():
+        off = _npm_offset(parts)
+        if off > 0 and len(parts) == off + 5 and parts[off] == "content-v2":
+            algo = parts[off + 1]
+            hexd = "".join(parts[off + 2 :])
+            if _NPM_ALGOS.get(algo) == len(hexd) and all(c in "0123456789abcdef" for c in hexd):
+                ctx.check(parts, st, "digest", "%s:%s" % (algo, hexd), "%s (cacache content path)" % algo)
+                continue
+        elif off > 0 and len(parts) == off + 4 and parts[off] == "index-v5" and st.st_size <= NPM_BUCKET_MAX:
+            ctx.check(parts, st, "npm_index", "sha1 per line", "sha1 per index line")
+            continue
+        ctx.unverifiable(parts, st)
+
+
+NpmFormat.verifier = staticmethod(verify)

@@ -35,3 +35,23 @@ class PipFormat(Format):
         return bool(top & {"http-v2", "wheels", "selfcheck"}) or (
             "http" in top and not top - {"http", "selfcheck", "wheels"}
         )
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+def verify(ctx):
+    """What pip records: a wheel's own ``RECORD`` (the digest of every file it holds), checked for
+    built wheels (``wheels/``), prefetched ones (``wheelhouse/``) and HTTP bodies that are wheels
+    (``http-v2/*.body``: a corrupt one goes with its metadata file, so pip downloads it again).
+    Other bodies (index pages, source archives) and the old pickled ``http/`` cache record no
+    digest: unverifiable."""
+    for _d, parts, st in ctx.files():
+        top, name = parts[0], parts[-1]
+        if (top == "wheels" and len(parts) >= 3 or top == "wheelhouse" and len(parts) == 2) and name.endswith(".whl"):
+            ctx.check(parts, st, "wheel", "RECORD", "wheel RECORD")
+        elif top == "http-v2" and len(parts) >= 3 and name.endswith(".body"):
+            ctx.check([parts[:-1] + (name[:-5],), parts], st, "wheel", "maybe", "wheel RECORD", target=parts)
+        else:
+            ctx.unverifiable(parts, st)
+
+
+PipFormat.verifier = staticmethod(verify)

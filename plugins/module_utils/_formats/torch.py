@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format, names
 
 
@@ -31,3 +33,23 @@ class TorchFormat(Format):
 
     def detect(self, root_fd, top):
         return "hub" in top and "checkpoints" in names(root_fd, "hub")
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+_TORCH_HASH = re.compile(r"-([a-f0-9]*)\.")
+
+
+def verify(ctx):
+    """torch.hub names a checkpoint ``<name>-<first hex digits of its SHA-256>.<ext>``
+    (``torch.hub.HASH_REGEX``, what ``load_state_dict_from_url(check_hash=True)`` checks): a
+    checkpoint with at least 8 such digits is checked against them; the rest is unverifiable."""
+    for _d, parts, st in ctx.files():
+        name = parts[-1]
+        m = _TORCH_HASH.search(name) if len(parts) == 3 and parts[:2] == ("hub", "checkpoints") else None
+        if m and len(m.group(1)) >= 8 and not name.endswith(".partial"):
+            ctx.check(parts, st, "digest", "sha256-prefix:" + m.group(1), "sha256 prefix (torch.hub name)")
+        else:
+            ctx.unverifiable(parts, st)
+
+
+TorchFormat.verifier = staticmethod(verify)

@@ -318,3 +318,38 @@ class UvFormat(Format):
     def detect(self, root_fd, top):
         buckets = {bucket_name(n) for n in top} - {None}
         return "CACHEDIR.TAG" in top and bool(buckets & {"archive", "wheels", "simple", "sdists", "interpreter"})
+
+
+# -- cache_verify ---------------------------------------------------------------------------
+def verify(ctx):
+    """uv unpacks every wheel into ``archive-v*/<id>/`` and keeps its ``*.dist-info/RECORD``: each
+    archive is checked file by file against the SHA-256 digests it records (what uv's installer
+    trusts). A corrupt archive goes whole: the wheel entry's link then names nothing, and uv
+    fetches the wheel again. Everything else (HTTP policies, index responses, metadata, links'
+    targets outside archives) records no digest of its content: unverifiable."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._verify import DirPrint
+
+    archives = {}
+    for d in ctx.walk():
+        base = ctx.parts(d)
+        in_archive = len(base) >= 2 and bucket_name(base[0]) == "archive"
+        for name, st in d.entries:
+            parts = base + (name,)
+            if stat.S_ISDIR(st.st_mode):
+                if len(parts) == 2 and bucket_name(parts[0]) == "archive" and not name.startswith(".tmp"):
+                    archives[parts] = DirPrint(st)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if in_archive and base[:2] in archives:
+                archives[base[:2]].add(parts[2:], st)
+            else:
+                ctx.unverifiable(parts, st)
+    for parts, dp in archives.items():
+        ctx.check(
+            parts, dp.st, "record_dir", "RECORD", "sha256 (uv archive RECORD)", sig=dp.sig(), size=dp.size,
+            young=dp.young,
+        )  # fmt: skip
+
+
+UvFormat.verifier = staticmethod(verify)

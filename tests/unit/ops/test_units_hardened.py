@@ -72,9 +72,11 @@ def test_units_are_bounded_and_background(units, unit):
         assert d[key] == [value], key
 
 
-def test_prune_writes_only_the_cache_root_and_its_lock_dir(units):
+def test_prune_writes_only_the_cache_root_its_lock_dir_and_the_verify_state(units):
     d = directives(units / "mlinfra-cache-prune.service")
-    assert d["ReadWritePaths"] == ["/mnt/storage/cache /var/lib/mlinfra-shared-cache/prune"]
+    assert d["ReadWritePaths"] == [
+        "/mnt/storage/cache /var/lib/mlinfra-shared-cache/prune /var/lib/mlinfra-shared-cache/verify"
+    ]
     assert set(d["CapabilityBoundingSet"][0].split()) == {
         "CAP_CHOWN",
         "CAP_FOWNER",
