@@ -11,43 +11,11 @@ import grp
 import os
 import subprocess
 
-import pytest
-
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs
-from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import Actor
-
-
-@pytest.fixture(scope="module")
-def curators(actors):
-    """(writers group name, the service account Actor): a writer in the cache and writers groups."""
-    wgroup, wuser = actors.group + "w", actors.group + "p"
-    subprocess.run(["userdel", wuser], check=False, capture_output=True)
-    subprocess.run(["groupdel", wgroup], check=False, capture_output=True)
-    subprocess.run(["groupadd", wgroup], check=True)
-    subprocess.run(
-        ["useradd", "--no-create-home", "--shell", "/bin/sh", "--gid", actors.group, "--groups", wgroup, wuser],
-        check=True,
-    )
-    try:
-        yield wgroup, Actor(wuser)
-    finally:
-        subprocess.run(["userdel", wuser], check=False, capture_output=True)
-        subprocess.run(["groupdel", wgroup], check=False, capture_output=True)
-
-
-def lay_out_curated(path, group, writers, mode="2770", subdirs=("hub",), recurse=True, check=False):
-    """What cache_dir (and the nightly repair) do for a curated catalog entry; the fixer."""
-    params = {"path": path, "owner": "root", "group": group, "writers": writers, "mode": mode, "subdirs": list(subdirs)}
-    path, subdirs, fixer = _jobs.cache_dir_fixer(params, check_mode=check)
-    fd, managed = fixer.ensure(path, subdirs)
-    try:
-        _jobs.fail_on_managed(fixer, path)
-        if recurse and fd is not None:
-            fixer.walk(fd, managed, workers=1)
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return fixer
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import (  # noqa: F401 - fixture
+    curators,
+    lay_out_curated,
+)
 
 
 def getfacl(path):
