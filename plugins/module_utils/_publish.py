@@ -165,6 +165,18 @@ def _seed(repo, staged_repo):
     return bad
 
 
+def _shareable(staged_repo):
+    """Group rw (directories rwx) on what the download staged: huggingface_hub writes some files
+    0600 (its tree listing through mkstemp), and under the curated tree's ACL the group bits are
+    the mask that lets the cache group's read entry through. Symlinks are never followed."""
+    for dirpath, dirnames, filenames in os.walk(staged_repo):
+        os.chmod(dirpath, stat.S_IMODE(os.lstat(dirpath).st_mode) | 0o070)
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o060 != 0o060:
+                os.chmod(os.path.join(dirpath, name), stat.S_IMODE(st.st_mode) | 0o060)
+
+
 def _verify_staged(staged_repo, commit):
     """The staged snapshot's links and blobs are what huggingface_hub writes and match their names;
     returns {rel path: blob name}. PublishError otherwise."""
@@ -293,6 +305,7 @@ def publish(hub, folder, commit, ref, fetch, staging):
             bad = _seed(repo, staged_repo)
             fetch(staged_hub)
             files = _verify_staged(staged_repo, commit)
+            _shareable(staged_repo)
             renamed, links, moved = _publish_staged(repo, staged_repo, commit, files, ref)
         finally:
             shutil.rmtree(run, ignore_errors=True)
