@@ -841,9 +841,7 @@ class TreeFixer:
                     existing = read_acl(root_fd)
                 except OSError:
                     existing = []
-            after["default_acl"] = acl_text(
-                wanted_default_acl(existing, self.mode, self.acl_gid or 0, self.read_gid)
-            )
+            after["default_acl"] = acl_text(wanted_default_acl(existing, self.mode, self.acl_gid or 0, self.read_gid))
         return after
 
 

@@ -169,8 +169,8 @@ def _shareable(staged_repo):
     """Group rw (directories rwx) on what the download staged: huggingface_hub writes some files
     0600 (its tree listing through mkstemp), and under the curated tree's ACL the group bits are
     the mask that lets the cache group's read entry through. Symlinks are never followed."""
-    for dirpath, dirnames, filenames in os.walk(staged_repo):
-        os.chmod(dirpath, stat.S_IMODE(os.lstat(dirpath).st_mode) | 0o070)
+    for dirpath, _dirnames, filenames in os.walk(staged_repo):
+        os.chmod(dirpath, stat.S_IMODE(os.lstat(dirpath).st_mode) | 0o070)  # noqa: S103 - group only
         for name in filenames:
             st = os.lstat(os.path.join(dirpath, name))
             if stat.S_ISREG(st.st_mode) and st.st_mode & 0o060 != 0o060:
@@ -195,7 +195,9 @@ def _verify_staged(staged_repo, commit):
             if pair is None:
                 raise PublishError("staged blob %s of %s cannot be verified (not a content digest)" % (name, rel))
             if pair[0] != pair[1]:
-                raise PublishError("downloaded %s does not match its name: expected %s, got %s" % (rel, pair[0], pair[1]))
+                raise PublishError(
+                    "downloaded %s does not match its name: expected %s, got %s" % (rel, pair[0], pair[1])
+                )
             files[rel] = name
     finally:
         os.close(blobs_fd)
@@ -268,7 +270,8 @@ def plan(repo, commit, ref, wanted):
     missing = sorted(
         rel
         for rel, name in wanted.items()
-        if rel not in have or (name and os.path.basename(have[rel] or "") != name)
+        if rel not in have
+        or (name and os.path.basename(have[rel] or "") != name)
         or not os.path.exists(os.path.join(snap, rel))
     )
     linked = [os.path.basename(t) for t in have.values() if t]
@@ -332,4 +335,3 @@ def ref_for(revision, ref=None):
     if ref:
         return ref
     return "main" if is_commit(revision) else revision
-

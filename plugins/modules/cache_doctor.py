@@ -722,7 +722,8 @@ class Doctor:
                 "curated",
                 path,
                 True,
-                "written by %s only; %s reads it (%s was refused: %s)" % (entry["writers"], self.p["group"], member, err),
+                "written by %s only; %s reads it (%s was refused: %s)"
+                % (entry["writers"], self.p["group"], member, err),
             )
 
     def probe_one(self, entry, path, first, second):

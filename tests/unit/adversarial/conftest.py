@@ -17,6 +17,7 @@ from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors impo
     make_arena,
     remove_arena,
 )
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import curators  # noqa: F401
 
 
 @pytest.fixture(scope="session")

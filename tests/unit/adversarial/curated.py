@@ -66,8 +66,8 @@ def member_python(arena):
     if not os.path.isdir(coll):
         for sub in ("module_utils", "modules"):
             shutil.copytree(os.path.join(PLUGINS, sub), os.path.join(coll, sub))
-        for dirpath, dirnames, filenames in os.walk(os.path.join(arena, "coll")):
-            os.chmod(dirpath, 0o755)
+        for dirpath, _dirnames, filenames in os.walk(os.path.join(arena, "coll")):
+            os.chmod(dirpath, 0o755)  # noqa: S103 - members read the code, never write it
             for name in filenames:
                 os.chmod(os.path.join(dirpath, name), 0o644)
     env = {"PYTHONPATH": "%s:%s" % (os.path.join(arena, "coll"), site), "PYTHONDONTWRITEBYTECODE": "1"}

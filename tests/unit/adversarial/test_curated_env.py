@@ -16,10 +16,7 @@ import pytest
 import yaml
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._catalog import resolve
-from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import (  # noqa: F401 - fixture
-    curators,
-    lay_out_curated,
-)
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import lay_out_curated
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.test_env_configs import (
     PLAY,
     apply_role_vars,

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import lay_out_cache
-from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import (  # noqa: F401 - fixture
-    curators,
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import (
     lay_out_curated,
     member_python,
 )
@@ -191,24 +190,31 @@ def test_member_write_into_a_curated_cache_fails_clearly(site):
     before = tree_state(site.cache)
     bob = site.actors.bob
     # offline (the curated environment): a file that was not published is not fetched
-    res = site.member(bob, 'from huggingface_hub import hf_hub_download; hf_hub_download("%s", "onnx/model.onnx")' % REPO, check=False)
+    res = site.member(
+        bob, 'from huggingface_hub import hf_hub_download; hf_hub_download("%s", "onnx/model.onnx")' % REPO, check=False
+    )
     assert res.returncode != 0 and "offline" in res.stderr.lower(), res.stderr
     # online, huggingface_hub's own download stops at the kernel's refusal, naming the path
     res = site.member(
-        bob, 'from huggingface_hub import hf_hub_download; hf_hub_download("%s", "onnx/model.onnx")' % REPO,
-        offline=False, check=False,
+        bob,
+        'from huggingface_hub import hf_hub_download; hf_hub_download("%s", "onnx/model.onnx")' % REPO,
+        offline=False,
+        check=False,
     )
     assert res.returncode != 0 and "PermissionError" in res.stderr and "Permission denied" in res.stderr, res.stderr
     assert site.hub_dir in res.stderr
     # nor can a member change a published file or the ref
-    blob = os.path.realpath(os.path.join(site.repo, "snapshots", os.listdir(site.repo + "/snapshots")[0], "config.json"))
+    blob = os.path.realpath(
+        os.path.join(site.repo, "snapshots", os.listdir(site.repo + "/snapshots")[0], "config.json")
+    )
     for cmd in ("echo x >> %s" % blob, "echo 0 > %s/refs/main" % site.repo, "rm -f %s" % blob):
         res = bob.run(cmd, check=False)
         assert res.returncode != 0 and ("Permission denied" in res.stderr or "Operation not permitted" in res.stderr)
     assert tree_state(site.cache) == before
 
 
-READER = """
+READER = (
+    """
 import hashlib, json, os, sys, time
 from huggingface_hub import snapshot_download
 want = json.loads(sys.argv[1])
@@ -233,7 +239,9 @@ while time.monotonic() < deadline:
     if len(seen) == 2 and os.path.exists(sys.argv[2]):
         break
 print(json.dumps({"seen": seen, "bad": bad}))
-""" % REPO
+"""
+    % REPO
+)
 
 
 def test_concurrent_reader_never_sees_a_partial_revision(site):

@@ -12,10 +12,7 @@ import os
 import subprocess
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs
-from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import (  # noqa: F401 - fixture
-    curators,
-    lay_out_curated,
-)
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import lay_out_curated
 
 
 def getfacl(path):
