@@ -87,3 +87,22 @@ def test_plain_cache_becomes_curated(actors, arena, curators):
     assert grp.getgrgid(os.stat(path + "/hub/old").st_gid).gr_name == wgroup
     assert actors.bob.run("echo x >> %s/hub/old" % path, check=False).returncode != 0
     assert actors.bob.run(["cat", path + "/hub/old"]).stdout == "mine\n"
+
+
+def test_the_nightly_command_repairs_a_curated_cache_as_cache_dir_lays_it_out(actors, arena, curators):
+    """mlinfra-cache-prune's permission step (its configuration carries the entry's writers)."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _hostcmd
+
+    wgroup, writer = curators
+    path = os.path.join(arena, "curated")
+    lay_out_curated(path, actors.group, wgroup)
+    writer.run("mkdir %s/hub/m && echo data > %s/hub/m/blob && setfacl -b %s/hub/m/blob" % ((path,) * 3))
+    assert actors.alice.run(["cat", path + "/hub/m/blob"], check=False).returncode != 0
+    cache = {"name": "hf", "path": path, "mode": "2770", "subdirs": ["hub"], "writers": wgroup}
+    line, errors = _hostcmd.fix_permissions(cache, {"group": actors.group, "owner": "root"}, False)
+    assert errors == 0 and " foreign=0 " in line, line
+    assert actors.alice.run(["cat", path + "/hub/m/blob"]).stdout == "data\n"
+    assert actors.bob.run("touch %s/hub/m/x" % path, check=False).returncode != 0
+    # without the writers field the nightly run would see the whole tree as foreign: never regrouped
+    line, _errors = _hostcmd.fix_permissions(dict(cache, writers=None), {"group": actors.group}, True)
+    assert " foreign=0 " not in line and grp.getgrgid(os.stat(path + "/hub/m").st_gid).gr_name == wgroup
