@@ -259,6 +259,22 @@ TRUST_MEANS = {
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
+def _not_writer(members, writers):
+    """The first of ``members`` outside the group ``writers`` (the prefetch account is in both), or None."""
+    try:
+        wgrp = grp.getgrnam(writers)
+    except KeyError:
+        return members[0] if members else None
+    for name in members:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if pw.pw_gid != wgrp.gr_gid and name not in wgrp.gr_mem:
+            return name
+    return None
+
+
 def _gid_of(name):
     try:
         return grp.getgrnam(name).gr_gid
@@ -676,10 +692,17 @@ class Doctor:
             return
         first, second = members[0], members[1]
         for entry, path in ok_paths:
-            if entry.get("writers"):
-                self.check_curated(entry, path, group_entry, first)
-            else:
+            if not entry.get("writers"):  # a curated cache is checked by check_curated instead
                 self.probe_one(entry, path, first, second)
+
+    def check_curateds(self, ok_paths, group_entry):
+        """The `curated` check of every curated cache; a member's write is tried when the probe may run."""
+        members = []
+        if self.p["probe"] and not self.module.check_mode and os.geteuid() == 0:
+            members = self.members(group_entry, limit=None)
+        for entry, path in ok_paths:
+            if entry.get("writers") and group_entry is not None:
+                self.check_curated(entry, path, group_entry, _not_writer(members, entry["writers"]))
 
     def check_curated(self, entry, path, group_entry, member):
         """A curated cache: the cache group reads it through its ACL entries (access and default,
@@ -708,11 +731,13 @@ class Doctor:
                         "%s ACL gives %s %s, not r-x"
                         % (label, self.p["group"], "nothing" if not perms else "%o" % perms[0])
                     )
-            name = ".cache-doctor-" + secrets.token_hex(8)
-            rc, err = self.as_user(member, PROBE_WRITE, os.path.join(path, name))
-            if rc == 0:
-                remove_below(dir_fd, name)
-                problems.append("member %s could write into it" % member)
+            rc, err = 1, "not tried (no probe)"
+            if member is not None:
+                name = ".cache-doctor-" + secrets.token_hex(8)
+                rc, err = self.as_user(member, PROBE_WRITE, os.path.join(path, name))
+                if rc == 0:
+                    remove_below(dir_fd, name)
+                    problems.append("member %s could write into it" % member)
         finally:
             os.close(dir_fd)
         if problems:
@@ -970,6 +995,7 @@ class Doctor:
         self.check_env(pw)
         self.check_root_env(pw)
         self.check_probe(ok_paths, group_entry)
+        self.check_curateds(ok_paths, group_entry)
         self.check_apt()
         self.check_space()
         self.check_tools()

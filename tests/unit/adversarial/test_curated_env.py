@@ -59,20 +59,26 @@ def test_members_are_offline_for_a_curated_hub_cache_and_workspaces_mount_it_rea
 
 
 def test_the_doctor_checks_a_curated_cache_and_its_fix_works(capsys, actors, arena, cache, curators):
-    wgroup, _writer = curators
+    wgroup, writer = curators
     catalog = resolve({"hf": {"path": "hf", "format": "huggingface", "writers": wgroup}}, {}, cache)
     path = catalog[0]["abs_path"]
     lay_out_curated(path, actors.group, wgroup, mode="2775", subdirs=())
-    common = dict(catalog=catalog, group=actors.group, members=[actors.alice.name, actors.bob.name], env_source="none")
+    # the prefetch account is a member too (it may come first): the write is tried as one who is not a writer
+    members = [writer.name, actors.alice.name, actors.bob.name]
+    common = dict(catalog=catalog, group=actors.group, members=members, env_source="none")
     res = doctor(capsys, **common)
     ok = [c for c in res["checks"] if c["check"] == "curated"]
-    assert [c["ok"] for c in ok] == [True] and "Permission denied" in ok[0]["msg"], ok
+    assert [c["ok"] for c in ok] == [True] and "%s was refused" % actors.alice.name in ok[0]["msg"], ok
+    assert "Permission denied" in ok[0]["msg"]
     assert failed(res, "layout") == [] and not [c for c in res["checks"] if c["check"] == "probe" and c["ok"]]
     # someone gives the cache group write: found, with a fix to paste
     subprocess.run(["setfacl", "-m", "g:%s:rwx,d:g:%s:rwx" % (actors.group, actors.group), path], check=True)
     bad = failed(doctor(capsys, **common), "curated")
     assert len(bad) == 1 and "could write" in bad[0]["msg"] and "access ACL gives %s 7" % actors.group in bad[0]["msg"]
     assert not [n for n in os.listdir(path) if n.startswith(".cache-doctor-")]  # the member's probe removed
+    # without the probe the ACLs are still read
+    bad = failed(doctor(capsys, **dict(common, probe=False)), "curated")
+    assert len(bad) == 1 and "could write" not in bad[0]["msg"] and "default ACL gives" in bad[0]["msg"]
     fix = bad[0]["fix"].split(" or for this directory: ", 1)[1]
     subprocess.run(["sh", "-c", fix], check=True)
     assert failed(doctor(capsys, **common), "curated") == []

@@ -25,6 +25,7 @@ from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated imp
     lay_out_curated,
     member_python,
 )
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import tree
 
 pytest.importorskip("huggingface_hub")
 _spec = importlib.util.spec_from_file_location(
@@ -132,13 +133,9 @@ class Site:
 
 
 def tree_state(path):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            out[os.path.relpath(full, path)] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
-    return out
+    """Every entry below ``path`` with what a write would change (inode, size, mtime, mode)."""
+    stats = {rel: os.lstat(os.path.join(path, rel)) for rel in tree(path)}
+    return {rel: (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode) for rel, st in stats.items()}
 
 
 LOAD = """
