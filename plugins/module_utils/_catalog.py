@@ -44,7 +44,11 @@ ENTRY_KEYS = (
     "config",
     "trust",
     "private",
+    "writers",
 )
+# `writers`: a curated cache. Only this group (the prefetch service account's) writes the tree;
+# the cache group reads it (a named POSIX ACL entry r-x/r--, access and default).
+_GROUP_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 # What trusting a shared cache means (roles/catalog/README.md says it in a sentence each):
 #   data         downloads the tool verifies or addresses by content; no member's code runs from it
 #   code         members can place code that other members run (CARGO_HOME/bin, a Julia depot,
@@ -139,7 +143,20 @@ def _entry(name, raw, root, mount_root):
         "config": config,
         "trust": _trust(raw.get("trust"), where),
         "private": _private(raw.get("private"), where),
+        "writers": _writers(raw.get("writers"), where),
     }
+
+
+def _writers(raw, where):
+    """`writers`: None, or the group name that alone may write a curated cache."""
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str) or not _GROUP_NAME.match(raw):
+        raise ParamError(
+            "%s.writers: %r is not a group name (the group of the prefetch service account, e.g. cache-writers)"
+            % (where, raw)
+        )
+    return raw
 
 
 def _config(raw, where):

@@ -84,7 +84,8 @@ def prune_cache(cache, conf, dry_run):
         policy=policy,
         check_mode=dry_run,
         lock_timeout=params["lock_timeout"],
-        gid=_perms.resolve_group(conf["group"]),
+        # a curated cache's content is its writers group's (catalog `writers`)
+        gid=_perms.resolve_group(cache.get("writers") or conf["group"]),
         # beside the command's own lock: the one directory besides the caches its unit may write
         lock_dir=os.path.dirname(conf.get("lock") or PRUNE_LOCK),
     ).run()
@@ -124,6 +125,7 @@ def fix_permissions(cache, conf, dry_run):
             "acl": conf.get("acl", True),
             "one_fs": True,
             "private": cache.get("private") or [],
+            "writers": cache.get("writers"),
         },
         check_mode=dry_run,
     )

@@ -103,7 +103,8 @@ def cache_dir_fixer(params, check_mode=False, warn=None):
 
     ``params``: path, owner, group, mode, subdirs, acl, allow_world_writable, one_fs, adopt (a
     one-off take-over; the nightly command never sets it), private (name patterns added to
-    ``_perms.DEFAULT_PRIVATE``, never widened).
+    ``_perms.DEFAULT_PRIVATE``, never widened), writers (a curated cache: the tree is that group's
+    and ``group`` only reads it).
     """
     path = validate_cache_root(params["path"], "path")
     mode = parse_mode(params.get("mode") or "2775", "mode")
@@ -117,9 +118,13 @@ def cache_dir_fixer(params, check_mode=False, warn=None):
         if warn is not None:
             warn("mode %04o makes %s world-writable: any local user can poison this cache" % (mode, path))
     subdirs = [validate_relative(sub, "subdirs") for sub in params.get("subdirs") or []]
+    group = resolve_group(params.get("group"))
+    writers = resolve_group(params.get("writers"))
+    if writers is not None and group is None:
+        raise ParamError("writers: a curated cache needs group (the cache group, which reads it)")
     fixer = TreeFixer(
         resolve_owner(params.get("owner")),
-        resolve_group(params.get("group")),
+        group if writers is None else writers,
         mode,
         acl=params.get("acl", True),
         check_mode=check_mode,
@@ -127,6 +132,7 @@ def cache_dir_fixer(params, check_mode=False, warn=None):
         one_fs=params.get("one_fs", True),
         adopt=bool(params.get("adopt")),
         private=tuple(DEFAULT_PRIVATE) + tuple(p for p in params.get("private") or () if p not in DEFAULT_PRIVATE),
+        read_gid=None if writers is None or writers == group else group,
     )
     return path, subdirs, fixer
 

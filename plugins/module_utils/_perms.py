@@ -33,6 +33,13 @@ private files inside) is neither regrouped nor widened, and a directory of anoth
 entered; they are tallied as ``foreign``. Regrouping everything (taking over an old tree) is the
 explicit ``adopt`` mode an administrator asks for once. Names matching the ``private`` patterns
 (credentials a tool keeps in a shared tool home) are never widened.
+
+Curated caches (catalog ``writers``): the tree belongs to the writers group (``gid``: ownership,
+mode bits, the default ACL's group entries) and the cache group (``read_gid``) gets a named ACL
+entry that only reads: ``r-x`` on directories, ``r--`` on files (``r-x`` on executables), in the
+access ACL of every directory and file and in the default ACL of every directory, so what the
+writers create later is readable by the members and by no one else beyond the mode's "other".
+Other named entries of a curated entry's access ACL are dropped (nobody but the writers writes).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ _TAG_TEXT = {USER_OBJ: "user", USER: "user", GROUP_OBJ: "group", GROUP: "group",
 _ENTRY = struct.Struct("<HHI")
 _HEADER = struct.Struct("<I")
 ACL_UNSUPPORTED = frozenset([errno.EOPNOTSUPP, errno.ENOTSUP])
+READ_DIR, READ_FILE = 5, 4  # what the cache group gets in a curated tree: r-x, r--
 
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 S_IFMT = 0o170000
@@ -172,17 +180,21 @@ def _group_name(gid):
         return str(gid)
 
 
-def wanted_default_acl(existing, mode, gid):
+def wanted_default_acl(existing, mode, gid, read_gid=None):
     """The default ACL entries a shared directory needs, merged over ``existing`` ones.
 
     Equivalent to ``setfacl -d -m u::<u>,g::<g>,g:<group>:<g>,o::<o>``: the owner, owning
     group, the named cache group and others get the permissions of ``mode``; named entries
     someone added for other users or groups are kept; the mask is recomputed as the union
-    of the group class, as setfacl does.
+    of the group class, as setfacl does. With ``read_gid`` (a curated tree) that group gets a
+    read-only entry, ``g:<read group>:r-x``.
     """
     ubits, gbits, obits = (mode >> 6) & 7, (mode >> 3) & 7, mode & 7
-    keep = [e for e in (existing or []) if e[0] in (USER, GROUP) and not (e[0] == GROUP and e[2] == gid)]
+    mine = (gid, read_gid)
+    keep = [e for e in (existing or []) if e[0] in (USER, GROUP) and not (e[0] == GROUP and e[2] in mine)]
     entries = [(USER_OBJ, ubits, UNDEFINED_ID), (GROUP_OBJ, gbits, UNDEFINED_ID), (GROUP, gbits, gid)]
+    if read_gid is not None and read_gid != gid:
+        entries.append((GROUP, READ_DIR, read_gid))
     entries += keep
     entries.append((OTHER, obits, UNDEFINED_ID))
     mask = 0
@@ -191,6 +203,19 @@ def wanted_default_acl(existing, mode, gid):
             mask |= perm
     entries.append((MASK, mask, UNDEFINED_ID))
     return sorted(entries, key=lambda e: (e[0], e[2]))
+
+
+def wanted_access_acl(mode, read_gid, perm):
+    """The access ACL of an entry of a curated tree: the mode's owner, group and other bits and
+    ``g:<read group>:<perm>``; the mask is the union of the group class (so the mode is unchanged)."""
+    gbits = (mode >> 3) & 7
+    return [
+        (USER_OBJ, (mode >> 6) & 7, UNDEFINED_ID),
+        (GROUP_OBJ, gbits, UNDEFINED_ID),
+        (GROUP, perm, read_gid),
+        (MASK, gbits | perm, UNDEFINED_ID),
+        (OTHER, mode & 7, UNDEFINED_ID),
+    ]
 
 
 def read_acl(fd, name=ACL_DEFAULT):
@@ -315,9 +340,11 @@ class TreeFixer:
         one_fs=True,
         adopt=False,
         private=DEFAULT_PRIVATE,
+        read_gid=None,
     ):
         self.uid = uid
         self.gid = gid
+        self.read_gid = read_gid  # curated: the cache group, which only reads (the module doc)
         self.adopt = adopt
         self.private = private_matcher(private)
         self.cache_gid = gid  # the group that marks what the cache owns (the root's when gid is None)
@@ -354,7 +381,7 @@ class TreeFixer:
         key = tuple(existing)
         want = self._acl_cache.get(key)
         if want is None:
-            want = wanted_default_acl(existing, self.mode, self.acl_gid)
+            want = wanted_default_acl(existing, self.mode, self.acl_gid, self.read_gid)
             self._acl_cache[key] = want
         return want
 
@@ -382,6 +409,57 @@ class TreeFixer:
                     return False
                 raise
         return True
+
+    def _access_step(self, fd, st, rel, mode, perm):
+        """Curated trees: compare and (unless check mode) set the access ACL of an entry through its
+        descriptor (``mode``: its mode after the fix). True if it differs."""
+        if not self.acl or st.st_dev in self.acl_unsupported:
+            return False
+        try:
+            existing = read_acl(fd, ACL_ACCESS)
+        except OSError as exc:
+            if exc.errno in ACL_UNSUPPORTED:
+                self.acl_unsupported.add(st.st_dev)
+            else:
+                self._error(rel, exc)
+            return False
+        want = wanted_access_acl(mode, self.read_gid, perm)
+        if existing == want:
+            return False
+        if not self.check_mode:
+            os.setxattr(fd, ACL_ACCESS, encode_acl(want))
+        return True
+
+    def _curated_file(self, dfd, name, st, want, rel):
+        """A regular file of a curated tree: group, mode and the read entry, through a verified
+        descriptor (as ``fix_file``). Returns True when it differed."""
+        try:
+            fd = _open(name, O_FILE, dir_fd=dfd)
+        except OSError as exc:
+            self._error(rel, exc)
+            return False
+        try:
+            fst = _fstat(fd)
+            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or (fst.st_mode & S_IFMT) != S_IFREG:
+                raise OSError(errno.ESTALE, "replaced during the walk; skipped")
+            if not self.adopt and fst.st_gid != self.cache_gid:
+                raise OSError(errno.ESTALE, "group changed during the walk; skipped")
+            differs = False
+            if self.gid is not None and fst.st_gid != self.gid:
+                differs = True
+                if not self.check_mode:
+                    _fchown(fd, -1, self.gid)
+            if fst.st_mode & 0o7777 != want or differs:
+                differs = differs or fst.st_mode & 0o7777 != want
+                if not self.check_mode:
+                    _fchmod(fd, want)
+            perm = READ_FILE | (1 if want & 0o100 else 0)
+            return self._access_step(fd, fst, rel, want, perm) or differs
+        except OSError as exc:
+            self._error(rel, exc)
+            return False
+        finally:
+            _close(fd)
 
     def _ours(self, st, want_uid):
         """A managed directory found in place is the cache's when root (or the configured owner)
@@ -421,6 +499,8 @@ class TreeFixer:
                 if not self.check_mode:
                     os.fchmod(fd, want_mode)
             if self._acl_step(fd, st, rel):
+                differs = True
+            if self.read_gid is not None and self._access_step(fd, st, rel, want_mode, READ_DIR):
                 differs = True
         except OSError as exc:
             self._error(rel, exc)
@@ -692,6 +772,7 @@ class TreeFixer:
         fx = self.mode & 0o010
         keep = ~(0o6000 | self.ww_mask)
         dfd = d.fd
+        curated = self.read_gid is not None
         for name, st in d.entries:
             m = st.st_mode
             fmt = m & S_IFMT
@@ -702,13 +783,17 @@ class TreeFixer:
                 if cur & 0o111:
                     want |= fx
                 want &= keep
-                if want == cur and (gid is None or st.st_gid == gid):
+                if want == cur and (gid is None or st.st_gid == gid) and not curated:
                     continue
                 if st.st_nlink > 1 and not (protected and st.st_gid == cache_gid):
                     self.skipped["hardlinks"] += 1
                     continue
-                if private is not None and private(name) and want & ~cur:
+                if private is not None and private(name) and (want & ~cur or curated):
                     self.skipped["private"] += 1
+                    continue
+                if curated:
+                    if self._curated_file(dfd, name, st, want, _join(rel, name)):
+                        changed += 1
                     continue
                 if not check_mode:
                     err = fix_file(dfd, name, st, want, gid, None if self.adopt else cache_gid)
@@ -756,7 +841,7 @@ class TreeFixer:
                     existing = read_acl(root_fd)
                 except OSError:
                     existing = []
-            after["default_acl"] = acl_text(wanted_default_acl(existing, self.mode, self.acl_gid or 0))
+            after["default_acl"] = acl_text(wanted_default_acl(existing, self.mode, self.acl_gid or 0, self.read_gid))
         return after
 
 

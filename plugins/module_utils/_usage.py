@@ -339,6 +339,7 @@ def build_report(
         r["format"] = c.get("format", "generic")
         r["category"] = c.get("category", "other")
         r["description"] = c.get("description", c["name"])
+        r["writers"] = c.get("writers")  # curated cache (catalog `writers`), else None
         out_caches.append(r)
     fs_by_dev = {}
     fs_list = []

@@ -112,6 +112,16 @@ options:
     type: list
     elements: str
     default: []
+  writers:
+    description:
+      - A curated cache (catalog C(writers)) - this group (name or numeric id) owns O(path),
+        O(subdirs) and content, its mode bits and default ACL entries are the writers', and
+        O(group) (the cache group) only reads - a named POSIX ACL entry C(r-x) on directories and
+        C(r--) on files (C(r-x) on executables), in the access ACL of every entry (with
+        O(recurse)) and in the default ACL of every directory.
+      - Content of the writers group is what the cache owns then; an entry of another group (the
+        cache group included) is foreign and left alone, unless O(adopt=true).
+    type: str
   one_fs:
     description:
       - Do not descend into directories on another filesystem than O(path) (they are listed in
@@ -353,6 +363,7 @@ def main():
             recurse=dict(type="bool", default=False),
             adopt=dict(type="bool", default=False),
             private=dict(type="list", elements="str", default=[]),
+            writers=dict(type="str"),
             one_fs=dict(type="bool", default=True),
             acl=dict(type="bool", default=True),
             allow_world_writable=dict(type="bool", default=False),

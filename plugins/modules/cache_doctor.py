@@ -22,6 +22,9 @@ description:
     filesystem has room; pip and huggingface_hub are new enough to write group-usable files in a
     shared cache (pip 25.0, huggingface_hub 1.4); root's own login environment does not point at the
     caches."
+  - A curated cache (catalog C(writers)) is checked instead of probed (check C(curated)) - its
+    directory belongs to the writers group, its access and default ACLs give the cache group
+    C(r-x) and no write, and a member's C(mkdir) in it is refused.
   - "Every enabled cache whose catalog C(trust) mark is C(code) or C(credentials) is shown as a warning
     (RV(trust)) with what using it means; it is not a failure."
   - Every failed check gives one line with its fix (RV(lines)); the module fails when any check
@@ -179,7 +182,7 @@ checks:
   contains:
     check:
       description:
-        - Check name (mount, layout, env, root_env, hf_home, probe, apt, free_space, pip,
+        - Check name (mount, layout, env, root_env, hf_home, probe, curated, apt, free_space, pip,
           huggingface_hub, group).
       type: str
     target:
@@ -230,6 +233,13 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
     parse_mode,
     parse_size,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import (
+    ACL_ACCESS,
+    ACL_DEFAULT,
+    GROUP,
+    READ_DIR,
+    read_acl,
+)
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._preflight import START_CRON, scheduler
 
 # The probe runs /bin/sh as each member (any interpreter of Ansible's may be unreadable to them).
@@ -247,6 +257,29 @@ TRUST_MEANS = {
 }
 
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _not_writer(members, writers):
+    """The first of ``members`` outside the group ``writers`` (the prefetch account is in both), or None."""
+    try:
+        wgrp = grp.getgrnam(writers)
+    except KeyError:
+        return members[0] if members else None
+    for name in members:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if pw.pw_gid != wgrp.gr_gid and name not in wgrp.gr_mem:
+            return name
+    return None
+
+
+def _gid_of(name):
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
 
 
 def remove_below(dir_fd, name, depth=0):
@@ -396,8 +429,11 @@ class Doctor:
                     continue
             want = parse_mode(entry.get("mode") or "2775")
             problems = []
-            if gid is not None and st.st_gid != gid:
-                problems.append("group is gid %d, not %s (gid %d)" % (st.st_gid, self.p["group"], gid))
+            owner_name, owner_gid = self.p["group"], gid
+            if entry.get("writers"):  # a curated cache belongs to its writers group (catalog `writers`)
+                owner_name, owner_gid = entry["writers"], _gid_of(entry["writers"])
+            if owner_gid is not None and st.st_gid != owner_gid:
+                problems.append("group is gid %d, not %s (gid %d)" % (st.st_gid, owner_name, owner_gid))
             if not st.st_mode & 0o2000:
                 problems.append("setgid bit missing (new files would not get the cache group)")
             if (st.st_mode & 0o070) != (want & 0o070):
@@ -428,7 +464,8 @@ class Doctor:
 
     def fix_layout(self, entry):
         """Commands to paste (never chmod -R 777): the directory itself, or the whole tree by make site."""
-        here = "chgrp %s %s && chmod %s %s" % (self.p["group"], entry["abs_path"], entry["mode"], entry["abs_path"])
+        group = entry.get("writers") or self.p["group"]
+        here = "chgrp %s %s && chmod %s %s" % (group, entry["abs_path"], entry["mode"], entry["abs_path"])
         if self.p["context"] == "container":
             return (
                 "on the host, rerun `make site` or: %s; and give the group the host's gid in the image "
@@ -655,7 +692,64 @@ class Doctor:
             return
         first, second = members[0], members[1]
         for entry, path in ok_paths:
-            self.probe_one(entry, path, first, second)
+            if not entry.get("writers"):  # a curated cache is checked by check_curated instead
+                self.probe_one(entry, path, first, second)
+
+    def check_curateds(self, ok_paths, group_entry):
+        """The `curated` check of every curated cache; a member's write is tried when the probe may run."""
+        members = []
+        if self.p["probe"] and not self.module.check_mode and os.geteuid() == 0:
+            members = self.members(group_entry, limit=None)
+        for entry, path in ok_paths:
+            if entry.get("writers") and group_entry is not None:
+                self.check_curated(entry, path, group_entry, _not_writer(members, entry["writers"]))
+
+    def check_curated(self, entry, path, group_entry, member):
+        """A curated cache: the cache group reads it through its ACL entries (access and default,
+        r-x, never w) and a member's write is refused; one line per cache."""
+        fix = (
+            "rerun `make site ANSIBLE_ARGS='-e cache_layout_recurse=true'` (the tree and its ACLs), or for "
+            "this directory: chgrp %s %s && chmod %s %s && setfacl -m g:%s:r-x,d:g:%s:r-x,d:g:%s:rwx %s"
+            % (entry["writers"], path, entry["mode"], path, self.p["group"], self.p["group"], entry["writers"], path)
+        )
+        problems = []
+        try:
+            dir_fd = os.open(path, _DIR_NOFOLLOW)
+        except OSError as exc:
+            self.add("curated", path, False, "cannot open %s: %s" % (path, os.strerror(exc.errno)), fix)
+            return
+        try:
+            for name, label in ((ACL_ACCESS, "access"), (ACL_DEFAULT, "default")):
+                try:
+                    entries = read_acl(dir_fd, name)
+                except OSError as exc:
+                    problems.append("%s ACL not readable (%s)" % (label, os.strerror(exc.errno)))
+                    continue
+                perms = [perm for tag, perm, ident in entries if tag == GROUP and ident == group_entry.gr_gid]
+                if perms != [READ_DIR]:
+                    problems.append(
+                        "%s ACL gives %s %s, not r-x"
+                        % (label, self.p["group"], "nothing" if not perms else "%o" % perms[0])
+                    )
+            rc, err = 1, "not tried (no probe)"
+            if member is not None:
+                name = ".cache-doctor-" + secrets.token_hex(8)
+                rc, err = self.as_user(member, PROBE_WRITE, os.path.join(path, name))
+                if rc == 0:
+                    remove_below(dir_fd, name)
+                    problems.append("member %s could write into it" % member)
+        finally:
+            os.close(dir_fd)
+        if problems:
+            self.add("curated", path, False, "curated cache %s: %s" % (entry["name"], "; ".join(problems)), fix)
+        else:
+            self.add(
+                "curated",
+                path,
+                True,
+                "written by %s only; %s reads it (%s was refused: %s)"
+                % (entry["writers"], self.p["group"], member, err),
+            )
 
     def probe_one(self, entry, path, first, second):
         """The probe in one cache dir; root touches it only through a descriptor of that dir."""
@@ -901,6 +995,7 @@ class Doctor:
         self.check_env(pw)
         self.check_root_env(pw)
         self.check_probe(ok_paths, group_entry)
+        self.check_curateds(ok_paths, group_entry)
         self.check_apt()
         self.check_space()
         self.check_tools()

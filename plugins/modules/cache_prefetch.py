@@ -99,6 +99,19 @@ options:
       - Used inside the module's own process (never on a command line nor in a child's environment)
         and never returned.
     type: str
+  curated:
+    description:
+      - O(kind=huggingface) - O(dest) is a curated hub cache (catalog C(writers)) that jobs read
+        while it is updated. The commit is downloaded with C(huggingface_hub) into a staging area
+        beside O(dest) on the same filesystem (C(<dest>/../.staging)), every blob is verified
+        against its name (SHA-256, or the git blob SHA-1), then published by rename - the blobs,
+        then the snapshot, then the ref - so a reader sees the old revision or the new one, never
+        part of one.
+      - A published blob whose content no longer matches its name is fetched again and replaced
+        (RV(restored)). The ref C(main) points at a pinned commit (a branch or tag revision gets
+        its own ref).
+    type: bool
+    default: false
   python:
     description:
       - O(kind=huggingface) - Python interpreter that can import C(huggingface_hub) (a virtualenv's
@@ -199,6 +212,11 @@ path:
   description: O(kind=huggingface) - snapshot directory of the commit in the hub cache.
   returned: when O(kind=huggingface)
   type: str
+restored:
+  description: O(kind=huggingface) with O(curated) - blobs found corrupt (content not matching the name) and replaced.
+  returned: when O(curated)
+  type: list
+  elements: str
 permissions_fixed:
   description: Number of files and directories this run created privately that were given group read/write.
   returned: always
@@ -225,6 +243,12 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     read_member_file,
 )
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError, parse_mode
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._publish import (
+    PublishError,
+    plan,
+    publish,
+    ref_for,
+)
 
 UMASK = 0o002
 _NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -318,6 +342,8 @@ def make_group_shared(root, since):
 
 
 def hf_prefetch(module, p):
+    if p["curated"]:
+        return hf_publish(module, p)
     try:
         from huggingface_hub import HfApi, snapshot_download
         from huggingface_hub.file_download import repo_folder_name
@@ -378,6 +404,44 @@ def hf_prefetch(module, p):
     )
     fetched = sorted(set(f.filename for f in after) - set(cached))
     return True, dict(result, fetched=fetched, path=path, storage=storage)
+
+
+def hf_publish(module, p):
+    """A curated hub cache: stage, verify, publish by rename (module_utils/_publish.py)."""
+    os.environ["HF_HUB_DISABLE_SHARED_BLOBS"] = "1"  # every published blob a regular file
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.file_download import repo_folder_name
+
+    constants.HF_HUB_DISABLE_SHARED_BLOBS = True
+    endpoint = p["endpoint"] or os.environ.get("HF_ENDPOINT") or None
+    common = dict(repo_type=p["repo_type"], token=p["token"] or None, endpoint=endpoint)
+    patterns = dict(allow_patterns=p["allow_patterns"], ignore_patterns=p["ignore_patterns"])
+    info = HfApi(endpoint=endpoint, token=p["token"] or None).repo_info(
+        p["name"], repo_type=p["repo_type"], revision=p["revision"]
+    )
+    commit, ref = info.sha, ref_for(p["revision"])
+    folder = repo_folder_name(repo_id=p["name"], repo_type=p["repo_type"])
+    repo = os.path.join(p["dest"], folder)
+    files = list(_hf_filter([s.rfilename for s in info.siblings or []], p["allow_patterns"], p["ignore_patterns"]))
+    state = plan(repo, commit, ref, dict.fromkeys(files))
+    result = dict(
+        commit=commit,
+        path=os.path.join(repo, "snapshots", commit),
+        cached=sorted(set(files) - set(state["missing"])),
+        fetched=state["missing"],
+        restored=state["corrupt"],
+    )
+    if not (state["missing"] or state["corrupt"] or state["ref_stale"]) or module.check_mode:
+        return bool(state["missing"] or state["corrupt"] or state["ref_stale"]), result
+
+    def fetch(staged_hub):
+        snapshot_download(p["name"], revision=commit, cache_dir=staged_hub, **common, **patterns)
+
+    try:
+        out = publish(p["dest"], folder, commit, ref, fetch, os.path.join(os.path.dirname(p["dest"]), ".staging"))
+    except PublishError as exc:
+        raise PrefetchError("huggingface %s@%s: %s; nothing was published" % (p["name"], commit, exc)) from None
+    return out["changed"], dict(result, restored=out["restored"], storage=repo)
 
 
 def _hf_filter(files, allow, ignore):
@@ -571,6 +635,7 @@ def main():
             ignore_patterns=dict(type="list", elements="str"),
             endpoint=dict(type="str"),
             token=dict(type="str", no_log=True),
+            curated=dict(type="bool", default=False),
             python=dict(type="path"),
             executable=dict(type="path"),
             only_binary=dict(type="bool", default=True),

@@ -34,8 +34,9 @@ options:
       - Each item needs C(name) and C(abs_path) or C(path) (absolute, or relative to O(root)).
         C(format) (default C(generic)) selects the unit of the largest-units list, C(category)
         (C(ml-models), C(packages), C(languages), C(other)) the group of the table,
-        C(description) is shown as is, and C(retention.age_by) overrides O(age_by) for that
-        cache. Other keys of catalog entries are ignored.
+        C(description) is shown as is, C(retention.age_by) overrides O(age_by) for that
+        cache, and C(writers) (a curated cache) is returned as is. Other keys of catalog entries
+        are ignored.
     type: list
     elements: dict
     required: true
@@ -162,6 +163,9 @@ caches:
       type: str
     path:
       description: Absolute path measured.
+      type: str
+    writers:
+      description: The group that alone writes a curated cache (catalog C(writers)), else null.
       type: str
     exists:
       description: Whether the directory exists.
@@ -365,6 +369,7 @@ def _caches(raw, root):
                 "format": fmt,
                 "category": category,
                 "description": str(item.get("description") or name),
+                "writers": item.get("writers") or None,  # a curated cache: the group that alone writes it
                 "age_by": age_by,
             }
         )

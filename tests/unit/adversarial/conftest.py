@@ -11,12 +11,15 @@ import shutil
 
 import pytest
 
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial import curated
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import (
     Actors,
     lay_out_cache,
     make_arena,
     remove_arena,
 )
+
+curators = curated.curators  # the writers group and the prefetch service account (curated caches)
 
 
 @pytest.fixture(scope="session")

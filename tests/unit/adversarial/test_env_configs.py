@@ -41,6 +41,15 @@ def apply_role(arena, actors, cache, **extra):
     # the role edits ini files with community.general (the ansible package; not in the bare
     # ansible-core 2.21 venv, where these tests skip; make test's strict 2.19 stage runs them)
     pytest.importorskip("ansible_collections.community.general", reason="community.general not installed")
+    variables = apply_role_vars(arena, actors, cache)
+    variables.update(extra)
+    rc, recap, out = run_play_on_localhost(PLAY, arena, variables)
+    assert rc == 0 and recap.get("failed") == 0, out
+    return variables
+
+
+def apply_role_vars(arena, actors, cache):
+    """The role's variables with every output pointed into the arena."""
     etc = os.path.join(arena, "etc")
     variables = {
         "shared_cache_root": cache,
@@ -54,9 +63,6 @@ def apply_role(arena, actors, cache, **extra):
         ],
         "cache_env_retired_condarc": os.path.join(etc, "conda", "condarc.d", "shared-cache.yml"),
     }
-    variables.update(extra)
-    rc, recap, out = run_play_on_localhost(PLAY, arena, variables)
-    assert rc == 0 and recap.get("failed") == 0, out
     return variables
 
 
@@ -94,6 +100,7 @@ def test_members_get_the_shared_environment_root_and_strangers_nothing(actors, a
     assert alice["GIT_CONFIG_KEY_0"] == "lfs.storage" and alice["GIT_CONFIG_VALUE_0"] == cache + "/git-lfs"
     assert alice["UMASK"] == "0002"
     assert "HF_HOME" not in alice
+    assert "HF_HUB_OFFLINE" not in alice  # only for a curated hub cache (test_curated_env.py)
     assert pointing_into(sourced_env(actors.bob.run, profile), cache) == pointing_into(alice, cache)
     for groups in ((0,), (0, actors.gid)):  # root, also when root is in the cache group
         root = sourced_env(lambda cmd, g=groups: as_root(cmd, groups=g), profile, "echo UMASK=$(umask); env")

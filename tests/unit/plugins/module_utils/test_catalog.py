@@ -141,3 +141,15 @@ def test_git_config_keys_replace_the_system_gitconfig(defaults):
     assert entries["git-lfs"]["config"] == {"git": {"lfs.storage": ""}}
     # no built-in entry writes a system-wide tool config any more (root would load it)
     assert not [e["name"] for e in entries.values() if e["config"].get("files")]
+
+
+def test_writers_makes_a_curated_cache(defaults):
+    """`writers` names the group that alone writes a cache; a bad value names the override field."""
+    entries = by_name(resolve(defaults["shared_cache_caches"], {"huggingface": {"writers": "cache-writers"}}))
+    assert entries["huggingface"]["writers"] == "cache-writers"
+    assert entries["pip"]["writers"] is None  # not curated unless asked
+    for bad in ("Bad Group", "../x", 7, ["a"]):
+        with pytest.raises(ParamError) as err:
+            resolve(defaults["shared_cache_caches"], {"huggingface": {"writers": bad}})
+        assert str(err.value).startswith("shared_cache_overrides.huggingface.writers: ")
+        assert "is not a group name" in str(err.value)

@@ -148,3 +148,11 @@ def test_symlinked_cache_is_reported_not_followed(tmp_path, root):
     c = res["caches"][0]
     assert c["error"] and c["bytes"] == 0 and c["files"] == 0
     assert "evil" in json.dumps(res.get("warnings", []))
+
+
+def test_a_curated_cache_reports_its_writers(capsys, root):
+    """The catalog's `writers` reaches the report data (the renderings read it from there)."""
+    caches = catalog(root)
+    caches[0]["writers"] = "cache-writers"
+    by = {c["name"]: c for c in run_module(capsys, caches=caches, root=root)["caches"]}
+    assert by["huggingface"]["writers"] == "cache-writers" and by["pip"]["writers"] is None
