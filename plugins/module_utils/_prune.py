@@ -312,6 +312,39 @@ def entry_below(root_fd, parts, dev):
         os.close(pfd)
 
 
+class Parents:
+    """The open parent directories of one unit's paths (``open_parent`` once per directory while
+    the unit is re-checked, moved and checked again); ``close()`` when the unit is done."""
+
+    def __init__(self, root_fd, dev, mounts=()):
+        self.root_fd = root_fd
+        self.dev = dev
+        self.mounts = mounts
+        self.fds = {}
+
+    def get(self, parts):
+        key = parts[:-1]
+        if key not in self.fds:
+            self.fds[key] = open_parent(self.root_fd, parts, self.dev, self.mounts)
+        return self.fds[key]
+
+    def lstat(self, parts):
+        """``(parent fd, lstat)`` of ``parts``; ``(None, None)`` when gone or unsafe."""
+        pfd = self.get(parts)
+        if pfd is None:
+            return None, None
+        try:
+            return pfd, os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+        except OSError:
+            return None, None
+
+    def close(self):
+        for fd in self.fds.values():
+            if fd is not None:
+                os.close(fd)
+        self.fds = {}
+
+
 def remove_path(root_fd, parts, locks=None, mounts=(), stats=None, dev=None):
     """Remove file or directory tree ``parts`` (tuple) below ``root_fd``; returns ``stats``.
 
@@ -599,12 +632,13 @@ class Trash:
         moved = self.take(parts, mounts, stats)
         return moved.name if moved is not None else None
 
-    def take(self, parts, mounts, stats, expect=None):
+    def take(self, parts, mounts, stats, expect=None, parents=None):
         """Rename ``parts`` into the trash; a ``Moved`` or None. ``expect``: the inode the caller
-        checked; when another one is found in its place the entry is left (None, nothing moved)."""
+        checked; when another one is found in its place the entry is left (None, nothing moved).
+        ``parents``: a ``Parents`` whose open directories to use (they stay open)."""
         if not parts or parts in mounts:
             return None
-        pfd = open_parent(self.root_fd, parts, self.dev, mounts)
+        pfd = parents.get(parts) if parents is not None else open_parent(self.root_fd, parts, self.dev, mounts)
         if pfd is None:
             return None
         try:
@@ -644,7 +678,8 @@ class Trash:
             stats.errors.append(("/".join(parts), exc.strerror or str(exc)))
             return None
         finally:
-            os.close(pfd)
+            if parents is None:
+                os.close(pfd)
 
     def restore(self, moved, stats):
         """Put ``moved`` back in its place unless something else is there now; True when restored."""
@@ -719,10 +754,14 @@ class Journal:
     a directory look new. ``resume`` gives the units (key -> (t0, reason)) the interrupted runs
     chose with the same policy; ``cut`` their per-file LRU cut-off time.
 
-    Without a private state directory (a non-root user with no ``lock_dir``) it does nothing."""
+    A journal is only taken up by a run of the same cache path (another directory made again with
+    the same device and inode starts afresh). Without a private state directory (a non-root user
+    with no ``lock_dir``) it does nothing."""
 
-    def __init__(self, cache_fd, lock_dir=None, write=True):
+    def __init__(self, cache_fd, lock_dir=None, write=True, path=None):
         self.fd = -1
+        self.path = path
+        self._truncate = False
         self.dfd = None
         self.dirs = {}  # ino -> [pre_ns, post_ns or None, t0 of the run that touched it last]
         self.resume = {}
@@ -783,6 +822,11 @@ class Journal:
                         self.dirs[ino][1] = post
             except (ValueError, UnicodeDecodeError):
                 continue  # a line cut by the kill
+        if runs and runs[0][0].get("path") != self.path:
+            # another cache that had this device and inode (made again since): not ours to finish
+            runs = []
+            self.dirs = {}
+            self._truncate = True
         self.runs = len(runs)
         self._prev_runs = runs
 
@@ -810,9 +854,10 @@ class Journal:
 
     def _open(self):
         if self.fd < 0 and self.active and self.write_ok:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             self.fd = os.open(
                 self.name,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                flags | (os.O_TRUNC if self._truncate else 0),
                 0o600,
                 dir_fd=self.dfd,
             )
@@ -823,7 +868,7 @@ class Journal:
             os.write(self.fd, text.encode("utf-8", "surrogateescape"))
 
     def run_record(self, cut=None):
-        self._put("R %s\n" % json.dumps({"t0": self.t0, "policy": self.fingerprint, "cut": cut}))
+        self._put("R %s\n" % json.dumps({"t0": self.t0, "path": self.path, "policy": self.fingerprint, "cut": cut}))
 
     def units(self, chosen):
         """Record the units this run is about to remove (all at once, before the first one goes)."""
@@ -1123,7 +1168,7 @@ class Pruner:
     def _run_units(self, fd, fmt, result, now, mounts, locks):
         dev = os.fstat(fd).st_dev
         parents = trash_parents(fmt)
-        journal = Journal(fd, self.lock_dir, write=not self.check)
+        journal = Journal(fd, self.lock_dir, write=not self.check, path=self.path)
         trash = None
         try:
             journal.begin(now, self.policy, fmt.name)
@@ -1200,53 +1245,95 @@ class Pruner:
                 removed.add(u.key)
                 freed_total += freed
                 continue
-            # just before the unit leaves: still the unit that was chosen, unused, unlocked
-            busy, changed, inos = self._recheck(fd, u, locks, dev, since_ns, used_after)
-            if busy:
-                result["busy"].append("%s (%s)" % (u.key, busy))
-                continue
-            if changed:
-                result["kept"]["changed"] += 1
-                continue
-            stats = RemoveStats(self.cache_gid)
-            moved = []
-            for p in u.paths:
-                m = trash.take(p, mounts, stats, expect=inos.get(p))
-                if m is not None:
-                    moved.append(m)
-            # a path rewritten between the check and the move (a new inode moved in, or one made
-            # again in its place): the unit is put back whole, never split (pip: header + body)
-            if self._rewritten(fd, u, moved, inos, dev):
-                for m in moved:
-                    if not trash.restore(m, stats):
-                        trash.purge(m.name, locks, stats)  # a newer one took its place
-                result["kept"]["changed"] += 1
-                self.foreign.merge(stats.foreign)
-                for rel, err in stats.errors[:10]:
-                    self._error(result, rel, err)
-                continue
-            # shared objects (HF blobs, npm content) only once the unit's references are gone
-            if not stats.errors:
-                for sid in gone:
-                    for p in collection.shared[sid].paths:
-                        m = trash.take(p, mounts, stats)
-                        if m is not None:
-                            moved.append(m)
-            for m in moved:
-                trash.purge(m.name, locks, stats)
-            self.foreign.merge(stats.foreign)
-            if stats.busy:
-                result["busy"].extend(stats.busy[:10])
-            for rel, err in stats.errors[:10]:
-                self._error(result, rel, err)
-            if stats.files or stats.dirs:
-                self._count(result, u, reason, stats.disk, stats.files)
-                freed_total += stats.disk
-                if not stats.errors:
-                    removed.add(u.key)
+            par = Parents(fd, dev, mounts)
+            try:
+                freed_total += self._remove_unit(
+                    fd,
+                    u,
+                    reason,
+                    gone,
+                    collection,
+                    result,
+                    locks,
+                    mounts,
+                    dev,
+                    trash,
+                    removed,
+                    since_ns,
+                    used_after,
+                    par,
+                )
+            finally:
+                par.close()
         return freed_total
 
-    def _rewritten(self, fd, u, moved, inos, dev):
+    def _remove_unit(
+        self, fd, u, reason, gone, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after, par
+    ):
+        """Re-check one chosen unit, move it out whole, purge it; the bytes freed."""
+        # just before the unit leaves: still the unit that was chosen, unused, unlocked
+        busy, changed, inos = self._recheck(fd, u, locks, dev, since_ns, used_after, par)
+        if busy:
+            result["busy"].append("%s (%s)" % (u.key, busy))
+            return 0
+        if changed:
+            result["kept"]["changed"] += 1
+            return 0
+        stats = RemoveStats(self.cache_gid)
+        moved = []
+        for p in u.paths:
+            m = trash.take(p, mounts, stats, expect=inos.get(p), parents=par)
+            if m is not None:
+                moved.append(m)
+        # a path rewritten between the check and the move (a new inode moved in, or one made
+        # again in its place): the unit is put back whole, never split (pip: header + body)
+        if self._rewritten(u, moved, inos, par):
+            for m in moved:
+                if not trash.restore(m, stats):
+                    trash.purge(m.name, locks, stats)  # a newer one took its place
+            result["kept"]["changed"] += 1
+            self.foreign.merge(stats.foreign)
+            for rel, err in stats.errors[:10]:
+                self._error(result, rel, err)
+            return 0
+        # shared objects (HF blobs, npm content) only once the unit's references are gone
+        if not stats.errors:
+            for sid in gone:
+                for p in collection.shared[sid].paths:
+                    m = trash.take(p, mounts, stats)
+                    if m is not None:
+                        moved.append(m)
+        for m in moved:
+            trash.purge(m.name, locks, stats)
+        self._unsplit(u, moved, mounts, locks, trash, stats, par)
+        self.foreign.merge(stats.foreign)
+        if stats.busy:
+            result["busy"].extend(stats.busy[:10])
+        for rel, err in stats.errors[:10]:
+            self._error(result, rel, err)
+        if stats.files or stats.dirs:
+            self._count(result, u, reason, stats.disk, stats.files)
+            if not stats.errors:
+                removed.add(u.key)
+            return stats.disk
+        return 0
+
+    def _unsplit(self, u, moved, mounts, locks, trash, stats, par):
+        """Some of a removed unit's paths made again by its tool while it left (pip wrote a new
+        header, its body is gone): half an entry is no entry, the new half goes too."""
+        again = []
+        for m in moved:
+            if m.parts in u.paths:
+                st = par.lstat(m.parts)[1]
+                if st is not None:
+                    again.append((m.parts, st.st_ino))
+        if again and len(again) < len([m for m in moved if m.parts in u.paths]):
+            for parts, ino in again:
+                m = trash.take(parts, mounts, stats, expect=ino, parents=par)
+                if m is not None:
+                    trash.purge(m.name, locks, stats)
+
+    def _rewritten(self, u, moved, inos, par):
         """True when what was moved is not what was checked, or a path was made again since."""
         taken = {}
         for m in moved:
@@ -1256,13 +1343,13 @@ class Pruner:
         for p in u.paths:
             if p not in inos:
                 continue  # already gone at the check
-            with entry_below(fd, p, dev) as (_pfd, st):
-                # moved: nothing may be there now; left (another group's, an error): still the same
-                if st is not None and (p in taken or st.st_ino != inos[p]):
-                    return True
+            st = par.lstat(p)[1]
+            # moved: nothing may be there now; left (another group's, an error): still the same
+            if st is not None and (p in taken or st.st_ino != inos[p]):
+                return True
         return False
 
-    def _recheck(self, fd, u, locks, dev, since_ns, used_after):
+    def _recheck(self, fd, u, locks, dev, since_ns, used_after, par):
         """Check a chosen unit again just before it leaves (as systemd-tmpfiles does).
 
         Returns ``(busy, changed, inos)``: busy, a reason when a process holds a lock on one of
@@ -1287,34 +1374,34 @@ class Pruner:
             return None
 
         for p in u.paths:
-            with entry_below(fd, p, dev) as (pfd, st):
-                if st is None:
-                    continue
-                inos[p] = st.st_ino
-                if check_locks and locks.held(st, pfd, p[-1]):
-                    return "%s is locked by a process" % "/".join(p), None, inos
-                why = fresh(st)
-                if why:
-                    return None, "%s %s" % ("/".join(p), why), inos
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                try:
-                    sfd = open_subdir(pfd, p[-1], expect=st)
-                except OSError:
-                    continue
-                if sfd is None:
-                    return None, "%s replaced since the walk" % "/".join(p), inos
-                try:
-                    for d in Walker(sfd, one_fs=True).walk():
-                        for name, est in d.entries:
-                            if check_locks and locks.held(est, d.fd, name):
-                                where = p + (tuple(d.rel.split("/")) if d.rel else ()) + (name,)
-                                return "%s is locked by a process" % "/".join(where), None, inos
-                            why = fresh(est)
-                            if why:
-                                return None, "%s/%s %s" % ("/".join(p), name, why), inos
-                finally:
-                    os.close(sfd)
+            pfd, st = par.lstat(p)
+            if st is None:
+                continue
+            inos[p] = st.st_ino
+            if check_locks and locks.held(st, pfd, p[-1]):
+                return "%s is locked by a process" % "/".join(p), None, inos
+            why = fresh(st)
+            if why:
+                return None, "%s %s" % ("/".join(p), why), inos
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                sfd = open_subdir(pfd, p[-1], expect=st)
+            except OSError:
+                continue
+            if sfd is None:
+                return None, "%s replaced since the walk" % "/".join(p), inos
+            try:
+                for d in Walker(sfd, one_fs=True).walk():
+                    for name, est in d.entries:
+                        if check_locks and locks.held(est, d.fd, name):
+                            where = p + (tuple(d.rel.split("/")) if d.rel else ()) + (name,)
+                            return "%s is locked by a process" % "/".join(where), None, inos
+                        why = fresh(est)
+                        if why:
+                            return None, "%s/%s %s" % ("/".join(p), name, why), inos
+            finally:
+                os.close(sfd)
         return None, None, inos
 
     def _unit_busy(self, fd, u, locks, dev, walk_held=True):
@@ -1404,7 +1491,7 @@ class Pruner:
         return st.st_atime if st.st_atime > st.st_mtime else st.st_mtime
 
     def _run_per_file(self, fd, result, now, mounts, locks):
-        journal = Journal(fd, self.lock_dir, write=not self.check)
+        journal = Journal(fd, self.lock_dir, write=not self.check, path=self.path)
         try:
             journal.begin(now, self.policy, "per-file")
             self._per_file(fd, result, now, mounts, locks, journal)
