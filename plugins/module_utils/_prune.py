@@ -11,8 +11,19 @@
   and must be the inode that was lstat'ed), never leaves the filesystem or enters a mount point,
   and skips anything a process holds a lock on (flock, POSIX or OFD lock, from /proc/locks,
   re-read before each unit) together with everything below it.
-- A unit's paths are renamed into ``.mlinfra-prune-trash`` (same filesystem) before anything is
-  deleted (``Trash``): a killed prune leaves whole units; the next run deletes the leftovers.
+- Just before a unit leaves it is checked again (as systemd-tmpfiles does): a file in it written,
+  replaced, renamed or linked in since the walk began (ctime/mtime newer than the run's fresh trash
+  directory), read since it was chosen (atime, unless age_by is mtime), or locked keeps the unit.
+  Then all its paths are renamed into the root-only trash (``Trash``, same filesystem, in one of
+  the format's ``trash_parents``: never where the tool's own scan looks, ``hub/.locks`` for a hub
+  cache), the move checked (the very inodes checked, nothing made again in their places) and a
+  unit changed in between put back whole: pip's header and body are never split. A killed prune
+  leaves whole units in its trash; the next run purges the leftovers first thing.
+- A root-only intent journal (``Journal``, in the prune state directory, ``lock_dir``) records a
+  run's decisions while it goes: the units chosen, the per-file LRU cut, each directory's mtime
+  before entries left it. The run after a killed one finishes that run's job (the same units, the
+  same cut) and judges the directories the killed runs emptied by their earlier times, so it
+  leaves exactly what one uninterrupted run would have left. A completed run deletes it.
 - Read-only directories (Go's module cache) are made writable (fchmod on the opened descriptor)
   before their entries are removed.
 - Only what the cache owns is pruned (docs/security.md): the walk leaves out entries whose group
