@@ -1247,7 +1247,11 @@ class Pruner:
         for u, reason, freed, gone in chosen:
             locks.maybe_refresh(0.5)
             if self.check:
-                busy = self._unit_busy(fd, u, locks, dev)
+                par = Parents(fd, dev, mounts)
+                try:
+                    busy = self._recheck(fd, u, locks, dev, None, None, par)[0]
+                finally:
+                    par.close()
                 if busy:
                     result["busy"].append("%s (%s)" % (u.key, busy))
                     continue
@@ -1367,8 +1371,9 @@ class Pruner:
         its entries or the tool's lock; changed, a reason when a file in it was written, replaced,
         renamed or linked in since the walk began (its ctime or mtime is newer than ``since_ns``)
         or, unless age_by is mtime, read since the unit was chosen (atime after ``used_after``);
-        inos, the inode of each path now (the move takes only that inode)."""
-        busy = self._unit_busy(fd, u, locks, dev, walk_held=False)
+        inos, the inode of each path now (the move takes only that inode). With ``since_ns`` None
+        (check mode) only locks are looked for."""
+        busy = self._unit_busy(fd, u, locks, dev)
         if busy:
             return busy, None, {}
         check_locks = locks.on_device(dev)
@@ -1376,7 +1381,7 @@ class Pruner:
         inos = {}
 
         def fresh(st):
-            if stat.S_ISDIR(st.st_mode):
+            if since_ns is None or stat.S_ISDIR(st.st_mode):
                 return None
             if st.st_ctime_ns > since_ns or st.st_mtime_ns > since_ns:
                 return "changed since the walk"
@@ -1415,10 +1420,8 @@ class Pruner:
                 os.close(sfd)
         return None, None, inos
 
-    def _unit_busy(self, fd, u, locks, dev, walk_held=True):
-        held = self._held_inside(fd, u, locks, dev) if walk_held else None
-        if held:
-            return "%s is locked by a process" % held
+    def _unit_busy(self, fd, u, locks, dev):
+        """Why the unit must wait when one of its tool's lock files is held, else None."""
         for lp in u.locks:
             with entry_below(fd, lp, dev) as (pfd, st):
                 if st is None:
@@ -1435,35 +1438,6 @@ class Pruner:
                         os.close(cfd)
                 elif locks.held(st, pfd, lp[-1]):
                     return "tool lock %s held" % "/".join(lp)
-        return None
-
-    def _held_inside(self, fd, u, locks, dev):
-        """The first entry of the unit a process holds a lock on, or None: the unit then waits
-        whole for a later run instead of losing half of itself (skipped cheaply when no lock at
-        all is held on this filesystem)."""
-        if not locks.on_device(dev):
-            return None
-        for p in u.paths:
-            with entry_below(fd, p, dev) as (pfd, st):
-                if st is None:
-                    continue
-                if locks.held(st, pfd, p[-1]):
-                    return "/".join(p)
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                try:
-                    sfd = open_subdir(pfd, p[-1], expect=st)
-                except OSError:
-                    continue
-                if sfd is None:
-                    continue
-                try:
-                    for d in Walker(sfd, one_fs=True).walk():
-                        for name, est in d.entries:
-                            if locks.held(est, d.fd, name):
-                                return "/".join(p + tuple(d.rel.split("/") if d.rel else ()) + (name,))
-                finally:
-                    os.close(sfd)
         return None
 
     def _count(self, result, u, reason, freed, files):
