@@ -11,8 +11,19 @@
   and must be the inode that was lstat'ed), never leaves the filesystem or enters a mount point,
   and skips anything a process holds a lock on (flock, POSIX or OFD lock, from /proc/locks,
   re-read before each unit) together with everything below it.
-- A unit's paths are renamed into ``.mlinfra-prune-trash`` (same filesystem) before anything is
-  deleted (``Trash``): a killed prune leaves whole units; the next run deletes the leftovers.
+- Just before a unit leaves it is checked again (as systemd-tmpfiles does): a file in it written,
+  replaced, renamed or linked in since the walk began (ctime/mtime newer than the run's fresh trash
+  directory), read since it was chosen (atime, unless age_by is mtime), or locked keeps the unit.
+  Then all its paths are renamed into the root-only trash (``Trash``, same filesystem, in one of
+  the format's ``trash_parents``: never where the tool's own scan looks, ``hub/.locks`` for a hub
+  cache), the move checked (the very inodes checked, nothing made again in their places) and a
+  unit changed in between put back whole: pip's header and body are never split. A killed prune
+  leaves whole units in its trash; the next run purges the leftovers first thing.
+- A root-only intent journal (``Journal``, in the prune state directory, ``lock_dir``) records a
+  run's decisions while it goes: the units chosen, the per-file LRU cut, each directory's mtime
+  before entries left it. The run after a killed one finishes that run's job (the same units, the
+  same cut) and judges the directories the killed runs emptied by their earlier times, so it
+  leaves exactly what one uninterrupted run would have left. A completed run deletes it.
 - Read-only directories (Go's module cache) are made writable (fchmod on the opened descriptor)
   before their entries are removed.
 - Only what the cache owns is pruned (docs/security.md): the walk leaves out entries whose group
@@ -27,12 +38,14 @@ import contextlib
 import errno
 import fcntl
 import fnmatch
+import json
 import os
 import stat
 import time
 from array import array
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import is_prune_trash
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     Foreign,
     Walker,
@@ -310,6 +323,39 @@ def entry_below(root_fd, parts, dev):
         os.close(pfd)
 
 
+class Parents:
+    """The open parent directories of one unit's paths (``open_parent`` once per directory while
+    the unit is re-checked, moved and checked again); ``close()`` when the unit is done."""
+
+    def __init__(self, root_fd, dev, mounts=()):
+        self.root_fd = root_fd
+        self.dev = dev
+        self.mounts = mounts
+        self.fds = {}
+
+    def get(self, parts):
+        key = parts[:-1]
+        if key not in self.fds:
+            self.fds[key] = open_parent(self.root_fd, parts, self.dev, self.mounts)
+        return self.fds[key]
+
+    def lstat(self, parts):
+        """``(parent fd, lstat)`` of ``parts``; ``(None, None)`` when gone or unsafe."""
+        pfd = self.get(parts)
+        if pfd is None:
+            return None, None
+        try:
+            return pfd, os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+        except OSError:
+            return None, None
+
+    def close(self):
+        for fd in self.fds.values():
+            if fd is not None:
+                os.close(fd)
+        self.fds = {}
+
+
 def remove_path(root_fd, parts, locks=None, mounts=(), stats=None, dev=None):
     """Remove file or directory tree ``parts`` (tuple) below ``root_fd``; returns ``stats``.
 
@@ -461,10 +507,43 @@ def rmdir_if_empty(root_fd, parts):
         os.close(pfd)
 
 
-def _has_trash(dir_fd):
-    """True when the cache directory holds a trash-named entry (a leftover to purge)."""
-    with os.scandir(dir_fd) as it:
-        return any(is_trash(e.name) for e in it)
+def _trash_places(root_fd, parents):
+    """The open directories a trash may sit in (``parents``: parts below the root, () = the root
+    itself), the ones that exist as directories of this filesystem; callers close all but the root."""
+    out = []
+    dev = os.fstat(root_fd).st_dev
+    for parts in parents:
+        if not parts:
+            out.append((parts, root_fd))
+            continue
+        pfd = open_parent(root_fd, parts, dev, ())
+        if pfd is None:
+            continue
+        try:
+            st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+            cfd = open_subdir(pfd, parts[-1], expect=st) if stat.S_ISDIR(st.st_mode) and st.st_dev == dev else None
+        except OSError:
+            cfd = None
+        finally:
+            os.close(pfd)
+        if cfd is not None:
+            out.append((parts, cfd))
+    return out
+
+
+def _has_trash(dir_fd, parents=((),)):
+    """True when the cache directory (or one of the trash ``parents``) holds a trash-named entry."""
+    places = _trash_places(dir_fd, parents)
+    try:
+        for _parts, pfd in places:
+            with os.scandir(pfd) as it:
+                if any(is_trash(e.name) for e in it):
+                    return True
+        return False
+    finally:
+        for _parts, pfd in places:
+            if pfd != dir_fd:
+                os.close(pfd)
 
 
 def is_trash(name):
@@ -473,44 +552,83 @@ def is_trash(name):
     return name.startswith(_formats.TRASH_NAME)
 
 
+def trash_parents(fmt):
+    """Where a format's trash goes, first existing first: never where the tool's own scan looks.
+    huggingface_hub's ``scan_cache_dir()`` warns about any unknown directory in ``hub/`` but skips
+    ``hub/.locks``, so a trash left by a killed prune of a hub cache sits there (HF_HOME: ``hub``
+    is a subdirectory, the root is fine)."""
+    return getattr(fmt, "trash_parents", ((),))
+
+
 class Trash:
-    """A directory of the cache itself (same filesystem) a unit's paths are renamed into before
+    """Root-only directory (same filesystem as the cache) a unit's paths are renamed into before
     they are deleted: a unit leaves its place in one rename per path, so a prune killed mid-way
     leaves whole units (or a unit missing whole paths, which each format orders to stay valid),
-    never a half-deleted directory. Leftovers are deleted by the next run.
+    never a half-deleted directory. Leftovers are deleted first thing by the next run.
+
+    API (also used on its own, e.g. to quarantine a corrupt unit):
+
+    - ``Trash(root_fd, dev, gid=None, parents=((),))``: purges leftover trashes (in every one of
+      ``parents``, see ``trash_parents``) and makes a fresh one in the first parent that exists;
+      ``leftover`` is the ``RemoveStats`` of that purge (None when there was none).
+    - ``take(parts, mounts, stats)``: rename ``parts`` (below ``root_fd``) in; returns a ``Moved``
+      (``name`` in the trash, ``parts``, ``ino`` of what was moved) or None (gone, unsafe, another
+      filesystem, not the cache group's: ``stats`` says which). ``move`` is the same, returning
+      the name only.
+    - ``restore(moved, stats)``: put a moved entry back where it was, never over something that is
+      there now (a file by link+unlink, which fails on an existing name; a directory by rename
+      after checking the place is free); True when restored.
+    - ``purge(name, locks, stats)``: delete a moved entry (``remove_path`` rules: locked entries stay).
+    - ``close()``: close it and remove it when empty (what is left is purged by the next run).
 
     The cache directory is member-writable, so the trash is made fresh by root under a random name
     with ``mkdir`` (which fails on any existing name: it is exclusive) and checked to be that very
     directory, root's, 0700, on the cache's filesystem. A leftover is only a trash-named directory
     owned by this user with no group or other access; a member's look-alike is left alone."""
 
-    def __init__(self, root_fd, dev, gid=None):
+    def __init__(self, root_fd, dev, gid=None, parents=((),)):
         self.root_fd = root_fd
         self.dev = dev
         self.gid = gid
         self.n = 0
         self.leftover = None
-        for name, st in scan(root_fd):
-            if is_trash(name) and self._ours(st):
-                if self.leftover is None:
-                    self.leftover = RemoveStats(gid)
-                remove_path(root_fd, (name,), None, (), self.leftover, dev)
-        for _attempt in range(5):
-            name = "%s-%s" % (_formats.TRASH_NAME, os.urandom(6).hex())
-            try:
-                os.mkdir(name, 0o700, dir_fd=root_fd)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise OSError(errno.EEXIST, "could not create a trash directory in the cache")
-        st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
-        self.fd = open_subdir(root_fd, name, expect=st) if stat.S_ISDIR(st.st_mode) else None
-        if self.fd is None or not self._ours(os.fstat(self.fd)):
-            if self.fd is not None:
-                os.close(self.fd)
-            raise OSError(errno.ESTALE, "trash directory %s replaced while opening it; skipped" % name)
-        self.name = name
+        self.fd = None
+        self.place = None
+        places = _trash_places(root_fd, parents)
+        try:
+            for _parts, pfd in places:
+                for name, st in scan(pfd):
+                    if is_trash(name) and self._ours(st):
+                        if self.leftover is None:
+                            self.leftover = RemoveStats(gid)
+                        remove_path(pfd, (name,), None, (), self.leftover, dev)
+            if not places:
+                raise OSError(errno.ENOENT, "no place for a trash directory in the cache")
+            self.place = places[0][1]
+            name = None
+            for _attempt in range(5):
+                name = "%s-%s" % (_formats.TRASH_NAME, os.urandom(6).hex())
+                try:
+                    os.mkdir(name, 0o700, dir_fd=self.place)
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise OSError(errno.EEXIST, "could not create a trash directory in the cache")
+            st = os.stat(name, dir_fd=self.place, follow_symlinks=False)
+            self.fd = open_subdir(self.place, name, expect=st) if stat.S_ISDIR(st.st_mode) else None
+            if self.fd is None or not self._ours(os.fstat(self.fd)):
+                if self.fd is not None:
+                    os.close(self.fd)
+                    self.fd = None
+                raise OSError(errno.ESTALE, "trash directory %s replaced while opening it; skipped" % name)
+            self.name = name
+        finally:
+            for _parts, pfd in places:
+                if pfd != root_fd and pfd != self.place:
+                    os.close(pfd)
+            if self.fd is None and self.place is not None and self.place != root_fd:
+                os.close(self.place)
 
     def _ours(self, st):
         return (
@@ -519,9 +637,16 @@ class Trash:
 
     def move(self, parts, mounts, stats):
         """Rename ``parts`` into the trash; returns the name there, or None (gone / unsafe / not the cache's)."""
+        moved = self.take(parts, mounts, stats)
+        return moved.name if moved is not None else None
+
+    def take(self, parts, mounts, stats, expect=None, parents=None):
+        """Rename ``parts`` into the trash; a ``Moved`` or None. ``expect``: the inode the caller
+        checked; when another one is found in its place the entry is left (None, nothing moved).
+        ``parents``: a ``Parents`` whose open directories to use (they stay open)."""
         if not parts or parts in mounts:
             return None
-        pfd = open_parent(self.root_fd, parts, self.dev, mounts)
+        pfd = parents.get(parts) if parents is not None else open_parent(self.root_fd, parts, self.dev, mounts)
         if pfd is None:
             return None
         try:
@@ -533,6 +658,8 @@ class Trash:
                 stats.errors.append(("/".join(parts), "on another filesystem; left"))
                 return None
             if stats.not_ours(parts, st):
+                return None
+            if expect is not None and st.st_ino != expect:
                 return None
             self.n += 1
             new = "%d" % self.n
@@ -550,10 +677,42 @@ class Trash:
                 finally:
                     os.close(cfd)
                 os.rename(parts[-1], new, src_dir_fd=pfd, dst_dir_fd=self.fd)
-            return new
+            try:
+                ino = os.stat(new, dir_fd=self.fd, follow_symlinks=False).st_ino
+            except OSError:
+                ino = None
+            return Moved(new, parts, ino, stat.S_ISDIR(st.st_mode))
         except OSError as exc:
             stats.errors.append(("/".join(parts), exc.strerror or str(exc)))
             return None
+        finally:
+            if parents is None:
+                os.close(pfd)
+
+    def restore(self, moved, stats):
+        """Put ``moved`` back in its place unless something else is there now; True when restored."""
+        pfd = open_parent(self.root_fd, moved.parts, self.dev, ())
+        if pfd is None:
+            return False
+        name = moved.parts[-1]
+        try:
+            if moved.is_dir:
+                try:
+                    os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    return False
+                except FileNotFoundError:
+                    pass
+                os.rename(moved.name, name, src_dir_fd=self.fd, dst_dir_fd=pfd)
+            else:
+                try:
+                    os.link(moved.name, name, src_dir_fd=self.fd, dst_dir_fd=pfd, follow_symlinks=False)
+                except FileExistsError:
+                    return False
+                os.unlink(moved.name, dir_fd=self.fd)
+            return True
+        except OSError as exc:
+            stats.errors.append(("/".join(moved.parts), "could not be put back: %s" % (exc.strerror or exc)))
+            return False
         finally:
             os.close(pfd)
 
@@ -563,9 +722,211 @@ class Trash:
     def close(self):
         os.close(self.fd)
         try:
-            os.rmdir(self.name, dir_fd=self.root_fd)
+            os.rmdir(self.name, dir_fd=self.place)
         except OSError:
             pass  # something locked (or not the cache's) is left inside: the next run deletes it
+        if self.place != self.root_fd:
+            os.close(self.place)
+
+
+class Moved:
+    """An entry ``Trash.take`` moved: its ``name`` in the trash, original ``parts``, ``ino``."""
+
+    __slots__ = ("name", "parts", "ino", "is_dir")
+
+    def __init__(self, name, parts, ino, is_dir):
+        self.name = name
+        self.parts = parts
+        self.ino = ino
+        self.is_dir = is_dir
+
+
+# ------------------------------------------------------------------------------------------
+# the intent journal: what a killed run had decided, so the next run finishes the same job
+# ------------------------------------------------------------------------------------------
+JOURNAL_MAX = 64 << 20  # a run journals a line per directory it empties and per unit it chose
+
+
+class Journal:
+    """Root-only intent journal of the prunes of one cache (``journal-<dev>-<ino>`` in the prune
+    state directory): a killed run's decisions, read by the next run so it leaves exactly what one
+    uninterrupted run would have left. Appended (never rewritten) while a run goes, one line per
+    record, and deleted when a run completes; a chain of killed runs accumulates.
+
+    Records: ``R <json>`` a run (its start ``t0``, policy, format, per-file LRU ``cut``);
+    ``U <t0> <reason> <key>`` a unit chosen; ``D <ino> <mtime_ns> <t0>`` a directory about to lose
+    entries (its mtime before); ``P <ino> <mtime_ns>`` the same directory after.
+
+    ``dir_time(st)`` is a directory's mtime as it was before the interrupted runs touched it (its
+    own mtime when it changed since, or was never touched): the killed runs' deletions do not make
+    a directory look new. ``resume`` gives the units (key -> (t0, reason)) the interrupted runs
+    chose with the same policy; ``cut`` their per-file LRU cut-off time.
+
+    A journal is only taken up by a run of the same cache path (another directory made again with
+    the same device and inode starts afresh). Without a private state directory (a non-root user
+    with no ``lock_dir``) it does nothing."""
+
+    def __init__(self, cache_fd, lock_dir=None, write=True, path=None):
+        self.fd = -1
+        self.path = path
+        self._truncate = False
+        self.dfd = None
+        self.dirs = {}  # ino -> [pre_ns, post_ns or None, t0 of the run that touched it last]
+        self.resume = {}
+        self.cut = None
+        self.runs = 0
+        self.fingerprint = None
+        self.write_ok = write
+        self._touched = set()
+        if lock_dir is None and os.geteuid() != 0:
+            return
+        cst = os.fstat(cache_fd)
+        self.name = "journal-%x-%d" % (cst.st_dev, cst.st_ino)
+        try:
+            self.dfd = state_dir(lock_dir)
+        except OSError:
+            self.dfd = None
+            return
+        self._read()
+
+    @property
+    def active(self):
+        return self.dfd is not None
+
+    def _read(self):
+        try:
+            fd = os.open(self.name, _O_FILE, dir_fd=self.dfd)
+        except FileNotFoundError:
+            return
+        runs = []
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                return
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read(JOURNAL_MAX)
+        finally:
+            os.close(fd)
+        for line in data.split(b"\n"):
+            kind, _, rest = line.partition(b" ")
+            try:
+                if kind == b"R":
+                    runs.append((json.loads(rest.decode()), {}))
+                elif kind == b"U" and runs:
+                    t0, reason, key = rest.decode("utf-8", "surrogateescape").split(" ", 2)
+                    runs[-1][1].setdefault(key, (float(t0), reason))
+                elif kind == b"D":
+                    ino, pre, t0 = (int(x) for x in rest.split())
+                    cur = self.dirs.get(ino)
+                    # the first run's time holds while the directory is as the killed run left it
+                    if cur is not None and (cur[1] == pre if cur[1] is not None else pre >= cur[2]):
+                        cur[1] = None
+                        cur[2] = t0
+                    else:
+                        self.dirs[ino] = [pre, None, t0]
+                elif kind == b"P":
+                    ino, post = (int(x) for x in rest.split())
+                    if ino in self.dirs:
+                        self.dirs[ino][1] = post
+            except (ValueError, UnicodeDecodeError):
+                continue  # a line cut by the kill
+        if runs and runs[0][0].get("path") != self.path:
+            # another cache that had this device and inode (made again since): not ours to finish
+            runs = []
+            self.dirs = {}
+            self._truncate = True
+        self.runs = len(runs)
+        self._prev_runs = runs
+
+    def begin(self, t0, policy, fmt_name):
+        """Start this run's records; the previous runs' unit choices with the same policy are kept
+        in ``resume`` (with the first choice's time) and their LRU cut in ``cut``."""
+        self.fingerprint = [
+            fmt_name,
+            policy.max_age,
+            policy.max_size,
+            policy.min_free,
+            policy.min_age,
+            sorted(policy.exclude),
+            policy.age_by,
+        ]
+        for head, units in getattr(self, "_prev_runs", ()):
+            if head.get("policy") != self.fingerprint:
+                continue
+            for key, val in units.items():
+                self.resume.setdefault(key, val)
+            if head.get("cut") is not None:
+                self.cut = head["cut"] if self.cut is None else max(self.cut, head["cut"])
+        self.t0 = t0
+        self.t0_ns = int(t0 * 1e9)
+
+    def _open(self):
+        if self.fd < 0 and self.active and self.write_ok:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self.fd = os.open(
+                self.name,
+                flags | (os.O_TRUNC if self._truncate else 0),
+                0o600,
+                dir_fd=self.dfd,
+            )
+        return self.fd
+
+    def _put(self, text):
+        if self._open() >= 0:
+            os.write(self.fd, text.encode("utf-8", "surrogateescape"))
+
+    def run_record(self, cut=None):
+        self._put("R %s\n" % json.dumps({"t0": self.t0, "path": self.path, "policy": self.fingerprint, "cut": cut}))
+
+    def units(self, chosen):
+        """Record the units this run is about to remove (all at once, before the first one goes)."""
+        lines = []
+        for u, reason, _freed, _gone in chosen:
+            t0 = self.resume.get(u.key, (self.t0, None))[0]
+            lines.append("U %r %s %s\n" % (t0, reason, u.key.replace("\n", " ")))
+        if lines:
+            self._put("".join(lines))
+
+    def before_dir(self, st):
+        """A directory (its walk lstat) is about to lose entries."""
+        if st.st_ino not in self._touched:
+            self._touched.add(st.st_ino)
+            self._put("D %d %d %d\n" % (st.st_ino, st.st_mtime_ns, self.t0_ns))
+
+    def after_dir(self, dir_fd):
+        """The directory open at ``dir_fd`` lost its entries: its mtime now (our own doing)."""
+        if self.fd >= 0:
+            st = os.fstat(dir_fd)
+            self._put("P %d %d\n" % (st.st_ino, st.st_mtime_ns))
+
+    def dir_time(self, ino, mtime_ns):
+        """The mtime (ns) a directory had before interrupted runs removed entries from it."""
+        rec = self.dirs.get(ino)
+        if rec is None:
+            return mtime_ns
+        pre, post, t0 = rec
+        if post is not None and post == mtime_ns:
+            return pre
+        if post is None and mtime_ns >= t0:
+            return pre  # the run was killed while emptying it
+        return mtime_ns
+
+    def done(self):
+        """The run completed: its decisions are carried out, the journal goes."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.active and self.write_ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name, dir_fd=self.dfd)
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.dfd is not None:
+            os.close(self.dfd)
+            self.dfd = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -603,8 +964,12 @@ class Policy:
         return self.max_age is None and self.max_size is None and self.min_free is None
 
 
-def select(collection, policy, now, free_now, extra_disk=0):
-    """Return [(unit, reason, freed_disk, [shared ids freed])] in deletion order, and a kept summary."""
+def select(collection, policy, now, free_now, extra_disk=0, resume=None):
+    """Return [(unit, reason, freed_disk, [shared ids freed])] in deletion order, and a kept summary.
+
+    ``resume`` (key -> (time chosen, reason), ``Journal.resume``): units an interrupted run chose;
+    those not used since are taken first, so the run finishes that run's job (a ``max_size`` run
+    then needs nothing more) instead of choosing again from what the killed run left."""
     refs = {sid: s.refs for sid, s in collection.shared.items()}
     chosen = []
     kept = {"young": 0, "excluded": 0, "protected": 0}
@@ -636,6 +1001,15 @@ def select(collection, policy, now, free_now, extra_disk=0):
 
     rest = []
     cutoff = now - policy.max_age if policy.max_age is not None else None
+    if resume:
+        left = []
+        for u in candidates:
+            prev = resume.get(u.key)
+            if prev is not None and max(u.last_used(policy.age_by), u.mtime) < prev[0]:
+                take(u, prev[1])
+            else:
+                left.append(u)
+        candidates = left
     for u in candidates:
         if u.stale:
             take(u, "stale")
@@ -819,46 +1193,67 @@ class Pruner:
         return Walker(fd, one_fs=self.one_fs, gid=self.cache_gid)
 
     def _run_units(self, fd, fmt, result, now, mounts, locks):
-        walker = self._walker(fd)
-        col = fmt.collector(fd)
-        for d in walker.walk():
-            base = tuple(d.rel.split("/")) if d.rel else ()
-            for name, st in d.entries:
-                if stat.S_ISDIR(st.st_mode) and (base + (name,) in mounts or locks.held(st)):
-                    d.skip.add(name)
-            col.visit(d)
-        self._walk_notes(walker, result)
-        collection = col.finish()
-        if collection.notes:
-            result.setdefault("notes", []).extend(collection.notes)
-        result["before"] = {
-            "bytes": collection.total_disk + col.dir_disk,
-            "files": collection.total_files,
-            "units": len(collection.units),
-        }
-        chosen, kept = select(collection, self.policy, now, free_bytes(fd), extra_disk=col.dir_disk)
-        result["kept"] = kept
-        short = cap_not_met(collection, self.policy, chosen, kept, free_bytes(fd), col.dir_disk)
-        if short:
-            result.setdefault("notes", []).append(short)
-        removed = set()
         dev = os.fstat(fd).st_dev
-        freed_total = 0
+        parents = trash_parents(fmt)
+        journal = Journal(fd, self.lock_dir, write=not self.check, path=self.path)
         trash = None
-        if not self.check and (chosen or _has_trash(fd)):
-            trash = Trash(fd, dev, self.cache_gid)
-            if trash.leftover is not None and (trash.leftover.files or trash.leftover.dirs):
-                result.setdefault("notes", []).append(
-                    "deleted %d file(s) left by an interrupted prune" % trash.leftover.files
-                )
         try:
-            freed_total = self._remove_chosen(fd, chosen, collection, result, locks, mounts, dev, trash, removed)
+            journal.begin(now, self.policy, fmt.name)
+            if not self.check:
+                # first thing: what a killed run left in its trash goes; then a fresh trash, whose
+                # ctime (the filesystem's clock) marks the start of the walk for the re-checks
+                trash = Trash(fd, dev, self.cache_gid, parents)
+                if trash.leftover is not None and (trash.leftover.files or trash.leftover.dirs):
+                    result.setdefault("notes", []).append(
+                        "deleted %d file(s) left by an interrupted prune" % trash.leftover.files
+                    )
+            since_ns = os.fstat(trash.fd).st_ctime_ns if trash is not None else None
+            walker = self._walker(fd)
+            col = fmt.collector(fd)
+            for d in walker.walk():
+                base = tuple(d.rel.split("/")) if d.rel else ()
+                for name, st in d.entries:
+                    if stat.S_ISDIR(st.st_mode) and (base + (name,) in mounts or locks.held(st)):
+                        d.skip.add(name)
+                col.visit(d)
+            self._walk_notes(walker, result)
+            collection = col.finish()
+            if collection.notes:
+                result.setdefault("notes", []).extend(collection.notes)
+            result["before"] = {
+                "bytes": collection.total_disk + col.dir_disk,
+                "files": collection.total_files,
+                "units": len(collection.units),
+            }
+            chosen, kept = select(
+                collection, self.policy, now, free_bytes(fd), extra_disk=col.dir_disk, resume=journal.resume
+            )
+            kept["changed"] = 0
+            result["kept"] = kept
+            short = cap_not_met(collection, self.policy, chosen, kept, free_bytes(fd), col.dir_disk)
+            if short:
+                result.setdefault("notes", []).append(short)
+            journal.run_record()
+            journal.units(chosen)
+            used_after = time.time()
+            removed = set()
+            freed_total = self._remove_chosen(
+                fd, chosen, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after
+            )
+            present = {u.key for u in collection.units}
+            # units a killed run removed whole: the format's clean-up still has to see them
+            gone_before = {k for k in journal.resume if k not in present}
+            if not self.check:
+                journal.done()
         finally:
             if trash is not None:
                 trash.close()
-        if not self.check:  # every run: a format's clean-up also finishes what a killed run left
+            journal.close()
+        if not self.check:
+            # every run, once the run's own trash is gone: a format's clean-up (which may make a
+            # trash of its own) also finishes what a killed run left
             try:
-                for note in fmt.post_prune(fd, collection, removed):
+                for note in fmt.post_prune(fd, collection, removed | gone_before):
                     result.setdefault("notes", []).append(note)
             except OSError as exc:
                 self._error(result, ".", "format clean-up: %s" % (exc.strerror or exc))
@@ -872,51 +1267,186 @@ class Pruner:
         }
         result["changed"] = bool(result["units"] or result["files"])
 
-    def _remove_chosen(self, fd, chosen, collection, result, locks, mounts, dev, trash, removed):
+    def _remove_chosen(self, fd, chosen, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after):
         freed_total = 0
         for u, reason, freed, gone in chosen:
             locks.maybe_refresh(0.5)
-            busy = self._unit_busy(fd, u, locks, dev)
-            if busy:
-                result["busy"].append("%s (%s)" % (u.key, busy))
-                continue
             if self.check:
+                par = Parents(fd, dev, mounts)
+                try:
+                    busy = self._recheck(fd, u, locks, dev, None, None, par)[0]
+                finally:
+                    par.close()
+                if busy:
+                    result["busy"].append("%s (%s)" % (u.key, busy))
+                    continue
                 files = u.files + sum(collection.shared[s].files for s in gone)
                 self._count(result, u, reason, freed, files)
                 removed.add(u.key)
                 freed_total += freed
                 continue
-            stats = RemoveStats(self.cache_gid)
-            moved = []
-            for p in u.paths:
-                name = trash.move(p, mounts, stats)
-                if name is not None:
-                    moved.append(name)
-            # shared objects (HF blobs, npm content) only once the unit's references are gone
-            if not stats.errors:
-                for sid in gone:
-                    for p in collection.shared[sid].paths:
-                        name = trash.move(p, mounts, stats)
-                        if name is not None:
-                            moved.append(name)
-            for name in moved:
-                trash.purge(name, locks, stats)
-            self.foreign.merge(stats.foreign)
-            if stats.busy:
-                result["busy"].extend(stats.busy[:10])
-            for rel, err in stats.errors[:10]:
-                self._error(result, rel, err)
-            if stats.files or stats.dirs:
-                self._count(result, u, reason, stats.disk, stats.files)
-                freed_total += stats.disk
-                if not stats.errors:
-                    removed.add(u.key)
+            par = Parents(fd, dev, mounts)
+            try:
+                freed_total += self._remove_unit(
+                    fd,
+                    u,
+                    reason,
+                    gone,
+                    collection,
+                    result,
+                    locks,
+                    mounts,
+                    dev,
+                    trash,
+                    removed,
+                    since_ns,
+                    used_after,
+                    par,
+                )
+            finally:
+                par.close()
         return freed_total
 
+    def _remove_unit(
+        self, fd, u, reason, gone, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after, par
+    ):
+        """Re-check one chosen unit, move it out whole, purge it; the bytes freed."""
+        # just before the unit leaves: still the unit that was chosen, unused, unlocked
+        busy, changed, inos = self._recheck(fd, u, locks, dev, since_ns, used_after, par)
+        if busy:
+            result["busy"].append("%s (%s)" % (u.key, busy))
+            return 0
+        if changed:
+            result["kept"]["changed"] += 1
+            return 0
+        stats = RemoveStats(self.cache_gid)
+        moved = []
+        for p in u.paths:
+            m = trash.take(p, mounts, stats, expect=inos.get(p), parents=par)
+            if m is not None:
+                moved.append(m)
+        # a path rewritten between the check and the move (a new inode moved in, or one made
+        # again in its place): the unit is put back whole, never split (pip: header + body)
+        if self._rewritten(u, moved, inos, par):
+            for m in moved:
+                if not trash.restore(m, stats):
+                    trash.purge(m.name, locks, stats)  # a newer one took its place
+            result["kept"]["changed"] += 1
+            self.foreign.merge(stats.foreign)
+            for rel, err in stats.errors[:10]:
+                self._error(result, rel, err)
+            return 0
+        # shared objects (HF blobs, npm content) only once the unit's references are gone
+        if not stats.errors:
+            for sid in gone:
+                for p in collection.shared[sid].paths:
+                    m = trash.take(p, mounts, stats)
+                    if m is not None:
+                        moved.append(m)
+        for m in moved:
+            trash.purge(m.name, locks, stats)
+        self._unsplit(u, moved, mounts, locks, trash, stats, par)
+        self.foreign.merge(stats.foreign)
+        if stats.busy:
+            result["busy"].extend(stats.busy[:10])
+        for rel, err in stats.errors[:10]:
+            self._error(result, rel, err)
+        if stats.files or stats.dirs:
+            self._count(result, u, reason, stats.disk, stats.files)
+            if not stats.errors:
+                removed.add(u.key)
+            return stats.disk
+        return 0
+
+    def _unsplit(self, u, moved, mounts, locks, trash, stats, par):
+        """Some of a removed unit's paths made again by its tool while it left (pip wrote a new
+        header, its body is gone): half an entry is no entry, the new half goes too."""
+        again = []
+        for m in moved:
+            if m.parts in u.paths:
+                st = par.lstat(m.parts)[1]
+                if st is not None:
+                    again.append((m.parts, st.st_ino))
+        if again and len(again) < len([m for m in moved if m.parts in u.paths]):
+            for parts, ino in again:
+                m = trash.take(parts, mounts, stats, expect=ino, parents=par)
+                if m is not None:
+                    trash.purge(m.name, locks, stats)
+
+    def _rewritten(self, u, moved, inos, par):
+        """True when what was moved is not what was checked, or a path was made again since."""
+        taken = {}
+        for m in moved:
+            if m.ino != inos.get(m.parts):
+                return True
+            taken[m.parts] = m
+        for p in u.paths:
+            if p not in inos:
+                continue  # already gone at the check
+            st = par.lstat(p)[1]
+            # moved: nothing may be there now; left (another group's, an error): still the same
+            if st is not None and (p in taken or st.st_ino != inos[p]):
+                return True
+        return False
+
+    def _recheck(self, fd, u, locks, dev, since_ns, used_after, par):
+        """Check a chosen unit again just before it leaves (as systemd-tmpfiles does).
+
+        Returns ``(busy, changed, inos)``: busy, a reason when a process holds a lock on one of
+        its entries or the tool's lock; changed, a reason when a file in it was written, replaced,
+        renamed or linked in since the walk began (its ctime or mtime is newer than ``since_ns``)
+        or, unless age_by is mtime, read since the unit was chosen (atime after ``used_after``);
+        inos, the inode of each path now (the move takes only that inode). With ``since_ns`` None
+        (check mode) only locks are looked for."""
+        busy = self._unit_busy(fd, u, locks, dev)
+        if busy:
+            return busy, None, {}
+        check_locks = locks.on_device(dev)
+        use_atime = self.policy.age_by != "mtime"
+        inos = {}
+
+        def fresh(st):
+            if since_ns is None or stat.S_ISDIR(st.st_mode):
+                return None
+            if st.st_ctime_ns > since_ns or st.st_mtime_ns > since_ns:
+                return "changed since the walk"
+            if use_atime and st.st_atime > used_after:
+                return "used since the walk"
+            return None
+
+        for p in u.paths:
+            pfd, st = par.lstat(p)
+            if st is None:
+                continue
+            inos[p] = st.st_ino
+            if check_locks and locks.held(st, pfd, p[-1]):
+                return "%s is locked by a process" % "/".join(p), None, inos
+            why = fresh(st)
+            if why:
+                return None, "%s %s" % ("/".join(p), why), inos
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                sfd = open_subdir(pfd, p[-1], expect=st)
+            except OSError:
+                continue
+            if sfd is None:
+                return None, "%s replaced since the walk" % "/".join(p), inos
+            try:
+                for d in Walker(sfd, one_fs=True).walk():
+                    for name, est in d.entries:
+                        if check_locks and locks.held(est, d.fd, name):
+                            where = p + (tuple(d.rel.split("/")) if d.rel else ()) + (name,)
+                            return "%s is locked by a process" % "/".join(where), None, inos
+                        why = fresh(est)
+                        if why:
+                            return None, "%s/%s %s" % ("/".join(p), name, why), inos
+            finally:
+                os.close(sfd)
+        return None, None, inos
+
     def _unit_busy(self, fd, u, locks, dev):
-        held = self._held_inside(fd, u, locks, dev)
-        if held:
-            return "%s is locked by a process" % held
+        """Why the unit must wait when one of its tool's lock files is held, else None."""
         for lp in u.locks:
             with entry_below(fd, lp, dev) as (pfd, st):
                 if st is None:
@@ -933,35 +1463,6 @@ class Pruner:
                         os.close(cfd)
                 elif locks.held(st, pfd, lp[-1]):
                     return "tool lock %s held" % "/".join(lp)
-        return None
-
-    def _held_inside(self, fd, u, locks, dev):
-        """The first entry of the unit a process holds a lock on, or None: the unit then waits
-        whole for a later run instead of losing half of itself (skipped cheaply when no lock at
-        all is held on this filesystem)."""
-        if not locks.on_device(dev):
-            return None
-        for p in u.paths:
-            with entry_below(fd, p, dev) as (pfd, st):
-                if st is None:
-                    continue
-                if locks.held(st, pfd, p[-1]):
-                    return "/".join(p)
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                try:
-                    sfd = open_subdir(pfd, p[-1], expect=st)
-                except OSError:
-                    continue
-                if sfd is None:
-                    continue
-                try:
-                    for d in Walker(sfd, one_fs=True).walk():
-                        for name, est in d.entries:
-                            if locks.held(est, d.fd, name):
-                                return "/".join(p + tuple(d.rel.split("/") if d.rel else ()) + (name,))
-                finally:
-                    os.close(sfd)
         return None
 
     def _count(self, result, u, reason, freed, files):
@@ -1000,6 +1501,16 @@ class Pruner:
         return st.st_atime if st.st_atime > st.st_mtime else st.st_mtime
 
     def _run_per_file(self, fd, result, now, mounts, locks):
+        journal = Journal(fd, self.lock_dir, write=not self.check, path=self.path)
+        try:
+            journal.begin(now, self.policy, "per-file")
+            self._per_file(fd, result, now, mounts, locks, journal)
+            if not self.check:
+                journal.done()
+        finally:
+            journal.close()
+
+    def _per_file(self, fd, result, now, mounts, locks, journal):
         if not self.check and _has_trash(fd):
             Trash(fd, os.fstat(fd).st_dev, self.cache_gid).close()  # leftovers of an interrupted unit-format run
         pol = self.policy
@@ -1041,13 +1552,23 @@ class Pruner:
                         break
                 del order
             del times, sizes
+        if journal.cut is not None and (pol.max_size is not None or pol.min_free is not None):
+            # an interrupted run with this policy had chosen up to its cut: finish its job
+            lru_cut = journal.cut if lru_cut is None else max(lru_cut, journal.cut)
+        journal.run_record(cut=lru_cut)
         self.dir_disk = 0
         # pass 2 (or the only pass): delete, then empty directories bottom-up
         dirs = []
         units = files = freed = 0
         before_bytes = 0
         remaining = {}
-        for d, name, st in self._files(fd, mounts, locks, result, dirs=dirs, remaining=remaining):
+        emptied = set()
+
+        def after_dir(d):
+            if d.rel in emptied:
+                journal.after_dir(d.fd)
+
+        for d, name, st in self._files(fd, mounts, locks, result, dirs=dirs, remaining=remaining, after=after_dir):
             before_bytes += st.st_blocks * 512
             t = self._file_time(st)
             if max(t, st.st_mtime) >= young:
@@ -1073,6 +1594,13 @@ class Pruner:
                 if (now_st.st_ino, now_st.st_gid) != (st.st_ino, self.cache_gid):
                     self.foreign.add(rel, now_st)  # replaced since the walk: not what was chosen
                     continue
+                if (now_st.st_mtime_ns, now_st.st_ctime_ns) != (st.st_mtime_ns, st.st_ctime_ns) or (
+                    self._file_time(now_st) > t and self._file_time(now_st) >= young
+                ):
+                    continue  # written or used since the walk: min_age holds until it goes
+                if d.rel not in emptied:
+                    emptied.add(d.rel)
+                    journal.before_dir(d.st)
                 try:
                     os.unlink(name, dir_fd=d.fd)
                 except FileNotFoundError:
@@ -1092,11 +1620,16 @@ class Pruner:
         before_bytes += self.dir_disk
         result["before"] = {"bytes": before_bytes}
         # empty directories, deepest first; never the cache dir itself nor its top-level dirs
+        # (a directory a killed run emptied is judged by its time before that run: Journal.dir_time)
         removed_dirs = 0
-        for rel, mtime, parent in reversed(dirs):
+        dir_st = {rel: dst for rel, dst, _parent in dirs}
+        young_ns = int(young * 1e9)
+        for rel, dst, parent in reversed(dirs):
             if remaining.get(rel, 1) != 0 or "/" not in rel:
                 continue
-            if mtime >= young or (pol.exclude and matches(pol.exclude, rel, rel.rsplit("/", 1)[-1])):
+            if journal.dir_time(dst.st_ino, dst.st_mtime_ns) >= young_ns:
+                continue
+            if pol.exclude and matches(pol.exclude, rel, rel.rsplit("/", 1)[-1]):
                 continue
             if not self.check:
                 parts = tuple(rel.split("/"))
@@ -1104,7 +1637,11 @@ class Pruner:
                 if pfd is None:
                     continue
                 try:
+                    pst = dir_st.get(parent)
+                    if pst is not None:
+                        journal.before_dir(pst)
                     os.rmdir(parts[-1], dir_fd=pfd)
+                    journal.after_dir(pfd)
                 except OSError:
                     continue
                 finally:
@@ -1118,7 +1655,7 @@ class Pruner:
         result["after"] = {"bytes": max(0, before_bytes - freed)}
         result["changed"] = bool(units or removed_dirs)
 
-    def _files(self, fd, mounts, locks, result, notes=True, dirs=None, remaining=None):
+    def _files(self, fd, mounts, locks, result, notes=True, dirs=None, remaining=None, after=None):
         """Yield (dir, name, lstat) for every non-directory entry, honouring excludes and locks."""
         walker = self._walker(fd)
         exclude = self.policy.exclude
@@ -1131,7 +1668,7 @@ class Pruner:
             for name, st in d.entries:
                 if stat.S_ISDIR(st.st_mode):
                     rel = base + name
-                    if not d.rel and is_trash(name):
+                    if not d.rel and is_prune_trash(name, st):
                         d.skip.add(name)
                     elif tuple(rel.split("/")) in mounts:
                         d.skip.add(name)
@@ -1146,12 +1683,14 @@ class Pruner:
                     nfiles += 1
             if dirs is not None:
                 parent = d.rel.rsplit("/", 1)[0] if "/" in d.rel else ""
-                dirs.append((d.rel, d.st.st_mtime, parent))
+                dirs.append((d.rel, d.st, parent))
                 # a directory is removable when all its files went and all its subdirs were removed
                 remaining[d.rel] = nfiles + ndirs + d.foreign
             for name, st in d.entries:
                 if not stat.S_ISDIR(st.st_mode):
                     yield d, name, st
+            if after is not None:
+                after(d)
         if notes:
             self._walk_notes(walker, result)
 

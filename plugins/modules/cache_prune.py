@@ -39,10 +39,15 @@ description:
   - Safety, meant to run as root on a tree users write to - symbolic links are never followed
     (every directory is opened with C(O_NOFOLLOW) relative to its parent and must be the inode
     that was examined, so a directory swapped for a symlink during the run cannot redirect it);
-    removal is done relative to open directory descriptors; a unit first leaves its place by
-    one rename per path into C(.mlinfra-prune-trash) at the top of the cache (same filesystem)
-    and is deleted from there, so a prune killed mid-way never leaves half a unit for the tool
-    to trip on (the next run deletes the leftovers); the run never leaves the cache's
+    removal is done relative to open directory descriptors; just before a unit leaves it is
+    checked again (a file in it written, replaced or linked in since the walk, read since it was
+    chosen, or locked keeps it, counted in RV(kept.changed)), then it leaves its place by one
+    rename per path into a root-only C(.mlinfra-prune-trash-*) directory (same filesystem, at the
+    top of the cache or, for a HuggingFace hub, in C(.locks) where the tool does not look), a
+    unit rewritten between check and move is put back whole, and it is deleted from there, so
+    a prune killed mid-way never leaves half a unit for the tool to trip on (the next run
+    deletes the leftovers first); a root-only journal lets the run after a killed one finish its
+    job, leaving what one uninterrupted run would have left; the run never leaves the cache's
     filesystem nor enters a mount point below it; O(path) must lie inside O(root) and neither may
     be C(/) or a system directory.
   - Ownership - only what the cache owns is pruned - an entry whose group is not the cache group
@@ -216,7 +221,9 @@ after:
   returned: when the cache was walked
   type: dict
 kept:
-  description: Units kept although a limit applied, by reason (young, excluded, protected).
+  description:
+    - Units kept although a limit applied, by reason (young, excluded, protected; changed - written,
+      replaced, read or locked between the walk and its removal).
   returned: for formats other than generic
   type: dict
 foreign:

@@ -5,10 +5,15 @@ For each user in order (the first is alice), in the container ``workspace-<user>
      ``apt-get install`` of the APT packages through the shared /var/cache/apt;
   2. as the user, in a login shell (the image's /etc/profile.d sets umask 002 for the cache group):
      a venv, pip bootstrapped to a version that writes group-usable cache files (``--no-cache-dir``,
-     not timed), then the timed ``pip install`` of the pip packages through the shared pip cache.
+     not timed), then the timed ``pip install`` of the pip packages through the shared pip cache;
+  3. as the user: uv (``--uv-bootstrap``, installed into that venv with ``--no-cache-dir``, not
+     timed), then the timed ``uv pip install -v`` of the uv packages into a fresh environment
+     through the shared uv cache (UV_CACHE_DIR from the environment the roles set). What uv
+     fetched is read from its own log: the files it GETs (``Sending fresh GET request``) and the
+     packages it found in the cache (``Registry requirement already cached``).
 The bytes received by the container's network interface are read around each timed step.
 Then bob, in his container, must be able to modify every file alice left in the shared pip cache.
-The shared pip cache (but its managed ``wheelhouse``) and the APT archive are emptied first.
+The shared pip cache (but its managed ``wheelhouse``), the uv cache and the APT archive are emptied first.
 
 The network of the test machines reaches Debian's and PyPI's files at about 2 Gbit/s (a nearby
 caching proxy), 20-40 times the links the seed's figures assume (2 GB of wheels in 3-5 min,
@@ -104,13 +109,15 @@ def link_rate(container, rate):
         subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
 
 
-def reset_caches(container, pip_cache):
-    """Empty the shared pip cache (its managed wheelhouse directory stays) and the APT archive."""
+def reset_caches(container, pip_cache, uv_cache):
+    """Empty the shared pip cache (its managed wheelhouse directory stays), the uv cache and the
+    APT archive."""
     dexec(
         container,
         "root",
         "find %s -mindepth 1 -maxdepth 1 ! -name wheelhouse -exec rm -rf {} + && "
-        "find /var/cache/apt/archives -maxdepth 1 -name '*.deb' -delete" % pip_cache,
+        "find %s -mindepth 1 -maxdepth 1 -exec rm -rf {} + && "
+        "find /var/cache/apt/archives -maxdepth 1 -name '*.deb' -delete" % (pip_cache, uv_cache),
         login=False,
     )
 
@@ -178,6 +185,33 @@ def pip_phase(container, user, packages, bootstrap, rate=None):
     }
 
 
+def uv_phase(container, user, packages, bootstrap, rate=None):
+    """uv into the user's venv (pip_phase made it), then the timed ``uv pip install``."""
+    dexec(
+        container,
+        user,
+        "~/venv/bin/pip install -q --no-cache-dir --disable-pip-version-check '%s' && "
+        "rm -rf ~/uvenv && ~/venv/bin/uv venv -q ~/uvenv --python python3" % bootstrap,
+    )
+    before = rx_bytes(container)
+    with link_rate(container, rate):
+        proc, secs = dexec(
+            container, user, "~/venv/bin/uv pip install -v --python ~/uvenv/bin/python %s 2>&1" % " ".join(packages)
+        )
+    rx = rx_bytes(container) - before
+    fetched = re.findall(r"Sending fresh GET request for: (https?://\S+/[^/\s]+\.(?:whl|tar\.gz|zip))", proc.stdout)
+    cached = re.findall(r"Registry requirement already cached: (\S+)", proc.stdout)
+    cache_dir, _secs = dexec(container, user, 'echo "$UV_CACHE_DIR"')
+    return {
+        "seconds": round(secs, 3),
+        "rx_bytes": rx,
+        "fetched": sorted(set(fetched)),
+        "already_cached": cached,
+        "cache_dir": cache_dir.stdout.strip(),
+        "output": [line for line in proc.stdout.splitlines() if not line.startswith("DEBUG")][-20:],
+    }
+
+
 def concurrent_apt(containers, packages):
     """Both containers download the same new packages at the same moment into the shared archives.
 
@@ -227,12 +261,15 @@ def main():
     ap.add_argument("--pip", nargs="+", required=True)
     ap.add_argument("--pip-bootstrap", default="pip==25.3")
     ap.add_argument("--pip-cache", default="/cache/pip")
+    ap.add_argument("--uv", nargs="*", default=[], help="packages for the uv proof (wheels: see vars/main.yml)")
+    ap.add_argument("--uv-bootstrap", default="uv==0.13.9")
+    ap.add_argument("--uv-cache", default="/cache/uv")
     ap.add_argument("--apt-concurrent", nargs="+", default=["tree"])
     ap.add_argument("--link-rates", nargs="*", default=[], help="extra passes at these downlink rates (tc syntax)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    report = {"users": args.users, "apt_packages": args.apt, "pip_packages": args.pip}
+    report = {"users": args.users, "apt_packages": args.apt, "pip_packages": args.pip, "uv_packages": args.uv}
     baselines = {user: installed("workspace-" + user) for user in args.users}
     report.update(measure(args, None, baselines))
     alice, bob = args.users
@@ -299,18 +336,32 @@ def main():
                 run["ratio"],
             )
         )
+        if "uv" in a:
+            print(
+                "  uv: alice %.2fs (%d files fetched) / bob %.2fs (%d fetched, %d found in the cache): %sx"
+                % (
+                    a["uv"]["seconds"],
+                    len(a["uv"]["fetched"]),
+                    b["uv"]["seconds"],
+                    len(b["uv"]["fetched"]),
+                    len(b["uv"]["already_cached"]),
+                    run["uv_ratio"],
+                )
+            )
     return 0 if all(checks.values()) else 1
 
 
 def measure(args, rate, baselines):
     """One pass from empty caches: alice's and bob's apt and pip phases, their checks and ratios."""
     alice, bob = args.users
-    reset_caches("workspace-" + alice, args.pip_cache)
+    reset_caches("workspace-" + alice, args.pip_cache, args.uv_cache)
     run = {"link_rate": rate}
     for user in args.users:
         container = "workspace-" + user
         run[user] = {"apt": apt_phase(container, args.apt, rate, baselines[user])}
         run[user]["pip"] = pip_phase(container, user, args.pip, args.pip_bootstrap, rate)
+        if args.uv:
+            run[user]["uv"] = uv_phase(container, user, args.uv, args.uv_bootstrap, rate)
         run[user]["seconds"] = round(run[user]["apt"]["seconds"] + run[user]["pip"]["seconds"], 3)
         run[user]["rx_bytes"] = run[user]["apt"]["rx_bytes"] + run[user]["pip"]["rx_bytes"]
     a, b = run[alice], run[bob]
@@ -325,6 +376,20 @@ def measure(args, rate, baselines):
         "pip writes group-usable cache files (>= 25.0)": int(b["pip"]["pip_version"].split(".")[0]) >= 25,
     }
     run["redownloaded_by_bob"] = b_again
+    if args.uv:
+        a_uv, b_uv = set(a["uv"]["fetched"]), set(b["uv"]["fetched"])
+        run["uv_redownloaded_by_bob"] = sorted(a_uv & b_uv)
+        run["checks"].update(
+            {
+                "uv uses the shared cache (UV_CACHE_DIR)": a["uv"]["cache_dir"]
+                == b["uv"]["cache_dir"]
+                == args.uv_cache,
+                "alice's uv downloaded the packages": len(a_uv) >= len(args.uv),
+                "bob's uv downloaded nothing alice fetched": not a_uv & b_uv,
+                "bob's uv found every package in the cache": len(set(b["uv"]["already_cached"])) >= len(args.uv),
+            }
+        )
+        run["uv_ratio"] = round(a["uv"]["seconds"] / b["uv"]["seconds"], 2) if b["uv"]["seconds"] else None
     run["ratio"] = round(a["seconds"] / b["seconds"], 2) if b["seconds"] else None
     run["pip_ratio"] = round(a["pip"]["seconds"] / b["pip"]["seconds"], 2) if b["pip"]["seconds"] else None
     run["apt_ratio"] = round(a["apt"]["seconds"] / b["apt"]["seconds"], 2) if b["apt"]["seconds"] else None

@@ -13,7 +13,20 @@ AGE_BY = ("atime", "mtime", "newest")
 STALE_KINDS = frozenset(["incomplete download", "partial download", "temporary file"])
 # cache_prune moves a unit here (one rename per path) before deleting it, so the tool never sees
 # half a unit; collectors leave it out (it only lasts during a prune, or until the next one).
+# Format.trash_parents: where it goes (first existing directory), never where the tool scans.
 TRASH_NAME = ".mlinfra-prune-trash"
+
+
+def is_prune_trash(name, st):
+    """True for cache_prune's own trash: a directory with its name, this user's (root's), 0700.
+    It sits at the top of the cache or in a tool's lock directory (``hub/.locks``, where
+    huggingface_hub's scan does not look); a member's look-alike is an ordinary entry."""
+    return (
+        name.startswith(TRASH_NAME)
+        and stat.S_ISDIR(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and not st.st_mode & 0o077
+    )
 
 
 class Unit:
@@ -167,9 +180,11 @@ class Collector:
         self.dir_disk += d.st.st_blocks * 512
         base = _parts(d.rel)
         entries = d.entries
-        if not d.rel:
-            entries = [e for e in entries if not e[0].startswith(TRASH_NAME)]
-            d.skip.update(e[0] for e in d.entries if e[0].startswith(TRASH_NAME))
+        if not d.rel or d.rel.endswith(".locks"):
+            trash = {name for name, st in entries if is_prune_trash(name, st)}
+            if trash:
+                entries = [e for e in entries if e[0] not in trash]
+                d.skip.update(trash)
         for name, st in entries:
             parts = base + (name,)
             if stat.S_ISDIR(st.st_mode):
@@ -289,6 +304,7 @@ class Format:
     detect_order = None
     # cache_verify: ``verify(ctx)`` of the format's module (appended at its end), None: nothing to check
     verifier = None
+    trash_parents = ((),)
 
     def collector(self, root_fd):
         return self.collector_class(self, root_fd)

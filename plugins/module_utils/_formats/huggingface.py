@@ -352,6 +352,9 @@ class HuggingFaceFormat(Format):
         "xet and assets files: their own times"
     )
     detect_order = 10
+    # cache_prune's trash: hub/.locks, which huggingface_hub's scan_cache_dir() skips (the root
+    # when the cache path is HF_HOME, where hub is a subdirectory)
+    trash_parents = ((".locks",), ())
 
     def detect(self, root_fd, top):
         return any(_HF_REPO.match(n) for n in top) or any(_HF_REPO.match(n) for n in names(root_fd, "hub"))
@@ -391,7 +394,7 @@ class HuggingFaceFormat(Format):
                 # one rename out of the hub first: a run killed while deleting it never leaves
                 # huggingface_hub a repo without its snapshots directory
                 if trash is None:
-                    trash = _prune.Trash(root_fd, os.fstat(root_fd).st_dev, gid)
+                    trash = _prune.Trash(root_fd, os.fstat(root_fd).st_dev, gid, _prune.trash_parents(self))
                 st = _prune.RemoveStats(gid)
                 name = trash.move(prefix, (), st)
                 if name is not None:
