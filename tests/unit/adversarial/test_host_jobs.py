@@ -238,7 +238,7 @@ def test_the_installed_wrapper_runs_as_root_against_members(actors, arena, cache
 
 def test_a_stranger_measures_what_they_may_read_without_the_private_history(actors, arena):
     """show-cache-info as carol: the 0640 root:<group> history of a 2770 cache is simply not used."""
-    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _render
 
     state = os.path.join(arena, "state")
     os.mkdir(state, 0o755)
@@ -247,8 +247,8 @@ def test_a_stranger_measures_what_they_may_read_without_the_private_history(acto
         fh.write('{"t": 1, "caches": {"pip": 1}}\n')
     os.chown(hist, 0, actors.gid)
     os.chmod(hist, 0o640)
-    assert _as(actors.carol, _usage.read_history, hist) == 0
-    assert _as(actors.alice, _usage.read_history, hist) == 1
+    assert _as(actors.carol, _render.read_history, hist) == 0
+    assert _as(actors.alice, _render.read_history, hist) == 1
 
 
 def _as(actor, func, *args):

@@ -268,11 +268,13 @@ def test_table_prints_foreign_counts_when_present(tmp_path, capsys):
     conf, _state = report_config(tmp_path, "2775")
     assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 0
     report = json.loads((tmp_path / "state" / "report.json").read_text())
-    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _render
 
-    assert "not the cache's" not in _usage.render_table(report)
+    assert "not the cache's" not in _render.render_table(report)
     report["caches"][0]["foreign"] = {"count": 3, "bytes": 4096, "sample": ["a"]}
-    assert "(3 entries not the cache's (another group; not counted, not entered), e.g. a" in _usage.render_table(report)
+    assert "(3 entries not the cache's (another group; not counted, not entered), e.g. a" in _render.render_table(
+        report
+    )
 
 
 # -- the installed wrappers and what host_lib ships -------------------------------------------
