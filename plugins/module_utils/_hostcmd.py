@@ -35,6 +35,7 @@ import time
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _render, _usage
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     human,
+    humanize,
     open_lock_file,
     read_trusted_json,
     write_atomic,
@@ -360,7 +361,7 @@ def _report(args):
 
     def step(done, count, result):
         total[0] += result["bytes"]
-        progress.show("%d/%d caches, %s; %s done" % (done, count, human(total[0]), result["name"]))
+        progress.show("%d/%d caches, %s; %s done" % (done, count, humanize(total[0]), result["name"]))
 
     progress.show("measuring %d caches" % len(conf["caches"]))
     try:
