@@ -32,7 +32,7 @@ description:
   - Optionally renders the report as the human table of C(show-cache-info), as Prometheus
     node_exporter textfile metrics and as a self-contained HTML page (see O(render)).
   - With O(outputs) it writes the report files with the very code C(show-cache-info --write)
-    runs (the C(mlinfra.shared_cache.cache_report) role uses it): each file atomically, the
+    runs (the C(mlinfra.shared_cache.cache_report) role uses it), each file atomically, the
     history trimmed to O(history_limit) entries.
 options:
   caches:
