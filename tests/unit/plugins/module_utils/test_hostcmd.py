@@ -287,7 +287,7 @@ def test_table_prints_foreign_counts_when_present(tmp_path, capsys):
 
 def test_show_cache_info_trims_the_history(tmp_path):
     conf, state = report_config(tmp_path, "2775", history_keep=2)
-    for _ in range(4):
+    for _run in range(4):
         assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 0
     assert len((state / "history.jsonl").read_text().splitlines()) == 2
 
