@@ -24,6 +24,7 @@ per-owner bytes of a cache add up to its ``bytes``.
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -534,6 +535,8 @@ def read_status(path):
     except FileNotFoundError:
         return None, None
     except PermissionError as exc:
+        if exc.errno == errno.EACCES and os.geteuid() != 0:
+            return None, "%s: readable by root only (sudo show-cache-info shows it)" % path
         return None, "%s: %s" % (path, exc.strerror or exc)
     except (OSError, ValueError) as exc:
         return None, "%s: %s" % (path, getattr(exc, "strerror", None) or exc)

@@ -303,3 +303,31 @@ def test_state_files_a_member_wrote_are_refused(actors, setup, capsys, which):
     assert _hostcmd.report_main(setup["report"], ["--write", "--quiet"]) == 0
     with open(os.path.join(setup["dir"], "report.json"), encoding="utf-8") as fh:
         assert json.load(fh)["status_errors"][0].startswith(setup[which])
+
+
+def test_a_member_running_the_command_is_told_the_state_is_roots(actors, setup):
+    """alice runs show-cache-info herself: root's 0700 prune state is named as root's, not as missing."""
+    assert _hostcmd.prune_main(setup["prune"], ["--quiet"]) == 0
+    os.chmod(os.path.dirname(setup["prune_state"]), 0o700)
+    err = _as_member_status(actors.alice, setup["prune_state"])
+    assert err == "%s: readable by root only (sudo show-cache-info shows it)" % setup["prune_state"]
+
+
+def _as_member_status(actor, path):
+    """_usage.read_status(path)[1] computed in a forked child running as ``actor``."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(r)
+            os.setgroups(actor.groups)
+            os.setgid(actor.gid)
+            os.setuid(actor.uid)
+            os.write(w, str(_usage.read_status(path)[1]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = os.read(r, 4096)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return out.decode()
