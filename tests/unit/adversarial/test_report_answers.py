@@ -24,6 +24,9 @@ import pytest
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _hostcmd, _render, _usage
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import lay_out_cache
+from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.module_utils.test_cache_report_usage import (
+    _prom_samples,
+)
 
 OLD = time.time() - 200 * 86400
 PROMTOOL = shutil.which("promtool")
@@ -183,15 +186,6 @@ def run_doctor(capsys, setup, actors):
     return json.loads(capsys.readouterr().out)
 
 
-def samples(text):
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 def test_the_report_answers_the_admins_next_questions(actors, setup, capsys):
     blocks = os.stat(setup["old"]).st_blocks * 512
     # the nightly prune runs and records what it freed, root's only
@@ -240,7 +234,7 @@ def test_the_report_answers_the_admins_next_questions(actors, setup, capsys):
     # the metrics
     with open(os.path.join(setup["dir"], "shared_cache.prom"), encoding="utf-8") as fh:
         prom = fh.read()
-    s = samples(prom)
+    s = _prom_samples(prom)
     assert s['shared_cache_owner_bytes{cache="misc",owner="%s"}' % alice] == owners[alice]
     assert s['shared_cache_owner_bytes{cache="misc",owner="54321"}'] == owners["54321"]
     assert s['shared_cache_corrupt_units{cache="misc"}'] == 1
@@ -309,25 +303,5 @@ def test_a_member_running_the_command_is_told_the_state_is_roots(actors, setup):
     """alice runs show-cache-info herself: root's 0700 prune state is named as root's, not as missing."""
     assert _hostcmd.prune_main(setup["prune"], ["--quiet"]) == 0
     os.chmod(os.path.dirname(setup["prune_state"]), 0o700)
-    err = _as_member_status(actors.alice, setup["prune_state"])
+    err = actors.alice.call(_usage.read_status, setup["prune_state"])[1]
     assert err == "%s: readable by root only (sudo show-cache-info shows it)" % setup["prune_state"]
-
-
-def _as_member_status(actor, path):
-    """_usage.read_status(path)[1] computed in a forked child running as ``actor``."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(r)
-            os.setgroups(actor.groups)
-            os.setgid(actor.gid)
-            os.setuid(actor.uid)
-            os.write(w, str(_usage.read_status(path)[1]).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    out = os.read(r, 4096)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return out.decode()
