@@ -29,7 +29,7 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 CODE = r"""
 import os, sys, time, json
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _render, _usage
 caches = json.loads(sys.argv[2])
 hints = json.loads(sys.argv[4])
 c0 = os.times()
@@ -38,7 +38,7 @@ rep = _usage.build_report(caches, root=sys.argv[3], size_hints=hints.get("caches
 el = time.perf_counter() - t0
 c1 = os.times()
 cpu = sum(c1[:4]) - sum(c0[:4])
-sys.stderr.write(json.dumps([cpu, _usage.history_entry(rep)]) + "\n")
+sys.stderr.write(json.dumps([cpu, _render.history_entry(rep)]) + "\n")
 print(el)
 """
 

@@ -17,30 +17,62 @@ Against members of the cache group (untrusted local users):
   directory (``hold_lock``): a member can neither open it nor hold it, so two runs never overlap
   and no member can stop the job;
 - report files naming the caches are written atomically in root-owned directories, 0640
-  ``root:<cache group>`` when a cache is private to its group (``report_file_access``).
+  ``root:<cache group>`` when a cache is private to its group (``report_file_access``), by
+  ``_render.write_outputs``, the one writer the cache_report module uses too;
+- the prune records per cache when it ran and what it freed in ``state.json`` beside its lock
+  (root-only directory, written atomically), which the report reads with ``read_trusted_json``.
+
+Progress (caches done of all, bytes) goes to stderr only when stderr is a terminal: under cron
+or systemd nothing is added to the output or the journal.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import grp
 import json
 import os
 import stat
 import sys
 import time
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _usage, _verify
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _render, _usage, _verify
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    human,
+    humanize,
     open_lock_file,
     read_trusted_json,
     write_atomic,
 )
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import parse_mode
 
 PRUNE_LOCK = "/var/lib/mlinfra-shared-cache/prune/prune.lock"
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+
+
+class Progress:
+    """One self-erasing status line on stderr, only when stderr is a terminal (never under cron
+    or systemd, whose stderr is a pipe, a file or the journal)."""
+
+    def __init__(self, prog, enabled=True, stream=None):
+        self.stream = stream or sys.stderr
+        self.prog = prog
+        try:
+            self.on = enabled and self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.on = False
+        self.shown = False
+
+    def show(self, text):
+        if self.on:
+            self.stream.write("\r\033[K%s: %s" % (self.prog, text))
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self):
+        if self.on and self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
 
 
 class LockBusy(Exception):
@@ -193,7 +225,10 @@ def prune_main(config_path, argv=None):
         syslog.openlog("mlinfra-cache-prune", 0, syslog.LOG_DAEMON)
         log = syslog
 
+    progress = Progress("mlinfra-cache-prune", enabled=not args.quiet)
+
     def emit(line, error=False):
+        progress.clear()
         if not args.quiet and not args.json:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
@@ -222,23 +257,66 @@ def prune_main(config_path, argv=None):
             log.syslog(log.LOG_ERR, "lock %s: %s" % (lock_path, exc))
         return 2
     try:
-        failures, results = _prune_all(conf, args, emit)
+        failures, results = _prune_all(conf, args, emit, progress)
+        if not args.dry_run:
+            state = prune_state_path(conf)
+            try:
+                record_prunes(state, results)
+            except (OSError, ValueError) as exc:
+                failures += 1
+                emit("mlinfra-cache-prune: state %s not recorded: %s" % (state, exc), error=True)
     finally:
+        progress.clear()
         os.close(lock_fd)
     if args.json and not args.quiet:
         sys.stdout.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return 1 if failures else 0
 
 
-def _prune_all(conf, args, emit):
+def prune_state_path(conf):
+    """Where the prune records its runs: ``state`` of the configuration, else beside the lock."""
+    return conf.get("state") or os.path.join(os.path.dirname(conf.get("lock") or PRUNE_LOCK), "state.json")
+
+
+def record_prunes(path, results, now=None):
+    """Merge this run's results into the state file (per cache: time, freed bytes, units, files,
+    errors); caches not pruned this time keep their last record. Written atomically, 0600."""
+    if not results:
+        return
+    try:
+        state = read_trusted_json(path)
+    except FileNotFoundError:
+        state = {}
+    caches = state.get("caches") if isinstance(state, dict) and isinstance(state.get("caches"), dict) else {}
+    now = time.time() if now is None else now
+    for item in results:
+        res = item.get("prune")
+        if res is None or res.get("skipped"):
+            continue
+        caches[item["name"]] = {
+            "time": now,
+            "freed_bytes": res.get("bytes", 0),
+            "units": res.get("units", 0),
+            "files": res.get("files", 0),
+            "errors": len(res.get("errors") or []),
+        }
+    text = json.dumps({"version": 1, "time": now, "caches": caches}, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text, mode=0o600)
+
+
+def _prune_all(conf, args, emit, progress):
     failures = 0
     results = []
     verified = {}
-    for cache in conf["caches"]:
-        if args.cache and cache["name"] not in args.cache:
-            continue
-        if cache.get("format") == "external":
-            continue  # owned by a daemon or tool: neither pruned by file nor re-permissioned
+    todo = [
+        c
+        for c in conf["caches"]
+        # external: owned by a daemon or tool, neither pruned by file nor re-permissioned
+        if not (args.cache and c["name"] not in args.cache) and c.get("format") != "external"
+    ]
+    freed = 0
+    for i, cache in enumerate(todo):
+        progress.show("%d/%d caches, freed %s; %s" % (i, len(todo), human(freed), cache["name"]))
         try:
             st = os.lstat(cache["path"])
         except OSError:
@@ -251,6 +329,7 @@ def _prune_all(conf, args, emit):
             try:
                 line, res = prune_cache(cache, conf, args.dry_run)
                 results.append({"name": cache["name"], "prune": res})
+                freed += res.get("bytes", 0)
                 emit(line, error=bool(res["errors"]))
                 failures += bool(res["errors"])
             except Exception as exc:  # noqa: BLE001 - one broken cache must not stop the others
@@ -287,20 +366,8 @@ def _prune_all(conf, args, emit):
 # show-cache-info
 # ------------------------------------------------------------------------------------------
 def report_file_access(conf):
-    """(mode, gid) of the report files: 0640 root:<cache group> when a cache's mode denies
-    world-read (its units' names are its group's business), 0600 if that group is unknown,
-    else 0644 (gid None: root's)."""
-    private = False
-    for cache in conf.get("caches") or []:
-        mode = cache.get("mode")
-        if mode is not None and not parse_mode(str(mode), "mode") & 0o004:
-            private = True
-    if not private:
-        return 0o644, None
-    try:
-        return 0o640, grp.getgrnam(conf["group"]).gr_gid
-    except (KeyError, TypeError):
-        return 0o600, None
+    """(mode, gid) of the report files for this configuration (``_render.report_file_access``)."""
+    return _render.report_file_access(conf.get("caches"), conf.get("group"))
 
 
 def report_main(config_path, argv=None):
@@ -330,10 +397,35 @@ def _report(args):
             )
             return 1
         sys.stdout.write(
-            json.dumps(report, indent=2, sort_keys=True) + "\n" if args.json else _usage.render_table(report)
+            json.dumps(report, indent=2, sort_keys=True) + "\n" if args.json else _render.render_table(report)
         )
         return 0
-    history = _usage.read_history(out["history"], out.get("history_keep", 2000))
+    history = _render.read_history(out["history"], out.get("history_keep", 2000))
+    progress = Progress("show-cache-info", enabled=not args.quiet)
+    total = [0]
+
+    def step(done, count, result):
+        total[0] += result["bytes"]
+        progress.show("%d/%d caches, %s; %s done" % (done, count, humanize(total[0]), result["name"]))
+
+    progress.show("measuring %d caches" % len(conf["caches"]))
+    try:
+        report = _measure(conf, history, step)
+    finally:
+        progress.clear()
+    if args.write:
+        _render.write_outputs(report, out, history, report_file_access(conf))
+    if args.quiet:
+        return 0
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(_render.render_table(report))
+    return 0
+
+
+def _measure(conf, history, progress):
+    """The report of the configured caches, with the status the admin asks for next."""
     report = _usage.build_report(
         conf["caches"],
         root=conf.get("root"),
@@ -346,23 +438,15 @@ def _report(args):
         workers=conf.get("workers") or None,
         size_hints=history[-1].get("caches") if history else None,
         last_seconds=history[-1].get("seconds") if history else None,
+        owners_top=conf.get("owners_top", 10),
+        progress=progress,
     )
-    report["history_entry"] = _usage.history_entry(report)
-    if args.write:
-        mode, gid = report_file_access(conf)
-        write_atomic(out["json"], json.dumps(report, indent=2, sort_keys=True) + "\n", mode=mode, gid=gid)
-        _usage.append_history(
-            out["history"], report["history_entry"], out.get("history_keep", 2000), mode=mode, gid=gid
-        )
-        if out.get("prometheus"):
-            write_atomic(out["prometheus"], _usage.render_prometheus(report), mode=mode, gid=gid)
-        if out.get("html"):
-            page = _usage.render_html(report, history, title=out.get("title", "Shared cache report"))
-            write_atomic(out["html"], page, mode=mode, gid=gid)
-    if args.quiet:
-        return 0
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write(_usage.render_table(report))
-    return 0
+    _usage.add_status(
+        report,
+        group=conf.get("group"),
+        prune_state=conf.get("prune_state", _usage.PRUNE_STATE),
+        doctor_status=conf.get("doctor_status", _usage.DOCTOR_STATUS),
+        verify_summary=conf.get("verify_summary", _usage.VERIFY_SUMMARY),
+    )
+    report["history_entry"] = _render.history_entry(report)
+    return report

@@ -34,7 +34,7 @@ def default_workers(n_jobs, limit=None):
     return max(1, n)
 
 
-def forked_map(func, jobs, workers):
+def forked_map(func, jobs, workers, on_result=None):
     """``[func(job) for job in jobs]`` in ``workers`` forked processes, results in job order.
 
     Jobs are handed out one at a time (a worker that finishes early takes the next), so
@@ -43,11 +43,12 @@ def forked_map(func, jobs, workers):
     when worker processes cannot be made here (no fork, no /dev/shm semaphores, process limit)
     or one died (killed, out of memory): the caller then runs the jobs itself, so ``func``
     must be safe to run again for a job. (concurrent.futures notices a dead worker;
-    multiprocessing.Pool would wait for its result forever.)
+    multiprocessing.Pool would wait for its result forever.) ``on_result(index, result)``, when
+    given, is called in this process as each job finishes (a progress display).
     """
     try:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
 
         ctx = multiprocessing.get_context("fork")
@@ -55,6 +56,13 @@ def forked_map(func, jobs, workers):
         return None
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            return list(pool.map(func, jobs))
+            if on_result is None:
+                return list(pool.map(func, jobs))
+            futures = {pool.submit(func, job): i for i, job in enumerate(jobs)}
+            results = [None] * len(jobs)
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                on_result(futures[future], results[futures[future]])
+            return results
     except (OSError, BrokenProcessPool):
         return None

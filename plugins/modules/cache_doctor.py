@@ -141,10 +141,25 @@ options:
     description: The proc filesystem scanned for a cron daemon.
     type: path
     default: /proc
+  verify_summary:
+    description:
+      - The summary the last verify wrote (C(cache_verify), root's). The C(verify) check (host only)
+        fails for every cache with corrupt units, with the command that quarantines them; with no
+        summary yet it passes with a note. Empty to skip.
+    type: path
+    default: /var/lib/mlinfra-shared-cache/verify/summary.json
+  status_file:
+    description:
+      - Where to record this run's result (time, number of checks, failed checks with their fixes)
+        for the report (C(show-cache-info) shows the doctor's last status). Host only, as root,
+        not in check mode; written atomically, C(0600), in a root-only directory it creates.
+        Empty (default) records nothing; C(playbooks/doctor.yml) records to
+        C(/var/lib/mlinfra-shared-cache/doctor/status.json).
+    type: path
 attributes:
   check_mode:
     support: full
-    description: The probe, the only check that writes (and removes) a file, is skipped.
+    description: The probe, the only check that writes (and removes) a file, is skipped; O(status_file) is not written.
   diff_mode:
     support: none
     description: The module changes nothing to show a diff of.
@@ -183,7 +198,7 @@ checks:
     check:
       description:
         - Check name (mount, layout, env, root_env, hf_home, probe, curated, apt, free_space, pip,
-          huggingface_hub, group).
+          huggingface_hub, group, scheduler, ownership, verify).
       type: str
     target:
       description: What was checked, a path, a variable or an interpreter.
@@ -208,6 +223,10 @@ trust:
   type: list
   elements: str
   sample: ["cargo (code, credentials): members can place code that other members run ..."]
+recorded:
+  description: The O(status_file) written, or null.
+  returned: always
+  type: str
 lines:
   description: One line per failed check, with its fix.
   returned: always
@@ -219,14 +238,22 @@ lines:
 import errno
 import glob
 import grp
+import json
 import os
 import pwd
 import re
 import secrets
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import human, mountinfo, read_trusted_json
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    human,
+    mountinfo,
+    open_private_dir,
+    read_trusted_json,
+    write_atomic,
+)
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
     ParamError,
     is_within,
@@ -389,6 +416,76 @@ class Doctor:
                 "as its owner, once you know it may be shared: chgrp -R %s %s; or take the whole tree over: "
                 "make site ANSIBLE_ARGS='-e cache_layout_adopt=true'" % (self.p["group"], first),
             )
+
+    # -- verify (cache_verify's summary) --------------------------------------------------------
+    def check_verify(self):
+        """Corrupt units the last verify found: one failed line per cache, the quarantine command as fix."""
+        path = self.p["verify_summary"]
+        if self.p["context"] != "host" or not path:
+            return
+        try:
+            summary = read_trusted_json(path)
+        except FileNotFoundError:
+            self.add(
+                "verify",
+                path,
+                True,
+                "no verify has run yet (it checks cached files against their checksums): "
+                "ansible-playbook playbooks/verify.yml",
+            )
+            return
+        except (OSError, ValueError) as exc:
+            self.add("verify", path, None, "summary not read: %s" % exc)
+            return
+        caches = summary.get("caches") if isinstance(summary, dict) else None
+        if not isinstance(caches, dict):
+            self.add("verify", path, None, "summary without caches: skipped")
+            return
+        bad = False
+        for name in sorted(caches):
+            entry = caches[name] if isinstance(caches[name], dict) else {}
+            corrupt = entry.get("corrupt") if isinstance(entry.get("corrupt"), int) else 0
+            if corrupt <= 0:
+                continue
+            bad = True
+            sample = [s.get("path") for s in entry.get("corrupt_sample") or [] if isinstance(s, dict)][:3]
+            self.add(
+                "verify",
+                name,
+                False,
+                "cache %s: %d corrupt unit(s) (%s), content that does not match its checksum%s"
+                % (
+                    name,
+                    corrupt,
+                    human(entry.get("corrupt_bytes") or 0),
+                    ", e.g. %s" % ", ".join(str(x) for x in sample) if sample else "",
+                ),
+                "ansible-playbook playbooks/verify.yml -e cache_verify_quarantine=true",
+            )
+        if not bad:
+            total = sum(c.get("verified") or 0 for c in caches.values() if isinstance(c, dict))
+            self.add("verify", path, True, "no corrupt unit at the last verify (%d verified)" % total)
+
+    def record(self, failed, lines):
+        """Write this run's result to ``status_file`` for the report; the path written or None."""
+        path = self.p["status_file"]
+        if not path or self.p["context"] != "host" or self.module.check_mode or os.geteuid() != 0:
+            return None
+        directory = os.path.dirname(path)
+        try:
+            os.close(open_private_dir(directory))
+            status = {
+                "version": 1,
+                "time": time.time(),
+                "checks": len([c for c in self.checks if c["ok"] is not None]),
+                "problems": len(failed),
+                "lines": lines,
+            }
+            write_atomic(path, json.dumps(status, indent=2, sort_keys=True) + "\n", mode=0o600)
+        except OSError as exc:
+            self.module.warn("doctor status not recorded in %s: %s" % (path, exc))
+            return None
+        return path
 
     def check_dirs(self, gid):
         mounts = self.mount_points() if self.p["context"] == "container" else None
@@ -1001,6 +1098,7 @@ class Doctor:
         self.check_tools()
         self.check_scheduler()
         self.check_ownership()
+        self.check_verify()
         failed = [c for c in self.checks if c["ok"] is False]
         lines = ["FAIL %s %s: %s; fix: %s" % (c["check"], c["target"], c["msg"], c["fix"]) for c in failed]
         return failed, lines
@@ -1030,6 +1128,8 @@ def main():
             systemd_dir=dict(type="path", default="/etc/systemd/system"),
             systemd_run_dir=dict(type="path", default="/run/systemd/system"),
             proc=dict(type="path", default="/proc"),
+            verify_summary=dict(type="path", default="/var/lib/mlinfra-shared-cache/verify/summary.json"),
+            status_file=dict(type="path"),
         ),
         required_if=[("env_source", "file", ["env_file"])],
         supports_check_mode=True,
@@ -1058,7 +1158,15 @@ def main():
         module.fail_json(msg=str(exc))
     doctor = Doctor(module)
     failed, lines = doctor.run()
-    result = dict(changed=False, checks=doctor.checks, problems=len(failed), lines=lines, trust=doctor.trust_lines())
+    recorded = doctor.record(failed, lines)
+    result = dict(
+        changed=False,
+        checks=doctor.checks,
+        problems=len(failed),
+        lines=lines,
+        trust=doctor.trust_lines(),
+        recorded=recorded,
+    )
     if failed and p["fail_on_problem"]:
         module.fail_json(msg="%d problem(s):\n%s" % (len(failed), "\n".join(lines)), **result)
     module.exit_json(**result)

@@ -23,10 +23,17 @@ description:
   - Unreadable subtrees are counted and named in the result (and warned about), never fatal. A
     missing cache is reported with C(exists=false). A cache path with a symbolic link in it is
     not walked and is reported with an C(error).
-  - Read-only. It changes nothing, so check mode runs it as usual.
+  - Per cache, the bytes each user owns (RV(caches[].owners), counted in the same walk), the last
+    run of the nightly prune and what it freed, the last verify's verified, corrupt and
+    unverifiable units; the doctor's last result and the members of the cache group (O(group)).
+    These come from files root's jobs write; they are read only when root owns them and nobody
+    else can change them or the directories above them.
+  - Without O(outputs) it only reads, so check mode runs it as usual.
   - Optionally renders the report as the human table of C(show-cache-info), as Prometheus
-    node_exporter textfile metrics and as a self-contained HTML page (see O(render)); writing
-    them is left to the caller (the C(mlinfra.shared_cache.cache_report) role).
+    node_exporter textfile metrics and as a self-contained HTML page (see O(render)).
+  - With O(outputs) it writes the report files with the very code C(show-cache-info --write)
+    runs (the C(mlinfra.shared_cache.cache_report) role uses it), each file atomically, the
+    history trimmed to O(history_limit) entries.
 options:
   caches:
     description:
@@ -107,13 +114,61 @@ options:
     description: Title of the HTML page.
     type: str
     default: Shared cache report
+  owners_top:
+    description:
+      - Owners listed per cache in RV(caches[].owners) (and the C(shared_cache_owner_bytes) metric),
+        largest first; the rest are summed as owner C(other).
+    type: int
+    default: 10
+  group:
+    description:
+      - The cache group; its members (member list and users whose primary group it is) are
+        returned in RV(group), and report files are made readable by it alone when a cache's
+        mode denies world-read.
+    type: str
+  prune_state:
+    description: The state file of the nightly prune (C(mlinfra-cache-prune)); empty to skip.
+    type: path
+    default: /var/lib/mlinfra-shared-cache/prune/state.json
+  doctor_status:
+    description:
+      - The last result the doctor recorded (O(mlinfra.shared_cache.cache_doctor#module:status_file)); empty to skip.
+    type: path
+    default: /var/lib/mlinfra-shared-cache/doctor/status.json
+  verify_summary:
+    description: The summary the last verify wrote (C(cache_verify)); empty to skip.
+    type: path
+    default: /var/lib/mlinfra-shared-cache/verify/summary.json
+  outputs:
+    description:
+      - Report files to write; each key is optional but C(json). C(json) is the report,
+        C(history) the JSON-lines history (this report appended, trimmed to O(history_limit)
+        entries), C(prometheus) the node_exporter textfile, C(html) the page.
+      - The files are C(0640 root:)O(group) when a cache of O(caches) has a mode without
+        world-read, else C(0644); each is written atomically in a directory that must be root's
+        own. They change on every run (new figures), so the task reports changed.
+    type: dict
+    suboptions:
+      json:
+        description: Path of the report as JSON.
+        type: path
+        required: true
+      history:
+        description: Path of the JSON-lines history.
+        type: path
+      prometheus:
+        description: Path of the textfile metrics.
+        type: path
+      html:
+        description: Path of the HTML page.
+        type: path
 attributes:
   check_mode:
     support: full
-    description: The module only reads; it runs the same in check mode.
+    description: It measures as usual; with O(outputs) it reports what it would write and writes nothing.
   diff_mode:
     support: none
-    description: Nothing is changed, so there is nothing to diff.
+    description: The written files hold new figures each time; there is no useful diff.
   platform:
     support: full
     platforms: posix
@@ -142,6 +197,16 @@ EXAMPLES = r"""
   ansible.builtin.assert:
     that: not cache_usage.filesystem.critical
     fail_msg: "{{ cache_usage.filesystem.path }} is {{ cache_usage.filesystem.percent }}% full"
+
+- name: Measure and write the report files, as show-cache-info --write does
+  mlinfra.shared_cache.cache_report:
+    caches: "{{ shared_cache_catalog }}"
+    root: "{{ shared_cache_root }}"
+    group: "{{ shared_cache_group }}"
+    outputs:
+      json: /var/lib/mlinfra-shared-cache/report/report.json
+      history: /var/lib/mlinfra-shared-cache/report/history.jsonl
+      html: /var/lib/mlinfra-shared-cache/report/index.html
 
 - name: One directory, Prometheus metrics only
   mlinfra.shared_cache.cache_report:
@@ -248,9 +313,45 @@ caches:
           instead (e.g. cargo crates aged by file times, an npm index bucket kept unread).
       type: list
       elements: str
+    owners:
+      description:
+        - Bytes on disk per owner (uid), the O(owners_top) largest first by user name (the uid as
+          text when it has none), then C(other) (uid null) for the rest; they add up to C(bytes).
+      type: list
+      sample: [{owner: alice, uid: 1001, bytes: 440475648}, {owner: other, uid: null, bytes: 4096}]
+    last_prune:
+      description: The last nightly prune of the cache (C(time), C(freed_bytes), C(units), C(files), C(errors)) or null.
+      type: dict
+    verify:
+      description:
+        - The last verify of the cache (C(verified), C(corrupt), C(unverifiable) units and their
+          C(_bytes), C(skipped_busy), C(corrupt_sample)) or null when none was recorded.
+      type: dict
     seconds:
       description: Time spent walking this cache.
       type: float
+group:
+  description: The cache group (C(name), C(gid), C(members)), or null without O(group) or when it does not exist.
+  returned: always
+  type: dict
+doctor:
+  description: The doctor's last result (C(time), C(problems), C(checks), C(lines)), or null when none was recorded.
+  returned: always
+  type: dict
+verify:
+  description: When the last verify ran (C(time), C(path)), or null.
+  returned: always
+  type: dict
+status_errors:
+  description: State files (prune, doctor, verify) that exist but were refused or unreadable, with why.
+  returned: always
+  type: list
+  elements: str
+written:
+  description: The files written (O(outputs)); empty in check mode.
+  returned: always
+  type: list
+  elements: str
 categories:
   description: Per category (C(ml-models), C(packages), C(languages), C(other)) bytes, files and cache names.
   returned: always
@@ -316,15 +417,20 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import AGE_BY, FORMATS
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError, normalize_abs_path
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._usage import (
-    CATEGORY_TITLES,
-    build_report,
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._render import (
     foreign_note,
     history_entry,
     read_history,
     render_html,
     render_prometheus,
     render_table,
+    report_file_access,
+    write_outputs,
+)
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._usage import (
+    CATEGORY_TITLES,
+    add_status,
+    build_report,
 )
 
 CATEGORIES = tuple(k for k, _t in CATEGORY_TITLES)
@@ -371,6 +477,7 @@ def _caches(raw, root):
                 "description": str(item.get("description") or name),
                 "writers": item.get("writers") or None,  # a curated cache: the group that alone writes it
                 "age_by": age_by,
+                "mode": item.get("mode"),
             }
         )
     return out
@@ -392,6 +499,20 @@ def main():
             history_file=dict(type="path"),
             history_limit=dict(type="int", default=2000),
             title=dict(type="str", default="Shared cache report"),
+            owners_top=dict(type="int", default=10),
+            group=dict(type="str"),
+            prune_state=dict(type="path", default="/var/lib/mlinfra-shared-cache/prune/state.json"),
+            doctor_status=dict(type="path", default="/var/lib/mlinfra-shared-cache/doctor/status.json"),
+            verify_summary=dict(type="path", default="/var/lib/mlinfra-shared-cache/verify/summary.json"),
+            outputs=dict(
+                type="dict",
+                options=dict(
+                    json=dict(type="path", required=True),
+                    history=dict(type="path"),
+                    prometheus=dict(type="path"),
+                    html=dict(type="path"),
+                ),
+            ),
         ),
         supports_check_mode=True,
     )
@@ -414,6 +535,8 @@ def main():
             raise ParamError("max_units: must be 0 (no limit) or more, got %d" % p["max_units"])
         if p["history_limit"] < 0:
             raise ParamError("history_limit: must be 0 or more")
+        if p["owners_top"] < 0:
+            raise ParamError("owners_top: must be 0 or more, got %d" % p["owners_top"])
     except ParamError as exc:
         module.fail_json(msg=str(exc))
 
@@ -435,7 +558,19 @@ def main():
         size_hints=(history[-1].get("caches") if history else None),
         last_seconds=(history[-1].get("seconds") if history else None),
         max_units=p["max_units"],
+        owners_top=p["owners_top"],
     )
+    add_status(
+        report,
+        group=p["group"],
+        prune_state=p["prune_state"],
+        doctor_status=p["doctor_status"],
+        verify_summary=p["verify_summary"],
+    )
+    for err in report["status_errors"]:
+        module.warn("not read: %s" % err)
+    if report["group"] is None and p["group"]:
+        module.warn("group %s does not exist here: no members to show" % p["group"])
     for r in report["caches"]:
         if r["error"]:
             module.warn("cache %s not measured: %s" % (r["name"], r["error"]))
@@ -469,7 +604,15 @@ def main():
     missing = [r["name"] for r in report["caches"] if not r["exists"]]
     if missing and len(missing) == len(report["caches"]):
         module.warn("none of the caches exists yet: %s" % ", ".join(missing))
-    module.exit_json(changed=False, **report)
+    written = []
+    if p["outputs"]:
+        outputs = dict(p["outputs"], history_keep=p["history_limit"], title=p["title"])
+        if not module.check_mode:
+            try:
+                written = write_outputs(report, outputs, history, report_file_access(caches, p["group"]))
+            except OSError as exc:
+                module.fail_json(msg="report files not written: %s" % exc, **report)
+    module.exit_json(changed=bool(p["outputs"]), written=written, **report)
 
 
 if __name__ == "__main__":

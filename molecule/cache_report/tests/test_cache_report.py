@@ -42,6 +42,17 @@ def test_figures_equal_du(host, report):
     assert report["filesystem"]["size"] > 0 and "warning" in report["filesystem"]
 
 
+def test_bytes_per_owner_and_status(report):
+    """The same walk counts bytes per owner (root wrote the prepared tree); no prune, doctor or
+    verify has recorded anything yet, and the report says so rather than inventing it."""
+    for c in report["caches"]:
+        assert sum(o["bytes"] for o in c["owners"]) == c["bytes"], c["name"]
+    pip = [c for c in report["caches"] if c["name"] == "pip"][0]
+    assert pip["owners"] == [{"owner": "root", "uid": 0, "bytes": pip["bytes"]}]
+    assert pip["last_prune"] is None and pip["verify"] is None and report["doctor"] is None
+    assert report["status_errors"] == []
+
+
 def test_largest_units_in_format_terms(report):
     units = {(u["cache"], u["kind"]): u for u in report["largest_units"]}
     hf = units[("huggingface", "revision")]
@@ -74,7 +85,7 @@ class _Data(HTMLParser):
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.refs += [a[k] for k in ("src", "href") if k in a]
-        if tag == "tr" and "data-cache" in a and "data-unit" not in a:
+        if tag == "tr" and "data-cache" in a and "data-files" in a:  # the caches table
             self.rows[a["data-cache"]] = int(a["data-bytes"])
 
 

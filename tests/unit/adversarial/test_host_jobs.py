@@ -238,7 +238,7 @@ def test_the_installed_wrapper_runs_as_root_against_members(actors, arena, cache
 
 def test_a_stranger_measures_what_they_may_read_without_the_private_history(actors, arena):
     """show-cache-info as carol: the 0640 root:<group> history of a 2770 cache is simply not used."""
-    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _render
 
     state = os.path.join(arena, "state")
     os.mkdir(state, 0o755)
@@ -247,26 +247,5 @@ def test_a_stranger_measures_what_they_may_read_without_the_private_history(acto
         fh.write('{"t": 1, "caches": {"pip": 1}}\n')
     os.chown(hist, 0, actors.gid)
     os.chmod(hist, 0o640)
-    assert _as(actors.carol, _usage.read_history, hist) == 0
-    assert _as(actors.alice, _usage.read_history, hist) == 1
-
-
-def _as(actor, func, *args):
-    """len(func(*args)) computed in a forked child that runs as ``actor`` (the code is already
-    imported: the collection's temporary copy need not be readable by the member)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(r)
-            os.setgroups(actor.groups)
-            os.setgid(actor.gid)
-            os.setuid(actor.uid)
-            os.write(w, str(len(func(*args))).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    out = os.read(r, 100)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return int(out or b"-1")
+    assert actors.carol.call(_render.read_history, hist) == []
+    assert len(actors.alice.call(_render.read_history, hist)) == 1

@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _render, _usage
 
 NOW = time.time()
 DAY = 86400
@@ -313,11 +313,11 @@ def test_largest_units_in_format_terms(base):
 
 
 def test_humanize():
-    assert _usage.humanize(0) == "0B"
-    assert _usage.humanize(512) == "512B"
-    assert _usage.humanize(4096) == "4.0K"
-    assert _usage.humanize(int(2.5 * 1024**3)) == "2.5G"
-    assert _usage.humanize(500 * 1024**2) == "500M"
+    assert _render.humanize(0) == "0B"
+    assert _render.humanize(512) == "512B"
+    assert _render.humanize(4096) == "4.0K"
+    assert _render.humanize(int(2.5 * 1024**3)) == "2.5G"
+    assert _render.humanize(500 * 1024**2) == "500M"
 
 
 def test_table_like_the_seed(known, base):
@@ -328,13 +328,13 @@ def test_table_like_the_seed(known, base):
         ],
         root=base,
     )
-    text = _usage.render_table(rep)
+    text = _render.render_table(rep)
     assert "ML Models & Datasets:" in text and "Package Caches:" in text
     assert "Language-Specific:" not in text  # no cache in it
     line = [x for x in text.splitlines() if x.strip().startswith("huggingface")][0]
-    assert _usage.humanize(du(known, "-B1")) in line and " 5 " in line
+    assert _render.humanize(du(known, "-B1")) in line and " 5 " in line
     assert re.search(r"^  pip +- +missing", text, re.M)
-    assert "Total Cache Usage: %s (%d bytes" % (_usage.humanize(rep["totals"]["bytes"]), du(known, "-B1")) in text
+    assert "Total Cache Usage: %s (%d bytes" % (_render.humanize(rep["totals"]["bytes"]), du(known, "-B1")) in text
     assert "Filesystem %s:" % base in text
 
 
@@ -359,7 +359,7 @@ def test_prometheus_textfile_valid_and_equal(known, base):
         ],
         root=base,
     )
-    text = _usage.render_prometheus(rep)
+    text = _render.render_prometheus(rep)
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     s = _prom_samples(text)
@@ -373,21 +373,21 @@ def test_prometheus_textfile_valid_and_equal(known, base):
     assert s["shared_cache_report_timestamp_seconds"] == pytest.approx(rep["generated"])
     # written atomically: no temporary left, content complete
     target = os.path.join(base, "shared_cache.prom")
-    _usage.write_atomic(target, text)
+    _render.write_atomic(target, text)
     assert open(target).read() == text
     assert [n for n in os.listdir(base) if n.endswith(".tmp")] == []
 
 
 def test_history_append_trim_and_read(base):
     h = os.path.join(base, "history.jsonl")
-    assert _usage.read_history(h) == []
+    assert _render.read_history(h) == []
     for i in range(7):
-        _usage.append_history(h, {"t": 1000 + i, "total": i}, keep=5)
+        _render.append_history(h, {"t": 1000 + i, "total": i}, keep=5)
     with open(h, "a") as fh:
         fh.write('not json\n{"no": "t"}\n')
-    got = _usage.read_history(h)
+    got = _render.read_history(h)
     assert [e["t"] for e in got] == [1002, 1003, 1004, 1005, 1006]
-    assert _usage.read_history(h, limit=2)[0]["t"] == 1005
+    assert _render.read_history(h, limit=2)[0]["t"] == 1005
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,11 +483,11 @@ def _report_with_history(base, known):
 
 def test_html_figures_match_the_report(base, known):
     rep, history = _report_with_history(base, known)
-    page = _usage.render_html(rep, history)
+    page = _render.render_html(rep, history)
     p = _Rows()
     p.feed(page)
     assert "script" not in p.tags and p.urls == [], "the page must be self-contained"
-    rows = {a["data-cache"]: a for t, a in p.items if t == "tr" and "data-unit" not in a and "data-cache" in a}
+    rows = {a["data-cache"]: a for t, a in p.items if t == "tr" and "data-cache" in a and "data-files" in a}
     for c in rep["caches"]:
         assert int(rows[c["name"]]["data-bytes"]) == c["bytes"] == du(c["path"], "-B1")
         assert int(rows[c["name"]]["data-files"]) == c["files"]
@@ -500,7 +500,7 @@ def test_html_figures_match_the_report(base, known):
     assert int(total["data-bytes"]) == rep["totals"]["bytes"]
     growth = [a for t, a in p.items if a.get("id") == "growth"][0]
     assert int(growth["data-points"]) == len(history) + 1
-    assert _usage.humanize(rep["totals"]["bytes"]) in page
+    assert _render.humanize(rep["totals"]["bytes"]) in page
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium) - page not rendered")
@@ -508,7 +508,7 @@ def test_html_renders_in_chromium(base, known):
     rep, history = _report_with_history(base, known)
     page = os.path.join(base, "report.html")
     with open(page, "w", encoding="utf-8") as fh:
-        fh.write(_usage.render_html(rep, history))
+        fh.write(_render.render_html(rep, history))
     shot = os.path.join(base, "shot.png")
     profile = tempfile.mkdtemp(prefix="cr-chromium-")
     try:
@@ -545,7 +545,7 @@ def test_html_renders_in_chromium(base, known):
     assert white < total * 0.97, "the screenshot is blank"
     assert len(colors) > 20, "too few colours: nothing was drawn"
     # the category colours of the bars and the growth line are on screen
-    for hexcolor in (_usage.COLORS["ml-models"], _usage.COLORS["packages"], "#e15759"):
+    for hexcolor in (_render.COLORS["ml-models"], _render.COLORS["packages"], "#e15759"):
         rgb = bytes.fromhex(hexcolor[1:])
         assert colors.get(rgb, 0) > 20, "%s not drawn" % hexcolor
 
@@ -580,4 +580,4 @@ def test_workers_follow_the_last_report_duration(base, known):
     slow = _usage.build_report(caches, last_seconds=30.0)
     assert slow["workers"] == _usage.default_workers(2)
     assert [c["bytes"] for c in quick["caches"]] == [c["bytes"] for c in slow["caches"]]
-    assert _usage.history_entry(slow)["seconds"] == slow["seconds"]
+    assert _render.history_entry(slow)["seconds"] == slow["seconds"]

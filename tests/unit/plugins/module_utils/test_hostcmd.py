@@ -210,22 +210,30 @@ def test_report_file_access():
     assert _hostcmd.report_file_access({"caches": caches, "group": "no-such-group-x"}) == (0o600, None)
 
 
-def report_config(tmp_path, mode):
+def report_config(tmp_path, mode, history_keep=2000, workers=1, extra_cache=False):
     group = grp.getgrgid(os.getgid()).gr_name
     write(tmp_path / "cache" / "hf" / "models--x" / "blob", b"x" * 100)
     state = tmp_path / "state"
     state.mkdir(mode=0o755)
+    caches = [{"name": "hf", "path": str(tmp_path / "cache" / "hf"), "format": "generic", "mode": mode}]
+    if extra_cache:
+        write(tmp_path / "cache" / "pip" / "x", b"x" * 100)
+        caches.append({"name": "pip", "path": str(tmp_path / "cache" / "pip"), "format": "pip", "mode": mode})
     conf = {
         "root": str(tmp_path / "cache"),
         "group": group,
-        "caches": [{"name": "hf", "path": str(tmp_path / "cache" / "hf"), "format": "generic", "mode": mode}],
+        "caches": caches,
         "outputs": {
             "json": str(state / "report.json"),
             "history": str(state / "history.jsonl"),
+            "history_keep": history_keep,
             "prometheus": str(state / "shared_cache.prom"),
             "html": str(state / "index.html"),
         },
-        "workers": 1,
+        "workers": workers,
+        "prune_state": str(tmp_path / "no-prune-state.json"),
+        "doctor_status": str(tmp_path / "no-doctor-status.json"),
+        "verify_summary": str(tmp_path / "no-verify-summary.json"),
     }
     path = tmp_path / "report.json"
     path.write_text(json.dumps(conf))
@@ -268,11 +276,76 @@ def test_table_prints_foreign_counts_when_present(tmp_path, capsys):
     conf, _state = report_config(tmp_path, "2775")
     assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 0
     report = json.loads((tmp_path / "state" / "report.json").read_text())
-    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _render
 
-    assert "not the cache's" not in _usage.render_table(report)
+    assert "not the cache's" not in _render.render_table(report)
     report["caches"][0]["foreign"] = {"count": 3, "bytes": 4096, "sample": ["a"]}
-    assert "(3 entries not the cache's (another group; not counted, not entered), e.g. a" in _usage.render_table(report)
+    assert "(3 entries not the cache's (another group; not counted, not entered), e.g. a" in _render.render_table(
+        report
+    )
+
+
+def test_show_cache_info_trims_the_history(tmp_path):
+    conf, state = report_config(tmp_path, "2775", history_keep=2)
+    for _run in range(4):
+        assert _hostcmd.report_main(conf, ["--write", "--quiet"]) == 0
+    assert len((state / "history.jsonl").read_text().splitlines()) == 2
+
+
+# -- progress: on a terminal only --------------------------------------------------------------
+def _run_on_pty(argv):
+    """Run ``argv`` with stderr on a pseudo-terminal, stdout on a pipe; (rc, stdout, terminal text)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out = proc.stdout.read()
+    proc.stdout.close()
+    os.close(master)
+    return proc.wait(), out.decode(), seen.decode()
+
+
+def _wrapper(tmp_path, template, var, conf):
+    text = render(template, host_lib_dir=str(Path(_hostcmd.__file__).parents[5]), **{var: conf})
+    script = tmp_path / "cmd"
+    script.write_text(text)
+    return [sys.executable, "-I", str(script)]
+
+
+def test_show_cache_info_shows_progress_on_a_terminal_only(tmp_path):
+    conf, _state = report_config(tmp_path, "2775", workers=2, extra_cache=True)
+    cmd = _wrapper(tmp_path, "roles/cache_report/templates/show-cache-info.j2", "cache_report_config_path", conf)
+    rc, out, tty = _run_on_pty(cmd + ["--write"])
+    assert rc == 0 and "Total Cache Usage" in out
+    assert "show-cache-info: 2/2 caches" in tty and "\r\x1b[K" in tty, tty
+    assert tty.endswith("\r\x1b[K")  # the line is erased before the table
+    run = subprocess.run(cmd + ["--write"], capture_output=True, text=True, check=False)  # cron, systemd: a pipe
+    assert run.returncode == 0 and run.stderr == "" and "Total Cache Usage" in run.stdout
+    rc, out, tty = _run_on_pty(cmd + ["--write", "--quiet"])
+    assert (rc, out, tty) == (0, "", "")
+
+
+@ROOT_ONLY
+def test_prune_shows_progress_on_a_terminal_only(tmp_path):
+    conf = prune_config(tmp_path, [generic(tmp_path, max_age="1d"), generic(tmp_path, "other", max_age="1d")])
+    cmd = _wrapper(tmp_path, "roles/cache_prune/templates/mlinfra-cache-prune.j2", "cache_prune_config_path", conf)
+    rc, out, tty = _run_on_pty(cmd + ["--no-permissions"])
+    assert rc == 0 and "cache_prune misc format=generic" in out
+    assert "mlinfra-cache-prune: 1/2 caches, freed 4.0KiB; other" in tty, tty
+    (tmp_path / "cache" / "misc" / "old").mkdir(exist_ok=True)
+    write(tmp_path / "cache" / "misc" / "old" / "f.bin", b"o" * 4096, age_days=200)
+    run = subprocess.run(cmd + ["--no-permissions"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and run.stderr == "" and "cache_prune misc" in run.stdout
 
 
 # -- the installed wrappers and what host_lib ships -------------------------------------------

@@ -156,3 +156,41 @@ def test_a_curated_cache_reports_its_writers(capsys, root):
     caches[0]["writers"] = "cache-writers"
     by = {c["name"]: c for c in run_module(capsys, caches=caches, root=root)["caches"]}
     assert by["huggingface"]["writers"] == "cache-writers" and by["pip"]["writers"] is None
+
+
+def test_the_module_writes_with_the_one_writer_and_trims_the_history(capsys, tmp_path, root):
+    """outputs: the files show-cache-info --write makes, the history kept at history_limit entries."""
+    out = tmp_path / "report"
+    out.mkdir(mode=0o755)
+    outputs = {
+        "json": str(out / "report.json"),
+        "history": str(out / "history.jsonl"),
+        "prometheus": str(out / "shared_cache.prom"),
+        "html": str(out / "index.html"),
+    }
+    args = dict(caches=catalog(root), root=root, workers=1, outputs=outputs, history_limit=3)
+    res = run_module(capsys, check=True, **args)
+    assert res["changed"] is True and res["written"] == [] and os.listdir(out) == []  # check mode: nothing
+    for i in range(5):
+        res = run_module(capsys, history_file=outputs["history"], **args)
+        assert res["changed"] is True
+        assert res["written"] == [outputs["json"], outputs["history"], outputs["prometheus"], outputs["html"]]
+        lines = (out / "history.jsonl").read_text().splitlines()
+        assert len(lines) == min(i + 1, 3), lines
+    kept = json.loads((out / "report.json").read_text())
+    assert kept["totals"] == res["totals"] and "table" not in kept and "invocation" not in kept
+    assert json.loads(lines[-1]) == res["history_entry"]
+    assert (out / "shared_cache.prom").read_text().startswith("# HELP shared_cache_")
+    assert 'id="growth"' in (out / "index.html").read_text()
+    assert sorted(os.listdir(out)) == ["history.jsonl", "index.html", "report.json", "shared_cache.prom"]
+
+
+def test_the_role_writes_through_the_module_only():
+    """No copy/lineinfile of report files in the role: the module (the one writer) writes them."""
+    import yaml
+
+    base = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "roles", "cache_report", "tasks")
+    tasks = yaml.safe_load(open(os.path.join(base, "report.yml"), encoding="utf-8"))
+    modules = [next(k for k in t if "." in k) for t in tasks]
+    assert modules == ["mlinfra.shared_cache.cache_report", "ansible.builtin.debug"]
+    assert tasks[0]["mlinfra.shared_cache.cache_report"]["outputs"] == "{{ cache_report_outputs }}"

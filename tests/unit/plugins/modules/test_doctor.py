@@ -47,7 +47,7 @@ COMMANDS = (
     "unset",
     "export",
 )
-COMMANDS += ("bash", "apt-config", "apt-get", "systemctl", "/usr/local/sbin/mlinfra-cache-prune")
+COMMANDS += ("bash", "apt-config", "apt-get", "systemctl", "/usr/local/sbin/mlinfra-cache-prune", "ansible-playbook")
 
 
 def pasteable(fix):
