@@ -205,9 +205,12 @@ permissions_fixed:
   type: int
 """
 
+import errno
+import grp
 import hashlib
 import json
 import os
+import pwd
 import re
 import stat
 import sys
@@ -252,6 +255,99 @@ def url_secrets(url):
     if parts.username:
         return [parts.username]  # a token given as the user name (__token__-less indexes)
     return []
+
+
+def _who():
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return "uid %d" % os.geteuid()
+
+
+def _owner_mode(path):
+    """``drwx------ root:root`` for a message."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "unreadable"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return "%s %s:%s" % (stat.filemode(st.st_mode), owner, group)
+
+
+def exec_problem(path):
+    """Why this process cannot run the program ``path``, or None when it can.
+
+    Walks the path the way exec does (symlinks followed, each directory searched as this user) and
+    names the first step that fails: a directory the user cannot enter (a virtualenv whose Python
+    lives in an admin's pyenv under /root), a missing file, a file without execute permission.
+    """
+    parts = os.path.abspath(path).split("/")[1:]
+    cur = "/"
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            cur = os.path.dirname(cur)
+            continue
+        if not os.access(cur, os.X_OK):
+            return "permission denied: %s cannot enter %s (%s)" % (_who(), cur, _owner_mode(cur))
+        nxt = os.path.join(cur, name)
+        try:
+            st = os.lstat(nxt)
+        except FileNotFoundError:
+            return "%s does not exist" % nxt
+        except OSError as exc:
+            return "%s: %s" % (nxt, exc.strerror)
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 40:
+                return "%s: too many levels of symbolic links" % path
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                cur = "/"
+            parts = target.split("/") + parts
+            continue
+        cur = nxt
+    if not os.access(cur, os.X_OK):
+        return "permission denied: %s cannot execute %s (%s)" % (_who(), cur, _owner_mode(cur))
+    return None
+
+
+def check_program(path, what):
+    """Raise PrefetchError naming the cause when this user cannot run ``path``."""
+    problem = exec_problem(path)
+    if problem:
+        raise PrefetchError(
+            "cannot run %s %s as %s: %s%s"
+            % (
+                what,
+                path,
+                _who(),
+                problem,
+                "; a virtualenv must be built from a Python every user can run (the system's"
+                " /usr/bin/python3): remove it and rerun (the cache_prefetch role rebuilds it)"
+                if "python" in what
+                else "",
+            )
+        )
+
+
+def run_tool(module, cmd, what, **kwargs):
+    """module.run_command, with a failure to start the program (EACCES = 13, ENOENT) named."""
+    try:
+        return module.run_command(cmd, handle_exceptions=False, **kwargs)
+    except OSError as exc:
+        cause = exec_problem(cmd[0]) or "%s (%s)" % (exc.strerror, errno.errorcode.get(exc.errno, exc.errno))
+        raise PrefetchError("cannot start %s (%s) as %s: %s" % (what, cmd[0], _who(), cause)) from None
 
 
 def ensure_dir(path, mode):
@@ -415,6 +511,7 @@ def tool_env(p, var):
 
 def pip_prefetch(module, p):
     python = p["executable"] or sys.executable
+    check_program(python, "the python of executable=")
     base = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     env = tool_env(p, "PIP_INDEX_URL")
     with tempfile.TemporaryDirectory(prefix="cache-prefetch-") as tmp:
@@ -423,7 +520,7 @@ def pip_prefetch(module, p):
         if p["python_version"] or p["platforms"]:
             cmd += ["--target", os.path.join(tmp, "target")]
         cmd += _pip_options(p) + ["--", p["name"]]
-        rc, out, err = module.run_command(cmd, cwd=tmp, environ_update=env)
+        rc, out, err = run_tool(module, cmd, "pip", cwd=tmp, environ_update=env)
         if rc != 0:
             raise PrefetchError("pip could not resolve %s: %s" % (p["name"], redact((err or out).strip()[-2000:])))
         with open(report, encoding="utf-8") as f:
@@ -437,7 +534,7 @@ def pip_prefetch(module, p):
     if module.check_mode:
         return True, dict(fetched=missing, cached=cached, files=wanted)
     cmd = base + ["download", "--no-cache-dir", "--dest", p["dest"]] + _pip_options(p) + ["--", p["name"]]
-    rc, out, err = module.run_command(cmd, cwd=p["dest"], environ_update=env)
+    rc, out, err = run_tool(module, cmd, "pip", cwd=p["dest"], environ_update=env)
     if rc != 0:
         raise PrefetchError("pip download %s failed: %s" % (p["name"], redact((err or out).strip()[-2000:])))
     present = set(os.listdir(p["dest"]))
@@ -520,14 +617,14 @@ def npm_prefetch(module, p):
             return False, dict(fetched=[], cached=keys)
         if module.check_mode:
             return True, dict(fetched=[p["name"]], cached=[])
-        rc, out, err = module.run_command([npm, "cache", "add", p["name"]] + opts, cwd=tmp, environ_update=env)
+        rc, out, err = run_tool(module, [npm, "cache", "add", p["name"]] + opts, "npm", cwd=tmp, environ_update=env)
         if rc != 0:
             raise PrefetchError("npm cache add %s failed: %s" % (p["name"], redact((err or out).strip()[-2000:])))
         return True, dict(fetched=_npm_tarballs(module, npm, opts, p["name"], tmp, env) or [p["name"]], cached=[])
 
 
 def _npm_tarballs(module, npm, opts, spec, cwd, env):
-    rc, out, err = module.run_command([npm, "cache", "ls", spec] + opts, cwd=cwd, environ_update=env)
+    rc, out, err = run_tool(module, [npm, "cache", "ls", spec] + opts, "npm", cwd=cwd, environ_update=env)
     if rc != 0:
         raise PrefetchError("npm cache ls %s failed: %s" % (spec, redact((err or out).strip()[-2000:])))
     return sorted(line.strip() for line in out.splitlines() if "/-/" in line and line.strip().endswith(".tgz"))
@@ -550,6 +647,11 @@ def _respawn_for(module, p):
         pass
     if has_respawned():
         return
+    if p["kind"] == "huggingface" and p["python"]:
+        try:
+            check_program(p["python"], "the python of python=")
+        except PrefetchError as exc:
+            module.fail_json(msg=str(exc))
     candidates = [p["python"]] if p["kind"] == "huggingface" and p["python"] else []
     if p["kind"] == "apt":
         candidates = ["/usr/bin/python3", "/usr/bin/python"]
