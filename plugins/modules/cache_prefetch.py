@@ -131,6 +131,16 @@ options:
         C(npm_config_registry), in the environment of the tool's process, readable only by the user
         running it and root. Its credentials are masked in everything the module returns.
     type: str
+  cache_dir:
+    description:
+      - O(kind=pip) - pip cache directory (C(PIP_CACHE_DIR)) the download goes through, so that pip's
+        HTTP cache (C(http-v2)) keeps the responses and users installing the same files from the same
+        index get them from there. pip prefers the index's file to the same file in the wheelhouse,
+        so the wheelhouse alone serves only what the index does not offer (offline, another platform).
+      - Responses are kept only when the index allows it (C(Cache-Control)) and is https or a trusted
+        host; C(mlinfra.shared_cache.cache_doctor) says when nothing is kept.
+      - Unset, the download uses no cache (C(--no-cache-dir)).
+    type: path
   dependencies:
     description:
       - O(kind=apt) - also fetch the packages that installing O(name) on this host would pull in.
@@ -153,11 +163,12 @@ EXAMPLES = r"""
     dest: /mnt/storage/cache/ml-models/huggingface/hub
     python: /opt/mlinfra/prefetch/bin/python
 
-- name: Wheels for the containers' Python into the wheelhouse
+- name: Wheels for the containers' Python into the wheelhouse (and pip's shared HTTP cache)
   mlinfra.shared_cache.cache_prefetch:
     kind: pip
     name: numpy==2.1.3
     dest: /mnt/storage/cache/pip/wheelhouse
+    cache_dir: /mnt/storage/cache/pip
     executable: /opt/mlinfra/prefetch/bin/python
     python_version: "3.11"
     platforms: [manylinux2014_x86_64]
@@ -514,9 +525,12 @@ def pip_prefetch(module, p):
     check_program(python, "the python of executable=")
     base = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     env = tool_env(p, "PIP_INDEX_URL")
+    # through the shared HTTP cache (both steps: the resolution downloads a wheel to read its metadata
+    # when the index has none apart), or none at all
+    cache = ["--cache-dir", p["cache_dir"]] if p["cache_dir"] else ["--no-cache-dir"]
     with tempfile.TemporaryDirectory(prefix="cache-prefetch-") as tmp:
         report = os.path.join(tmp, "report.json")
-        cmd = base + ["install", "--dry-run", "--ignore-installed", "--quiet", "--no-cache-dir", "--report", report]
+        cmd = base + ["install", "--dry-run", "--ignore-installed", "--quiet"] + cache + ["--report", report]
         if p["python_version"] or p["platforms"]:
             cmd += ["--target", os.path.join(tmp, "target")]
         cmd += _pip_options(p) + ["--", p["name"]]
@@ -533,7 +547,7 @@ def pip_prefetch(module, p):
         return False, dict(fetched=[], cached=cached, files=wanted)
     if module.check_mode:
         return True, dict(fetched=missing, cached=cached, files=wanted)
-    cmd = base + ["download", "--no-cache-dir", "--dest", p["dest"]] + _pip_options(p) + ["--", p["name"]]
+    cmd = base + ["download"] + cache + ["--dest", p["dest"]] + _pip_options(p) + ["--", p["name"]]
     rc, out, err = run_tool(module, cmd, "pip", cwd=p["dest"], environ_update=env)
     if rc != 0:
         raise PrefetchError("pip download %s failed: %s" % (p["name"], redact((err or out).strip()[-2000:])))
@@ -680,6 +694,7 @@ def main():
             platforms=dict(type="list", elements="str"),
             index_url=dict(type="str"),
             dependencies=dict(type="bool", default=True),
+            cache_dir=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -690,6 +705,8 @@ def main():
         module.fail_json(msg="name must be a %s item, not %r" % (p["kind"], p["name"]))
     if not os.path.isabs(p["dest"]):
         module.fail_json(msg="dest must be an absolute path, got %r" % p["dest"])
+    if p["cache_dir"] and not os.path.isabs(p["cache_dir"]):
+        module.fail_json(msg="cache_dir must be an absolute path, got %r" % p["cache_dir"])
     try:
         dir_mode = parse_mode(p["dir_mode"], "dir_mode")
     except ParamError as exc:

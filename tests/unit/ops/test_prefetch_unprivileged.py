@@ -49,10 +49,7 @@ def host():
     user = group + "u"
     subprocess.run(["groupadd", group], check=True)
     gid = grp.getgrnam(group).gr_gid
-    cache = os.path.join(base, "cache")
-    os.mkdir(cache)
-    os.chown(cache, 0, gid)
-    os.chmod(cache, 0o2775)
+    cache = lay_out_cache(os.path.join(base, "cache"), gid)
     lay_out_cache(os.path.join(cache, "pip"), gid, subdirs=["wheelhouse"])
     private = os.path.join(base, "root-only")
     os.mkdir(private, 0o700)
@@ -181,10 +178,14 @@ def test_a_program_the_account_cannot_start_is_named_with_the_directory_in_the_w
     rc, _stats, out = play(host, venv, playbook=playbook, extra=extra)
     assert rc != 0
     res = task_results(out, "Prefetch with a program the account cannot start")[0]
-    assert "as %s: permission denied: %s cannot enter %s (drwx------ root:root)" % (
-        host["user"],
-        host["user"],
-        host["private"],
-    ) in res["msg"], res
+    assert (
+        "as %s: permission denied: %s cannot enter %s (drwx------ root:root)"
+        % (
+            host["user"],
+            host["user"],
+            host["private"],
+        )
+        in res["msg"]
+    ), res
     assert "rc" not in res or res["rc"] != 13
     assert os.listdir(os.path.join(host["cache"], "pip", "wheelhouse")) == []
