@@ -189,3 +189,50 @@ def test_a_program_the_account_cannot_start_is_named_with_the_directory_in_the_w
     ), res
     assert "rc" not in res or res["rc"] != 13
     assert os.listdir(os.path.join(host["cache"], "pip", "wheelhouse")) == []
+
+
+ROLE_PLAY = """- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: mlinfra.shared_cache.cache_prefetch
+"""
+PIP_ENTRY = {"path": "pip", "format": "pip", "env": {"PIP_CACHE_DIR": "", "PIP_FIND_LINKS": "wheelhouse"}}
+
+
+@pytest.mark.parametrize(
+    "over, text",
+    [
+        ({"cache_prefetch_pip_wheelhouse": "wheels"}, "cache_prefetch_pip_wheelhouse was removed"),
+        (
+            {"shared_cache_caches": {"pip": {"path": "pip", "format": "pip", "env": {"PIP_CACHE_DIR": ""}}}},
+            "catalog entry pip has no env.PIP_FIND_LINKS",
+        ),
+        (
+            # several of a format, none named like it: which one is not guessed
+            {"shared_cache_caches": {"wheels-a": PIP_ENTRY, "wheels-b": dict(PIP_ENTRY, path="pip2", env={})}},
+            "several catalog entries with format pip (wheels-a, wheels-b)",
+        ),
+        ({"shared_cache_caches": {"wheels": PIP_ENTRY}, "npm": True}, "no enabled catalog entry with format npm"),
+        (
+            {"shared_cache_caches": {"wheels": PIP_ENTRY, "npm": {"format": "npm"}}, "npm": True},
+            "catalog entry npm has no env.npm_config_cache",
+        ),
+    ],
+)
+def test_the_catalog_decides_where_and_a_gap_fails_before_anything(tmp_path, over, text):
+    from ansible_collections.mlinfra.shared_cache.tests.unit.ops.playbooks import run_play_on_localhost
+
+    over = dict(over)
+    extra = dict(
+        shared_cache_root=str(tmp_path / "cache"),
+        shared_cache_group="mlcpf-absent",
+        cache_prefetch_kinds=["pip", "npm"],
+        cache_prefetch_pip=["six==1.16.0"],
+        cache_prefetch_npm=["is-number@7.0.0"] if over.pop("npm", False) else [],
+        cache_prefetch_user="mlcpf-absent",
+    )
+    extra.update(over)
+    rc, recap, out = run_play_on_localhost(ROLE_PLAY, tmp_path, extra)
+    assert rc != 0 and recap.get("changed") == 0, out
+    assert text in out, out
+    assert not (tmp_path / "cache").exists()
