@@ -49,7 +49,7 @@ pytestmark = [
 
 
 def clean_pip_env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k == "PIP_CERT"}
     env["PIP_CONFIG_FILE"] = os.devnull
     return env
 
@@ -60,16 +60,18 @@ def site():
     base = make_arena()
     actors = Actors.create("mlcpip%d" % os.getpid())
     try:
+        venv = os.path.join(base, "venv")
+        subprocess.run([SYSTEM_PYTHON, "-m", "venv", venv], check=True)
+        # once from PyPI, by the venv's own (system) pip: the wheels of the system's Python
         files = os.path.join(base, "pypi-files")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", files]
+            [os.path.join(venv, "bin", "python"), "-m", "pip", "download", "-q", "--no-deps"]
+            + ["--only-binary=:all:", "-d", files]
             + WHEELS
             + [PIP],
             check=True,
             env=clean_pip_env(),
         )
-        venv = os.path.join(base, "venv")
-        subprocess.run([SYSTEM_PYTHON, "-m", "venv", venv], check=True)
         with LocalIndex(files, os.path.join(base, "pip-index")) as index:
             subprocess.run(
                 [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--index-url", index.url]
