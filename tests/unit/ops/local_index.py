@@ -12,7 +12,17 @@ import hashlib
 import http.server
 import os
 import re
+import subprocess
 import threading
+
+import pytest
+
+# The Python every user of a plain host has, which the service account and members run.
+SYSTEM_PYTHON = "/usr/bin/python3"
+needs_system_venv = pytest.mark.skipif(
+    subprocess.run([SYSTEM_PYTHON, "-c", "import ensurepip, venv"], capture_output=True, check=False).returncode != 0,
+    reason="the system Python has no venv (python3-venv)",
+)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

@@ -31,21 +31,17 @@ from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors impo
     make_arena,
     remove_arena,
 )
-from ansible_collections.mlinfra.shared_cache.tests.unit.ops.local_index import LocalIndex
+from ansible_collections.mlinfra.shared_cache.tests.unit.ops.local_index import (
+    SYSTEM_PYTHON,
+    LocalIndex,
+    needs_system_venv,
+)
 from ansible_collections.mlinfra.shared_cache.tests.unit.ops.playbooks import ansible_bin, ansible_env
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 WHEELS = ["markupsafe==3.0.2", "six==1.16.0"]
 PIP = "pip==26.3"
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="creates users: run as root"),
-    pytest.mark.skipif(
-        subprocess.run([SYSTEM_PYTHON, "-c", "import ensurepip, venv"], capture_output=True, check=False).returncode
-        != 0,
-        reason="the system Python has no venv (python3-venv)",
-    ),
-]
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="creates users: run as root"), needs_system_venv]
 
 
 def clean_pip_env():

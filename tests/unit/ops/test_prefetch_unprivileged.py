@@ -27,18 +27,14 @@ from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors impo
     make_arena,
     remove_arena,
 )
+from ansible_collections.mlinfra.shared_cache.tests.unit.ops.local_index import SYSTEM_PYTHON, needs_system_venv
 from ansible_collections.mlinfra.shared_cache.tests.unit.ops.playbooks import ROOT, ansible_bin, ansible_env
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 WHEEL = "six-1.16.0-py2.py3-none-any.whl"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="creates the service account: run as root"),
-    pytest.mark.skipif(
-        subprocess.run([SYSTEM_PYTHON, "-c", "import ensurepip, venv"], capture_output=True, check=False).returncode
-        != 0,
-        reason="the system Python has no venv (python3-venv)",
-    ),
+    needs_system_venv,
 ]
 
 
