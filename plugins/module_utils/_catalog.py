@@ -163,6 +163,13 @@ def _config(raw, where):
     config = raw or {}
     if not isinstance(config, dict):
         raise ParamError("%s.config: expected a mapping" % where)
+    apt = config.get("apt")
+    if apt is not None:
+        # apt directory settings (Dir::Cache::archives) as subpaths of the cache, as in `env`
+        if not isinstance(apt, dict):
+            raise ParamError("%s.config.apt: expected a mapping of apt setting -> subpath" % where)
+        apt = {k: validate_relative(v, "%s.config.apt.%s" % (where, k)) for k, v in apt.items()}
+        config = dict(config, apt=apt)
     git = config.get("git")
     if git is None:
         return config

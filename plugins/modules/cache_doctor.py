@@ -20,8 +20,9 @@ description:
     user's token); one member of the cache group can write and another member can then modify and
     add to what was written; APT keeps downloaded packages and no C(docker-clean) is left; the
     filesystem has room; pip and huggingface_hub are new enough to write group-usable files in a
-    shared cache (pip 25.0, huggingface_hub 1.4); root's own login environment does not point at the
-    caches."
+    shared cache (pip 25.0, huggingface_hub 1.4); pip's HTTP cache keeps downloads (wheels were
+    prefetched through it yet C(http-v2) holds none means the index's responses are not cacheable);
+    root's own login environment does not point at the caches."
   - A curated cache (catalog C(writers)) is checked instead of probed (check C(curated)) - its
     directory belongs to the writers group, its access and default ACLs give the cache group
     C(r-x) and no write, and a member's C(mkdir) in it is refused.
@@ -197,7 +198,7 @@ checks:
   contains:
     check:
       description:
-        - Check name (mount, layout, env, root_env, hf_home, probe, curated, apt, free_space, pip,
+        - Check name (mount, layout, env, root_env, hf_home, probe, curated, apt, free_space, pip, pip_http_cache,
           huggingface_hub, group, scheduler, ownership, verify).
       type: str
     target:
@@ -250,6 +251,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     human,
     mountinfo,
+    open_dir_nofollow,
     open_private_dir,
     read_trusted_json,
     write_atomic,
@@ -360,6 +362,46 @@ def version_tuple(text):
             break
         out.append(int(match.group(0)))
     return tuple(out)
+
+
+PIP_HTTP_DEPTH = 6  # http-v2/<5 one-character levels>/<hash>.body
+
+
+def _count(path, suffix, depth, stop=None):
+    """Regular files ending in ``suffix`` at most ``depth`` levels below ``path`` (a member-written
+    tree: no symlink followed, anywhere), up to ``stop``; 0 when ``path`` is not a directory."""
+    try:
+        fd = open_dir_nofollow(path)
+    except OSError:
+        return 0
+    found = 0
+    todo = [(fd, 1)]
+    try:
+        while todo:
+            dfd, level = todo.pop()
+            try:
+                with os.scandir(dfd) as it:
+                    for d in it:
+                        if d.is_file(follow_symlinks=False) and d.name.endswith(suffix):
+                            found += 1
+                            if stop and found >= stop:
+                                return found
+                        elif level < depth and d.is_dir(follow_symlinks=False):
+                            try:
+                                todo.append(
+                                    (
+                                        os.open(d.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd),
+                                        level + 1,
+                                    )
+                                )
+                            except OSError:
+                                pass
+            finally:
+                os.close(dfd)
+    finally:
+        for dfd, _level in todo:
+            os.close(dfd)
+    return found
 
 
 class Doctor:
@@ -1027,6 +1069,38 @@ class Doctor:
         else:
             self.add("scheduler", sched["kind"], None, "no scheduled jobs installed: skipped")
 
+    # -- pip's HTTP cache --------------------------------------------------------------------------
+    def check_pip_http(self):
+        """pip shares downloads between users through its HTTP cache (http-v2), which keeps only the
+        responses an index lets it keep. Wheels prefetched through it (cache_prefetch's cache_dir)
+        while http-v2 holds no body mean the responses are not cacheable: users download again."""
+        for entry in self.p["catalog"]:
+            env = entry.get("env") or {}
+            if entry.get("format") != "pip" or "PIP_CACHE_DIR" not in env:
+                continue
+            base = self.path_of(entry)
+            cache = base + ("/" + env["PIP_CACHE_DIR"] if env["PIP_CACHE_DIR"] else "")
+            links = env.get("PIP_FIND_LINKS")
+            wheels = _count(base + ("/" + links if links else ""), ".whl", 1) if links is not None else 0
+            stored = _count(cache + "/http-v2", ".body", PIP_HTTP_DEPTH, stop=1)
+            if stored:
+                self.add("pip_http_cache", cache, True, "pip keeps its downloads in http-v2 for every member")
+            elif not wheels:
+                self.add("pip_http_cache", cache, None, "nothing downloaded through it yet: skipped")
+            else:
+                self.add(
+                    "pip_http_cache",
+                    cache,
+                    False,
+                    "%d wheel(s) were prefetched but pip's HTTP cache (http-v2) holds no download: the index's "
+                    "responses are not cacheable (no Cache-Control max-age, no-store from a proxy, or an http "
+                    "index that is not a trusted host), so every user downloads the same files again" % wheels,
+                    'see what the index sends with curl -sI "$(pip config get global.index-url 2>/dev/null || echo '
+                    'https://pypi.org/simple)/pip/" | grep -i -e ^cache-control -e ^etag, have the proxy pass '
+                    "Cache-Control (or set PIP_TRUSTED_HOST for an http index), then rerun the prefetch: "
+                    "ansible-playbook playbooks/prefetch.yml",
+                )
+
     # -- tools -------------------------------------------------------------------------------------
     def check_tools(self):
         for python in self.p["pythons"]:
@@ -1096,6 +1170,7 @@ class Doctor:
         self.check_apt()
         self.check_space()
         self.check_tools()
+        self.check_pip_http()
         self.check_scheduler()
         self.check_ownership()
         self.check_verify()

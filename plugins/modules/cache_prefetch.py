@@ -144,6 +144,16 @@ options:
         C(npm_config_registry), in the environment of the tool's process, readable only by the user
         running it and root. Its credentials are masked in everything the module returns.
     type: str
+  cache_dir:
+    description:
+      - O(kind=pip) - pip cache directory (C(PIP_CACHE_DIR)) the download goes through, so that pip's
+        HTTP cache (C(http-v2)) keeps the responses and users installing the same files from the same
+        index get them from there. pip prefers the index's file to the same file in the wheelhouse,
+        so the wheelhouse alone serves only what the index does not offer (offline, another platform).
+      - Responses are kept only when the index allows it (C(Cache-Control)) and is https or a trusted
+        host; C(mlinfra.shared_cache.cache_doctor) says when nothing is kept.
+      - Unset, the download uses no cache (C(--no-cache-dir)).
+    type: path
   dependencies:
     description:
       - O(kind=apt) - also fetch the packages that installing O(name) on this host would pull in.
@@ -166,11 +176,12 @@ EXAMPLES = r"""
     dest: /mnt/storage/cache/ml-models/huggingface/hub
     python: /opt/mlinfra/prefetch/bin/python
 
-- name: Wheels for the containers' Python into the wheelhouse
+- name: Wheels for the containers' Python into the wheelhouse (and pip's shared HTTP cache)
   mlinfra.shared_cache.cache_prefetch:
     kind: pip
     name: numpy==2.1.3
     dest: /mnt/storage/cache/pip/wheelhouse
+    cache_dir: /mnt/storage/cache/pip
     executable: /opt/mlinfra/prefetch/bin/python
     python_version: "3.11"
     platforms: [manylinux2014_x86_64]
@@ -223,9 +234,12 @@ permissions_fixed:
   type: int
 """
 
+import errno
+import grp
 import hashlib
 import json
 import os
+import pwd
 import re
 import stat
 import sys
@@ -276,6 +290,99 @@ def url_secrets(url):
     if parts.username:
         return [parts.username]  # a token given as the user name (__token__-less indexes)
     return []
+
+
+def _who():
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return "uid %d" % os.geteuid()
+
+
+def _owner_mode(path):
+    """``drwx------ root:root`` for a message."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "unreadable"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return "%s %s:%s" % (stat.filemode(st.st_mode), owner, group)
+
+
+def exec_problem(path):
+    """Why this process cannot run the program ``path``, or None when it can.
+
+    Walks the path the way exec does (symlinks followed, each directory searched as this user) and
+    names the first step that fails: a directory the user cannot enter (a virtualenv whose Python
+    lives in an admin's pyenv under /root), a missing file, a file without execute permission.
+    """
+    parts = os.path.abspath(path).split("/")[1:]
+    cur = "/"
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            cur = os.path.dirname(cur)
+            continue
+        if not os.access(cur, os.X_OK):
+            return "permission denied: %s cannot enter %s (%s)" % (_who(), cur, _owner_mode(cur))
+        nxt = os.path.join(cur, name)
+        try:
+            st = os.lstat(nxt)
+        except FileNotFoundError:
+            return "%s does not exist" % nxt
+        except OSError as exc:
+            return "%s: %s" % (nxt, exc.strerror)
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 40:
+                return "%s: too many levels of symbolic links" % path
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                cur = "/"
+            parts = target.split("/") + parts
+            continue
+        cur = nxt
+    if not os.access(cur, os.X_OK):
+        return "permission denied: %s cannot execute %s (%s)" % (_who(), cur, _owner_mode(cur))
+    return None
+
+
+def check_program(path, what):
+    """Raise PrefetchError naming the cause when this user cannot run ``path``."""
+    problem = exec_problem(path)
+    if problem:
+        raise PrefetchError(
+            "cannot run %s %s as %s: %s%s"
+            % (
+                what,
+                path,
+                _who(),
+                problem,
+                "; a virtualenv must be built from a Python every user can run (the system's"
+                " /usr/bin/python3): remove it and rerun (the cache_prefetch role rebuilds it)"
+                if "python" in what
+                else "",
+            )
+        )
+
+
+def run_tool(module, cmd, what, **kwargs):
+    """module.run_command, with a failure to start the program (EACCES = 13, ENOENT) named."""
+    try:
+        return module.run_command(cmd, handle_exceptions=False, **kwargs)
+    except OSError as exc:
+        cause = exec_problem(cmd[0]) or "%s (%s)" % (exc.strerror, errno.errorcode.get(exc.errno, exc.errno))
+        raise PrefetchError("cannot start %s (%s) as %s: %s" % (what, cmd[0], _who(), cause)) from None
 
 
 def ensure_dir(path, mode):
@@ -479,15 +586,19 @@ def tool_env(p, var):
 
 def pip_prefetch(module, p):
     python = p["executable"] or sys.executable
+    check_program(python, "the python of executable=")
     base = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     env = tool_env(p, "PIP_INDEX_URL")
+    # through the shared HTTP cache (both steps: the resolution downloads a wheel to read its metadata
+    # when the index has none apart), or none at all
+    cache = ["--cache-dir", p["cache_dir"]] if p["cache_dir"] else ["--no-cache-dir"]
     with tempfile.TemporaryDirectory(prefix="cache-prefetch-") as tmp:
         report = os.path.join(tmp, "report.json")
-        cmd = base + ["install", "--dry-run", "--ignore-installed", "--quiet", "--no-cache-dir", "--report", report]
+        cmd = base + ["install", "--dry-run", "--ignore-installed", "--quiet"] + cache + ["--report", report]
         if p["python_version"] or p["platforms"]:
             cmd += ["--target", os.path.join(tmp, "target")]
         cmd += _pip_options(p) + ["--", p["name"]]
-        rc, out, err = module.run_command(cmd, cwd=tmp, environ_update=env)
+        rc, out, err = run_tool(module, cmd, "pip", cwd=tmp, environ_update=env)
         if rc != 0:
             raise PrefetchError("pip could not resolve %s: %s" % (p["name"], redact((err or out).strip()[-2000:])))
         with open(report, encoding="utf-8") as f:
@@ -500,8 +611,8 @@ def pip_prefetch(module, p):
         return False, dict(fetched=[], cached=cached, files=wanted)
     if module.check_mode:
         return True, dict(fetched=missing, cached=cached, files=wanted)
-    cmd = base + ["download", "--no-cache-dir", "--dest", p["dest"]] + _pip_options(p) + ["--", p["name"]]
-    rc, out, err = module.run_command(cmd, cwd=p["dest"], environ_update=env)
+    cmd = base + ["download"] + cache + ["--dest", p["dest"]] + _pip_options(p) + ["--", p["name"]]
+    rc, out, err = run_tool(module, cmd, "pip", cwd=p["dest"], environ_update=env)
     if rc != 0:
         raise PrefetchError("pip download %s failed: %s" % (p["name"], redact((err or out).strip()[-2000:])))
     present = set(os.listdir(p["dest"]))
@@ -584,14 +695,14 @@ def npm_prefetch(module, p):
             return False, dict(fetched=[], cached=keys)
         if module.check_mode:
             return True, dict(fetched=[p["name"]], cached=[])
-        rc, out, err = module.run_command([npm, "cache", "add", p["name"]] + opts, cwd=tmp, environ_update=env)
+        rc, out, err = run_tool(module, [npm, "cache", "add", p["name"]] + opts, "npm", cwd=tmp, environ_update=env)
         if rc != 0:
             raise PrefetchError("npm cache add %s failed: %s" % (p["name"], redact((err or out).strip()[-2000:])))
         return True, dict(fetched=_npm_tarballs(module, npm, opts, p["name"], tmp, env) or [p["name"]], cached=[])
 
 
 def _npm_tarballs(module, npm, opts, spec, cwd, env):
-    rc, out, err = module.run_command([npm, "cache", "ls", spec] + opts, cwd=cwd, environ_update=env)
+    rc, out, err = run_tool(module, [npm, "cache", "ls", spec] + opts, "npm", cwd=cwd, environ_update=env)
     if rc != 0:
         raise PrefetchError("npm cache ls %s failed: %s" % (spec, redact((err or out).strip()[-2000:])))
     return sorted(line.strip() for line in out.splitlines() if "/-/" in line and line.strip().endswith(".tgz"))
@@ -614,6 +725,11 @@ def _respawn_for(module, p):
         pass
     if has_respawned():
         return
+    if p["kind"] == "huggingface" and p["python"]:
+        try:
+            check_program(p["python"], "the python of python=")
+        except PrefetchError as exc:
+            module.fail_json(msg=str(exc))
     candidates = [p["python"]] if p["kind"] == "huggingface" and p["python"] else []
     if p["kind"] == "apt":
         candidates = ["/usr/bin/python3", "/usr/bin/python"]
@@ -643,6 +759,7 @@ def main():
             platforms=dict(type="list", elements="str"),
             index_url=dict(type="str"),
             dependencies=dict(type="bool", default=True),
+            cache_dir=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -653,6 +770,8 @@ def main():
         module.fail_json(msg="name must be a %s item, not %r" % (p["kind"], p["name"]))
     if not os.path.isabs(p["dest"]):
         module.fail_json(msg="dest must be an absolute path, got %r" % p["dest"])
+    if p["cache_dir"] and not os.path.isabs(p["cache_dir"]):
+        module.fail_json(msg="cache_dir must be an absolute path, got %r" % p["cache_dir"])
     try:
         dir_mode = parse_mode(p["dir_mode"], "dir_mode")
     except ParamError as exc:

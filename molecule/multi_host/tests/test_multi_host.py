@@ -33,6 +33,15 @@ def test_only_the_cache_server_prefetched(host):
     assert exists == (name(host) == "mh-cache")
 
 
+def test_the_prefetch_venv_was_rebuilt_from_the_system_python(host):
+    if name(host) != "mh-cache":  # only the cache server prefetches
+        assert not host.file("/opt/mlinfra/cache-prefetch").exists
+        return
+    assert "home = /usr/bin\n" in host.file("/opt/mlinfra/cache-prefetch/pyvenv.cfg").content_string
+    assert not host.check_output("readlink -f /opt/mlinfra/cache-prefetch/bin/python").startswith("/root")
+    assert host.user("cache-prefetch").shell == "/usr/sbin/nologin"
+
+
 def test_models_and_datasets_are_in_the_hub_cache(host):
     snaps = host.run("ls %s/models--mlinfra--tiny-bert/snapshots" % HUB).stdout.split()
     assert len(snaps) == 1
