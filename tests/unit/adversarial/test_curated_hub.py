@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import lay_out_cache
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import (
     lay_out_curated,
@@ -272,8 +273,8 @@ def test_concurrent_reader_never_sees_a_partial_revision(site):
     assert open(os.path.join(site.repo, "refs", "main")).read() == second["commit"]
 
 
-def test_tampered_curated_blob_found_by_sha256_then_restored_by_prefetch(site):
-    """Switch the detection to cache_verify at merge: here a SHA-256 of the blob against its name."""
+def test_tampered_curated_blob_found_by_cache_verify_then_restored_by_prefetch(site, tmp_path):
+    """cache_verify finds exactly the tampered blob; the next prefetch fetches it again."""
     files = revision("v1")
     first = site.prefetch(revision=fake_hub.commit_of(files), ignore_patterns=["onnx/*"])
     shard = "model-03.safetensors"
@@ -286,9 +287,10 @@ def test_tampered_curated_blob_found_by_sha256_then_restored_by_prefetch(site):
         fh.seek(1000)
         fh.write(bytes([byte[0] ^ 0xFF]))
     assert os.stat(blob).st_ino == ino
-    digests = {n: hashlib.sha256(open(os.path.join(site.repo, "blobs", n), "rb").read()).hexdigest()
-               for n in os.listdir(os.path.join(site.repo, "blobs")) if len(n) == 64}  # fmt: skip
-    assert [n for n, d in digests.items() if n != d] == [name]  # exactly the tampered blob is found
+    found = _verify.Verifier(site.cache, fmt="huggingface", min_age=0, state_dir=str(tmp_path / "verify")).run()
+    assert found["corrupt"] == 1 and found["errors"] == [], found  # exactly the tampered blob is found
+    assert [s["path"].rsplit("/", 1)[-1] for s in found["corrupt_sample"]] == [name]
+    assert found["verified"] > 0
     check = site.prefetch(check=True, revision=fake_hub.commit_of(files), ignore_patterns=["onnx/*"])
     assert check["changed"] and check["restored"] == [name]
     downloads = len(site.hub.downloads())
