@@ -61,12 +61,11 @@ def scratch_vars(work):
 
 
 def env():
-    out = dict(os.environ)
+    out = {k: v for k, v in os.environ.items() if k != "ANSIBLE_CALLBACKS_ENABLED"}
     out.update(
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
         ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
         ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_CALLBACKS_ENABLED="",
         PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     )
     return out
@@ -80,7 +79,7 @@ def playbook(args, cwd):
     elapsed = time.perf_counter() - t0
     recap = RECAP.search(out.stdout)
     if out.returncode != 0 or recap is None:
-        raise RuntimeError("ansible-playbook %s failed (rc %d):\n%s" % (args, out.returncode, out.stdout[-3000:]))
+        raise RuntimeError("ansible-playbook %s failed (rc %d):\n%s" % (args, out.returncode, (out.stdout + out.stderr)[-3000:]))
     ok, changed, _unreachable, failed = (int(x) for x in recap.groups())
     return elapsed, ok, changed, failed
 
