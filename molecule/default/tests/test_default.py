@@ -41,10 +41,24 @@ def test_every_catalog_cache_exists_with_its_mode(host, name, entry):
         assert s.is_directory and s.group == GROUP and s.mode & 0o2070 == 0o2070
 
 
+def test_the_host_was_bare_and_site_installed_what_it_needs(host):
+    # prepare purged cron, sudo and acl; the preflight installed cron (no systemd runs here)
+    assert host.package("cron").is_installed
+    assert not host.exists("sudo")
+    assert not host.exists("setfacl")
+
+
 def test_default_acl_gives_the_group_rw_on_new_files(host):
-    acl = host.check_output("getfacl -p %s/pip", ROOT)
-    assert "default:group::rwx" in acl
-    assert "default:mask::rwx" in acl
+    # no getfacl on this bare host: the default ACL's effect, a member's umask 077 file is group rw
+    host.run_test("id verify-member || useradd -m -G %s verify-member", GROUP)
+    probe = "%s/pip/acl-probe" % ROOT
+    host.run_test("rm -f %s", probe)
+    host.check_output("su verify-member -s /bin/sh -c 'umask 077; echo x > %s'", probe)
+    f = host.file(probe)
+    assert f.group == GROUP
+    assert f.mode & 0o060 == 0o060, oct(f.mode)
+    assert not f.mode & 0o007
+    host.run_test("rm -f %s", probe)
 
 
 def test_apt_keeps_downloaded_packages(host):
