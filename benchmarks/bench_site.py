@@ -79,7 +79,9 @@ def playbook(args, cwd):
     elapsed = time.perf_counter() - t0
     recap = RECAP.search(out.stdout)
     if out.returncode != 0 or recap is None:
-        raise RuntimeError("ansible-playbook %s failed (rc %d):\n%s" % (args, out.returncode, (out.stdout + out.stderr)[-3000:]))
+        raise RuntimeError(
+            "ansible-playbook %s failed (rc %d):\n%s" % (args, out.returncode, (out.stdout + out.stderr)[-3000:])
+        )
     ok, changed, _unreachable, failed = (int(x) for x in recap.groups())
     return elapsed, ok, changed, failed
 
@@ -107,7 +109,9 @@ def rows(n_files, workdir):
             one_s = playbook([str(one_task)], ROOT)[0]
             site_s, ok, changed, failed = playbook(site, ROOT)
             if changed or failed:
-                raise AssertionError("no-change site.yml re-run: changed=%d failed=%d (expected 0 and 0)" % (changed, failed))
+                raise AssertionError(
+                    "no-change site.yml re-run: changed=%d failed=%d (expected 0 and 0)" % (changed, failed)
+                )
             best_one = one_s if best_one is None else min(best_one, one_s)
             best_site = site_s if best_site is None else min(best_site, site_s)
         print(

@@ -322,7 +322,6 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel imp
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import PermsError
 
-
 ACL_FALLBACK = (
     "the filesystem does not support POSIX ACLs (EOPNOTSUPP); falling back to setgid and "
     "group mode bits: files members create with a restrictive umask (077) stay private until "
