@@ -105,7 +105,7 @@ def rows(n_files, workdir):
         first_s, _ok, first_changed, _failed = playbook(site, ROOT)
         print("    first run: %.1f s, changed=%d" % (first_s, first_changed), flush=True)
         best_site = best_one = None
-        for _ in range(REPEAT):
+        for _run in range(REPEAT):
             one_s = playbook([str(one_task)], ROOT)[0]
             site_s, ok, changed, failed = playbook(site, ROOT)
             if changed or failed:
