@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run ansible-test sanity or the pytest unit tests against a copy of the collection at
 # <tmp>/ansible_collections/mlinfra/shared_cache (ansible-test refuses a symlinked path).
-#   scripts/collection-tests.sh sanity|units VENV
+#   scripts/collection-tests.sh sanity|units VENV [PYTEST ARGS...]   (e.g. -m registry)
 set -euo pipefail
-what="$1"; venv="$(cd "$2" && pwd)"
+what="$1"; venv="$(cd "$2" && pwd)"; shift 2
 cd "$(dirname "$0")/.."
 src="$PWD"
 py="$venv/bin/python"
@@ -45,7 +45,7 @@ PY
     ;;
   units)
     cd "$dest"
-    PYTHONPATH="$work" "$py" -m pytest -q -rs -p no:cacheprovider tests/unit
+    PYTHONPATH="$work" "$py" -m pytest -q -rs -p no:cacheprovider --strict-markers "$@" tests/unit
     ;;
   *) echo "usage: $0 sanity|units VENV" >&2; exit 2 ;;
 esac

@@ -25,6 +25,10 @@ description:
   - Refuses world-writable modes unless O(allow_world_writable=true), relative paths, C(..),
     C(/) and system directories, unknown users and groups, and malformed modes; nothing is
     changed when the input is refused.
+  - With O(caches), one call manages a whole catalog (the cache root first, then every cache
+    with its own mode, subdirs, private names and recurse); every entry is checked before
+    anything is changed. The results are summed over the entries and listed per entry in
+    RV(caches).
 notes:
   - The default ACL is written directly as the C(system.posix_acl_default) extended attribute,
     whose binary format (version 2 header, then tag/permission/id entries) the module encodes
@@ -60,8 +64,43 @@ options:
       - Absolute path of the cache directory. No component may be a symbolic link.
       - C(/), system directories (C(/etc), C(/usr), C(/var), C(/home), ...) and anything inside
         the system trees are refused.
+      - Required unless O(caches) is given; with O(caches) it is managed first (the cache root
+        and its intermediate directories), with O(mode), O(subdirs), O(private) and O(recurse).
     type: path
-    required: true
+  caches:
+    description:
+      - Several cache directories in one call (a whole catalog), managed in order after O(path).
+        O(owner), O(group), O(adopt), O(one_fs), O(acl), O(allow_world_writable) and O(workers)
+        apply to every entry.
+      - Every entry is validated before anything is changed.
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: Absolute path of the cache directory (as O(path)).
+        type: path
+        required: true
+      mode:
+        description: Mode of the directory and its subdirs (as O(mode)).
+        type: raw
+        default: "2775"
+      subdirs:
+        description: Subdirectories to create and manage (as O(subdirs)).
+        type: list
+        elements: str
+        default: []
+      private:
+        description: Extra private name patterns (as O(private)).
+        type: list
+        elements: str
+        default: []
+      recurse:
+        description: Bring existing content into line (as O(recurse)).
+        type: bool
+        default: false
+      writers:
+        description: The writers group of a curated cache (as O(writers)); none for a shared cache.
+        type: str
   owner:
     description: User (name or numeric id) owning O(path) and O(subdirs). Unchanged when omitted.
     type: str
@@ -155,7 +194,9 @@ attributes:
     description: Nothing is written; the counts are those a real run would report.
   diff_mode:
     support: full
-    description: Before and after of O(path)'s owner, group, mode and default ACL.
+    description:
+      - Before and after of O(path)'s owner, group, mode and default ACL; with O(caches), of every
+        directory that changes, by path.
   platform:
     support: full
     platforms: posix
@@ -199,14 +240,33 @@ EXAMPLES = r"""
   loop: "{{ shared_cache_catalog }}"
   loop_control:
     label: "{{ item.name }}"
+
+- name: The cache root and the whole catalog in one call
+  mlinfra.shared_cache.cache_dir:
+    path: /mnt/storage/cache
+    owner: root
+    group: cache
+    subdirs: [ml-models]
+    caches:
+      - {path: /mnt/storage/cache/pip, subdirs: [http, wheels]}
+      - {path: /mnt/storage/cache/ml-models/huggingface, subdirs: [hub, xet]}
+      - {path: /mnt/storage/cache/jetbrains, mode: "2770", recurse: true}
 """
 
 RETURN = r"""
 path:
-  description: The normalized path.
+  description: The normalized path (V(null) when only O(caches) is given).
   returned: always
   type: str
   sample: /mnt/storage/cache/pip
+caches:
+  description:
+    - With O(caches), one result per managed directory (O(path) first), each with the keys
+      below (C(path), C(changed), C(examined), C(changed_entries), C(created), ...); the
+      top-level keys are their sums.
+  returned: when O(caches) is given
+  type: list
+  elements: dict
 examined:
   description: Entries examined (managed directories, plus every entry of the tree with O(recurse)).
   returned: always
@@ -269,10 +329,18 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Foreign
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._jobs import cache_dir_fixer, fail_on_managed
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import usable_cpus
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import PermsError
+
+ACL_FALLBACK = (
+    "the filesystem does not support POSIX ACLs (EOPNOTSUPP); falling back to setgid and "
+    "group mode bits: files members create with a restrictive umask (077) stay private until "
+    "a recurse run fixes them"
+)
+SUMMED = ("examined", "changed_entries", "error_count")
 
 
 def run(params, check_mode=False, warn=None):
@@ -285,8 +353,83 @@ def run(params, check_mode=False, warn=None):
         raise ParamError("workers: %d is negative; give 0 (automatic), 1 (one process) or more" % workers)
     if workers == 0:
         workers = min(usable_cpus(), 4)
-    # the same checks and fixer as the nightly mlinfra-cache-prune command (module_utils/_jobs.py)
-    path, subdirs, fixer = cache_dir_fixer(params, check_mode=check_mode, warn=warn)
+    if params.get("caches") is None:
+        if not params.get("path"):
+            raise ParamError("path: required (or give caches, a list of cache directories)")
+        # the same checks and fixer as the nightly mlinfra-cache-prune command (module_utils/_jobs.py)
+        path, subdirs, fixer = cache_dir_fixer(params, check_mode=check_mode, warn=warn)
+        result = _apply(params, path, subdirs, fixer, workers, warn)
+        if fixer.acl_unsupported:
+            warn("%s: %s" % (path, ACL_FALLBACK))
+        return result
+    return _run_batch(params, check_mode, warn, workers)
+
+
+def _run_batch(params, check_mode, warn, workers):
+    """O(path) (when given), then every entry of O(caches): all validated before any change."""
+    entries = []
+    if params.get("path"):
+        entries.append(("path", dict(params)))
+    for i, cache in enumerate(params["caches"]):
+        if not isinstance(cache, dict) or not cache.get("path"):
+            raise ParamError("caches[%d]: each entry is a dict with at least a path" % i)
+        entry = dict(params)
+        entry.update(
+            path=cache["path"],
+            mode=cache.get("mode") or "2775",
+            subdirs=cache.get("subdirs") or [],
+            private=cache.get("private") or [],
+            recurse=bool(cache.get("recurse")),
+            writers=cache.get("writers") or None,
+        )
+        entries.append(("caches[%d]" % i, entry))
+    prepared = []
+    for label, entry in entries:
+        try:
+            prepared.append((entry,) + cache_dir_fixer(entry, check_mode=check_mode, warn=warn))
+        except ParamError as exc:
+            raise ParamError("%s (%s): %s" % (label, entry["path"], exc)) from None
+    results, before, after, no_acl = [], {}, {}, []
+    for entry, path, subdirs, fixer in prepared:
+        res = _apply(entry, path, subdirs, fixer, workers, _prefixed(warn, path))
+        if fixer.acl_unsupported:
+            no_acl.append(path)
+        diff = res.pop("diff")
+        if diff["before"] != diff["after"]:
+            before[path], after[path] = diff["before"], diff["after"]
+        results.append(res)
+    if no_acl:
+        warn("%s: %s" % (", ".join(no_acl), ACL_FALLBACK))
+    foreign = Foreign()
+    skipped = {}
+    for res in results:
+        foreign.merge(res["foreign"])
+        for kind, count in res["skipped_entries"].items():
+            skipped[kind] = skipped.get(kind, 0) + count
+    out = {
+        "changed": any(r["changed"] for r in results),
+        "path": results[0]["path"] if params.get("path") else None,
+        "created": list(dict.fromkeys(p for r in results for p in r["created"])),
+        "skipped_entries": skipped,
+        "foreign": foreign.as_dict(),
+        "acl_supported": (not no_acl) if params["acl"] else None,
+        "other_fs": [p for r in results for p in r["other_fs"]][:100],
+        "errors": [e for r in results for e in r["errors"]][:100],
+        "workers": max([r["workers"] for r in results] or [0]),
+        "caches": results,
+        "diff": {"before": before, "after": after},
+    }
+    for key in SUMMED:
+        out[key] = sum(r[key] for r in results)
+    return out
+
+
+def _prefixed(warn, path):
+    return lambda msg: warn(msg if msg.startswith(path) else "%s: %s" % (path, msg))
+
+
+def _apply(params, path, subdirs, fixer, workers, warn):
+    """Bring one directory (and its subdirs, and content with recurse) into line; the result dict."""
     root_fd, managed = fixer.ensure(path, subdirs)
     try:
         fail_on_managed(fixer, path)
@@ -297,12 +440,6 @@ def run(params, check_mode=False, warn=None):
         if root_fd is not None:
             os.close(root_fd)
 
-    if fixer.acl_unsupported:
-        warn(
-            "%s: the filesystem does not support POSIX ACLs (EOPNOTSUPP); falling back to setgid and "
-            "group mode bits: files members create with a restrictive umask (077) stay private until "
-            "a recurse run fixes them" % path
-        )
     if fixer.other_fs:
         warn(
             "%d director%s on another filesystem not entered (one_fs): %s"
@@ -355,7 +492,19 @@ def run(params, check_mode=False, warn=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            path=dict(type="path", required=True),
+            path=dict(type="path"),
+            caches=dict(
+                type="list",
+                elements="dict",
+                options=dict(
+                    path=dict(type="path", required=True),
+                    mode=dict(type="raw", default="2775"),
+                    subdirs=dict(type="list", elements="str", default=[]),
+                    private=dict(type="list", elements="str", default=[]),
+                    recurse=dict(type="bool", default=False),
+                    writers=dict(type="str"),
+                ),
+            ),
             owner=dict(type="str"),
             group=dict(type="str"),
             mode=dict(type="raw", default="2775"),
@@ -369,6 +518,7 @@ def main():
             allow_world_writable=dict(type="bool", default=False),
             workers=dict(type="int", default=0),
         ),
+        required_one_of=[("path", "caches")],
         supports_check_mode=True,
     )
     try:
@@ -376,7 +526,7 @@ def main():
     except (ParamError, PermsError) as exc:
         module.fail_json(msg=str(exc), path=module.params["path"])
     except OSError as exc:
-        module.fail_json(msg="%s: %s" % (module.params["path"], exc), path=module.params["path"])
+        module.fail_json(msg="%s: %s" % (module.params["path"] or "caches", exc), path=module.params["path"])
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)

@@ -1,7 +1,14 @@
-"""Strict mode for CI: a test skipped because a tool is missing counts as a failure.
+"""Test tiers (markers) and strict mode: a test skipped because a tool is missing counts as a failure.
 
-`make test` sets MLINFRA_STRICT_SKIPS=1 for the full toolchain (ansible-core 2.19 venv), after
-installing every tool the tests use, so a missing install step cannot hide behind a skip.
+`make test` sets MLINFRA_STRICT_SKIPS=1 in every pytest stage (after installing every tool the
+tests use), so a missing install step or an unreachable registry cannot hide behind a skip. What a
+stage does not run is deselected by marker, visibly (``N deselected``), never skipped:
+
+- ``registry``: the test reaches a package registry (PyPI, npm, Debian) to build a real cache; the
+  integration stage runs these (``-m registry``), the unit stages leave them out.
+- ``ansible_package``: the test needs a collection of the ``ansible`` package (community.general,
+  awx.awx) or ansible-builder, which the bare ansible-core 2.21 venv does not have; its stage
+  deselects them.
 """
 
 from __future__ import annotations
@@ -9,6 +16,16 @@ from __future__ import annotations
 import os
 
 import pytest
+
+MARKERS = {
+    "registry": "reaches a package registry (PyPI, npm, Debian): the integration tier (-m registry)",
+    "ansible_package": "needs a collection of the ansible package or ansible-builder (not in bare ansible-core)",
+}
+
+
+def pytest_configure(config):
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", "%s: %s" % (name, text))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -39,7 +39,8 @@ PIP = "/usr/bin/python3"  # Debian's pip, runnable by every user (the venv's may
 
 def apply_role(arena, actors, cache, **extra):
     # the role edits ini files with community.general (the ansible package; not in the bare
-    # ansible-core 2.21 venv, where these tests skip; make test's strict 2.19 stage runs them)
+    # ansible-core 2.21 venv: the tests calling this are marked ansible_package, which the 2.21
+    # stage deselects; a skip fails every stage of make test)
     pytest.importorskip("ansible_collections.community.general", reason="community.general not installed")
     variables = apply_role_vars(arena, actors, cache)
     variables.update(extra)
@@ -89,6 +90,7 @@ def profile(actors, arena, cache):
     return apply_role(arena, actors, cache)["cache_env_profile_path"]
 
 
+@pytest.mark.ansible_package
 def test_members_get_the_shared_environment_root_and_strangers_nothing(actors, arena, cache, profile):
     alice = sourced_env(actors.alice.run, profile, "echo UMASK=$(umask); env")
     assert alice["PIP_CACHE_DIR"] == cache + "/pip"
@@ -116,6 +118,7 @@ def test_members_get_the_shared_environment_root_and_strangers_nothing(actors, a
     assert "PIP_CACHE_DIR=/cache/pip" in lines and not [line for line in lines if cache in line]
 
 
+@pytest.mark.ansible_package
 def test_root_pip_and_git_do_not_use_the_shared_cache(actors, cache, profile):
     """The real tools: pip's cache dir and git's lfs.storage as each user sees them after login."""
     pip_dir = ". %s; %s -m pip cache dir" % (profile, PIP)
@@ -131,6 +134,7 @@ def test_root_pip_and_git_do_not_use_the_shared_cache(actors, cache, profile):
     assert actors.carol.run(lfs, env={"GIT_CONFIG_NOSYSTEM": "1"}).stdout.strip() == ""
 
 
+@pytest.mark.ansible_package
 def test_a_members_own_git_config_variables_are_kept_and_not_repeated(actors, cache, profile):
     mine = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "user.name", "GIT_CONFIG_VALUE_0": "alice"}
     out = actors.alice.run(
@@ -149,6 +153,7 @@ def write(path, text, mode, gid=0):
     os.chmod(path, mode)
 
 
+@pytest.mark.ansible_package
 def test_settings_of_earlier_versions_are_removed_the_admins_kept_with_owner_and_mode(actors, arena, cache):
     etc = os.path.join(arena, "etc")
     pip_conf = os.path.join(etc, "pip.conf")
@@ -182,6 +187,7 @@ def test_settings_of_earlier_versions_are_removed_the_admins_kept_with_owner_and
     assert not os.path.exists(condarc)
 
 
+@pytest.mark.ansible_package
 def test_only_the_cache_path_is_removed_and_missing_files_are_not_created(actors, arena, cache):
     etc = os.path.join(arena, "etc")
     pip_conf = os.path.join(etc, "pip.conf")
@@ -212,6 +218,7 @@ def failed(res, check):
     return [c for c in res["checks"] if c["ok"] is False and c["check"] == check]
 
 
+@pytest.mark.ansible_package
 def test_the_doctor_reads_a_members_environment_and_fails_when_roots_has_the_caches(capsys, actors, arena, cache):
     profile = apply_role(arena, actors, cache)["cache_env_profile_path"]
     catalog = resolve(DEFAULTS["shared_cache_caches"], {}, cache)
@@ -303,6 +310,7 @@ def test_a_member_who_plants_the_probe_name_first_gets_nothing_from_root(capsys,
     assert os.path.islink(planted)  # not root's to remove: the first member never created it
 
 
+@pytest.mark.ansible_package
 def test_a_system_wide_tool_config_of_an_override_keeps_an_existing_files_owner_and_mode(actors, arena, cache):
     """config.files (a tool without an environment variable) still works; an admin's file keeps its mode."""
     existing = os.path.join(arena, "etc", "tool.ini")

@@ -30,6 +30,7 @@ def test_definition_is_schema_v3_and_pins_the_toolchain():
         assert dep in names, "collection dependency %s missing from the EE" % dep
 
 
+@pytest.mark.ansible_package
 def test_ansible_builder_create_offline(tmp_path):
     pytest.importorskip("ansible_builder")
     context = tmp_path / "context"

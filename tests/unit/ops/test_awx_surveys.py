@@ -211,6 +211,7 @@ def test_no_template_prompts_for_free_extra_vars():
     assert jt["awx.awx.job_template"]["ask_variables_on_launch"] is False
 
 
+@pytest.mark.ansible_package
 def test_awx_configure_syntax():
     pytest.importorskip("ansible_collections.awx.awx", reason="awx.awx (from the ansible package) not installed")
     run = subprocess.run(
@@ -224,6 +225,7 @@ def test_awx_configure_syntax():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.ansible_package
 @pytest.mark.parametrize(
     "task",
     [

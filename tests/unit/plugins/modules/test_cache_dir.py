@@ -548,3 +548,72 @@ def test_negative_workers_is_refused(tmp_path, capsys):
     res = run_module(capsys, path=str(tmp_path / "c"), workers=-1)
     assert res["failed"] is True and "workers" in res["msg"]
     assert not (tmp_path / "c").exists()
+
+
+def catalog_args(base):
+    """The cache root with an intermediate directory and three caches, the way cache_layout calls it."""
+    return dict(
+        path=str(base / "cache"),
+        owner=OWNER,
+        mode="2775",
+        subdirs=["ml-models"],
+        caches=[
+            {"path": str(base / "cache" / "pip"), "subdirs": ["http", "wheels"]},
+            {"path": str(base / "cache" / "ml-models" / "huggingface"), "subdirs": ["hub", "xet"]},
+            {"path": str(base / "cache" / "jetbrains"), "mode": "2770", "recurse": True, "private": ["*.secret"]},
+        ],
+    )
+
+
+def test_caches_manage_a_whole_catalog_in_one_call_like_single_calls(tmp_path, capsys):
+    """One call with caches= leaves exactly the tree that one call per directory leaves."""
+    batch, single = tmp_path / "batch", tmp_path / "single"
+    for base in (batch, single):
+        base.mkdir()
+        jb = base / "cache" / "jetbrains" / "old"
+        jb.mkdir(parents=True)
+        (jb / "f").write_text("x")
+        os.chmod(jb / "f", 0o600)
+        (jb / "k.secret").write_text("s")
+        os.chmod(jb / "k.secret", 0o600)
+        for p in (base / "cache", base / "cache" / "jetbrains", jb, jb / "f", jb / "k.secret"):
+            os.chown(p, 0, GID)
+    args = catalog_args(batch)
+    check = run_module(capsys, check=True, **args)
+    assert check["changed"] is True
+    assert not (batch / "cache" / "pip").exists()
+    res = run_module(capsys, **args)
+    assert res["changed"] is True
+    assert [r["path"] for r in res["caches"]] == [args["path"]] + [c["path"] for c in args["caches"]]
+    assert sorted(res["created"]) == sorted(check["created"]), (res["created"], check["created"])
+    assert res["changed_entries"] == check["changed_entries"] == sum(r["changed_entries"] for r in res["caches"])
+    assert str(batch / "cache" / "pip") in res["diff"]["after"]
+    one = catalog_args(single)
+    run_module(capsys, path=one["path"], owner=OWNER, subdirs=one["subdirs"])
+    for c in one["caches"]:
+        run_module(capsys, owner=OWNER, **c)
+    strip = len(str(batch))
+    assert {k[strip:]: v for k, v in snapshot(batch).items()} == {
+        k[len(str(single)) :]: v for k, v in snapshot(single).items()
+    }
+    assert mode_of(batch / "cache" / "jetbrains") == 0o2770
+    assert mode_of(batch / "cache" / "jetbrains" / "old" / "f") & 0o060 == 0o060  # recurse on that entry only
+    assert mode_of(batch / "cache" / "jetbrains" / "old" / "k.secret") == 0o600  # its private pattern
+    again = run_module(capsys, **args)
+    assert again["changed"] is False and again["diff"] == {"before": {}, "after": {}}
+
+
+def test_caches_bad_entry_fails_before_any_change(tmp_path, capsys):
+    args = catalog_args(tmp_path)
+    args["caches"].append({"path": str(tmp_path / "cache" / "ww"), "mode": "2777"})
+    res = run_module(capsys, **args)
+    assert res["failed"] is True
+    assert "caches[3]" in res["msg"] and "world-writable" in res["msg"]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_caches_without_path_and_neither_is_refused(tmp_path, capsys):
+    res = run_module(capsys, caches=[{"path": str(tmp_path / "a")}, {"path": str(tmp_path / "b"), "mode": "2770"}])
+    assert res["changed"] is True and res["path"] is None
+    assert mode_of(tmp_path / "b") == 0o2770
+    assert run_module(capsys)["failed"] is True

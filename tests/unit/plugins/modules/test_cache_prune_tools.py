@@ -55,6 +55,7 @@ def pip_cache_master(tmp_path_factory):
     return base / "pip", env
 
 
+@pytest.mark.registry
 def test_pip_wheel_cache_unit_is_the_wheel_directory(capsys, tmp_path, pip_cache_master):
     master, env = pip_cache_master
     cache = tmp_path / "cache" / "pip"
@@ -124,6 +125,7 @@ def _age_npm_entries(cache, name, days):
                     os.utime(cp, (age_file, age_file))
 
 
+@pytest.mark.registry
 def test_npm_cache_stays_consistent_and_verify_is_clean(capsys, tmp_path, npm_cache_master):
     cache = tmp_path / "cache" / "npm"
     shutil.copytree(npm_cache_master, cache, symlinks=True)
@@ -176,6 +178,7 @@ def apt_archives_master(tmp_path_factory):
     return base / "apt"
 
 
+@pytest.mark.registry
 def test_apt_archives_debs_go_lock_stays_apt_reuses_what_is_left(capsys, tmp_path, apt_archives_master):
     cache = tmp_path / "cache" / "apt"
     shutil.copytree(apt_archives_master, cache, symlinks=True)

@@ -42,7 +42,11 @@ def uv_bin():
 
 
 UV = uv_bin()
-pytestmark = pytest.mark.skipif(UV is None, reason="uv is not installed (pip install -r requirements/dev.txt)")
+# uv installs from PyPI: the integration tier (make test's registry stage)
+pytestmark = [
+    pytest.mark.registry,
+    pytest.mark.skipif(UV is None, reason="uv is not installed (pip install -r requirements/dev.txt)"),
+]
 
 
 def uv_env(cache):

@@ -205,6 +205,7 @@ def test_group_share_fixup_never_follows_symlinks(tmp_path):
 # ------------------------------------------------------------------------------ pip (PyPI)
 
 
+@pytest.mark.registry
 def test_pip_wheelhouse(capsys, tmp_path):
     wheelhouse = tmp_path / "pip" / "wheelhouse"
     args = dict(kind="pip", name="six==1.16.0", dest=str(wheelhouse), executable=sys.executable)
@@ -222,6 +223,7 @@ def test_pip_wheelhouse(capsys, tmp_path):
     assert whl.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.registry
 def test_pip_other_target_python(capsys, tmp_path):
     """Wheels for the containers' interpreter, not the host's (binary-only resolution)."""
     wheelhouse = tmp_path / "wheelhouse"
@@ -242,6 +244,7 @@ def test_pip_other_target_python(capsys, tmp_path):
 # ------------------------------------------------------------------------------ npm (registry)
 
 
+@pytest.mark.registry
 @pytest.mark.skipif(shutil.which("npm") is None, reason="npm missing")
 def test_npm_cache_add(capsys, tmp_path):
     cache = tmp_path / "npm"
