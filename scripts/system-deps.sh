@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the unit tests use for real (nothing is mocked): ACL tools, promtool (to
 # validate the metrics file), headless Chromium (to render the report page), npm and apt tools
-# (to build real caches). Installed only when missing; needs root.
+# (to build real caches), Go (to build a real module cache for cache_verify). Installed only when
+# missing; needs root.
 set -euo pipefail
 declare -A want=(
   [getfacl]=acl
@@ -9,6 +10,7 @@ declare -A want=(
   [chromium]=chromium
   [npm]=npm
   [docker-compose]=docker-compose
+  [go]=golang-go
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -169,6 +169,7 @@ def doctor(capsys, cache):
 
 
 @pytest.mark.parametrize("cacheable", [True, False], ids=["cacheable", "not-cacheable"])
+@pytest.mark.registry
 def test_after_a_prefetch_a_member_installs_the_same_wheels_without_downloading(site, capsys, cacheable):
     actors = site["actors"]
     root = lay_out_cache(os.path.join(site["base"], "cache-%s" % cacheable), actors.gid)

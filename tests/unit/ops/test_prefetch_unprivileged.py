@@ -132,6 +132,7 @@ def failure(out):
     return json.loads(match.group(1))
 
 
+@pytest.mark.registry
 def test_prefetch_runs_as_the_service_account_under_the_system_python(host):
     venv = broken_venv(host)
     # the account cannot start the venv's Python, root can: only a check as the account finds it
@@ -175,6 +176,7 @@ PROBE = """- hosts: localhost
 """
 
 
+@pytest.mark.registry
 def test_a_program_the_account_cannot_start_is_named_with_the_directory_in_the_way(host, tmp_path):
     venv = broken_venv(host)
     subprocess.run(["useradd", "--system", "-g", host["group"], "-s", "/usr/sbin/nologin", host["user"]], check=True)

@@ -158,6 +158,7 @@ def test_huggingface_blob_flipped_is_found_quarantined_and_fetched_again(capsys,
 
 
 # -- npm -------------------------------------------------------------------------------------------
+@pytest.mark.registry
 def test_npm_content_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_path, npm_cache_master):
     cache = tmp_path / "npm"
     shutil.copytree(npm_cache_master, cache, symlinks=True)
@@ -196,6 +197,7 @@ def test_npm_content_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_
     assert verify.returncode == 0 and "Corrupted" not in verify.stdout, verify.stdout
 
 
+@pytest.mark.registry
 def test_npm_index_line_edited_is_corrupt(capsys, tmp_path, npm_cache_master):
     cache = tmp_path / "npm"
     shutil.copytree(npm_cache_master, cache, symlinks=True)
@@ -237,6 +239,7 @@ def _build_deb(dest, work):
     assert res.returncode == 0, res.stderr
 
 
+@pytest.mark.registry
 def test_apt_deb_flipped_is_found_against_the_host_lists_and_downloaded_again(capsys, tmp_path, apt_master):
     cache = tmp_path / "apt"
     shutil.copytree(apt_master, cache, symlinks=True)
@@ -295,6 +298,7 @@ def _pip_build(cache, dest, env):
     )  # fmt: skip
 
 
+@pytest.mark.registry
 def test_pip_built_wheel_flipped_is_found_quarantined_and_built_again(capsys, tmp_path, pip_env):
     cache = tmp_path / "pip"
     res = _pip_build(cache, tmp_path / "t1", pip_env)
@@ -354,6 +358,7 @@ def _uv_install(cache, venv, *extra):
     )  # fmt: skip
 
 
+@pytest.mark.registry
 def test_uv_archive_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_path):
     if not UV.exists():
         pytest.skip("uv not installed")
@@ -384,6 +389,7 @@ def test_uv_archive_flipped_is_found_quarantined_and_fetched_again(capsys, tmp_p
     assert out.stdout.strip() == "1.16.0"
 
 
+@pytest.mark.registry
 def test_summary_file_is_root_owned_0640_and_merges_caches(capsys, tmp_path, npm_cache_master):
     cache = tmp_path / "npm"
     shutil.copytree(npm_cache_master, cache, symlinks=True)

@@ -245,6 +245,7 @@ def grown_pip_cache(master, dest, copies, seed):
     return dest
 
 
+@pytest.mark.registry
 def test_twenty_kills_then_a_run_leave_what_one_run_leaves_pip(tmp_path, pip_master):
     master = grown_pip_cache(pip_master, tmp_path / "master", 20, seed=3)
     total = sum(os.lstat(os.path.join(master, p)).st_blocks * 512 for p in tree(master))
@@ -293,6 +294,7 @@ class InjectedPruner(_prune.Pruner):
         return res
 
 
+@pytest.mark.registry
 @pytest.mark.parametrize("when", ["check", "move"])
 def test_entries_pip_rewrites_after_the_walk_are_kept_whole(tmp_path, pip_master, when):
     cache = grown_pip_cache(pip_master, tmp_path / "pip", 3, seed=4)
@@ -353,6 +355,7 @@ with open(log, "a") as out:
 """
 
 
+@pytest.mark.registry
 def test_a_concurrent_rewriter_loses_no_entry_and_splits_none(tmp_path, pip_master):
     """A process rewriting entries as pip does during a max_size prune. What no engine can close
     without pip's help: a 304 revalidation that read the entry before it left and writes its
