@@ -36,7 +36,14 @@ import stat
 import sys
 import time
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs, _perms, _prune, _render, _usage, _verify
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import (
+    _jobs,
+    _perms,
+    _prune,
+    _render,
+    _usage,
+    _verify,
+)
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     human,
     humanize,
