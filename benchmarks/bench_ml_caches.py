@@ -185,9 +185,9 @@ def rows(n_files, workdir):
     state = os.path.join(workdir, "state")
     os.makedirs(state, mode=0o700)
     find = ["-mtime", "+%d" % CUT_DAYS, "!", "-type", "d", "-delete"]
-    hub_find_s, _ = run_timed(["find", copies["hub-find"], *find])
+    hub_find_s, _rss = run_timed(["find", copies["hub-find"], *find])
     hub_s, hub_rss, hub_info = _prune_timed(coll, "huggingface", copies["hub-ours"], state)
-    uv_find_s, _ = run_timed(["find", copies["uv-find"], *find])
+    uv_find_s, _rss = run_timed(["find", copies["uv-find"], *find])
     uv_s, uv_rss, uv_info = _prune_timed(coll, "uv", copies["uv-ours"], state)
 
     # what is left: the new repos whole, nothing old; huggingface_hub's own scan sees no warning

@@ -808,7 +808,7 @@ class Journal:
         finally:
             os.close(fd)
         for line in data.split(b"\n"):
-            kind, _, rest = line.partition(b" ")
+            kind, _sep, rest = line.partition(b" ")
             try:
                 if kind == b"R":
                     runs.append((json.loads(rest.decode()), {}))

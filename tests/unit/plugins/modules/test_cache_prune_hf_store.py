@@ -365,7 +365,7 @@ def test_reading_repo_blob_links_never_makes_a_revision_look_used(capsys, tmp_pa
     home, hub, a, b = build(tmp_path, "store")
     h = hashlib.sha256(REPOS["model"]["org/llm"]["v1"]["model.safetensors"]).hexdigest()
     os.unlink(hub / "blobs" / h[:2] / h)  # the payload went behind huggingface_hub's back
-    for _ in range(3):  # walks that read every link
+    for _walk in range(3):  # walks that read every link
         run_module(capsys, check=True, path=str(home), format="huggingface", max_age="90d")
     res = run_module(capsys, path=str(home), format="huggingface", max_age="90d")
     assert sorted(s["name"].split()[0] for s in res["sample"]) == ["org/llm", "org/llm"], res["sample"]

@@ -69,7 +69,7 @@ def kill_many(path, lock_dir, fmt, pol, seed, kills, span):
     their journal (a run that completes deletes it)."""
     rnd = random.Random(seed)  # noqa: S311 - seeded test schedule
     changed = 0
-    for _ in range(kills):
+    for _kill in range(kills):
         before = set(tree(path))
         size = journal_size(lock_dir)
         early = rnd.random() < 0.25
