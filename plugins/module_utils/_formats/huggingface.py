@@ -644,19 +644,7 @@ def check_store_payload(item):
                 if algo == "gitblob":
                     h.update(b"blob %d\0" % st.st_size)
                 hashes[algo] = h
-        deadline = v._deadline(st.st_size)
-        buf = bytearray(v._CHUNK)
-        view = memoryview(buf)
-        n = 0
-        while True:
-            got = os.readv(fd, [buf])
-            if not got:
-                break
-            for h in hashes.values():
-                h.update(view[:got])
-            n += 1
-            if not n & 63 and time.monotonic() > deadline:
-                raise v.Outcome("busy", "time limit")
+        v.update_fd(fd, list(hashes.values()), v._deadline(st.st_size))
     finally:
         os.close(fd)
     digests = {algo: h.hexdigest() for algo, h in hashes.items()}
