@@ -268,6 +268,13 @@ def test_huggingface_store_payload_checked_through_its_repo_links(capsys, tmp_pa
         res = run(capsys, tmp_path, path=str(home), format="huggingface")
         assert_clean(res)
         assert res["verified"] == 3
+        # a payload no repo blob links to any more names no digest: unverifiable, never verified
+        cfg = hub / "models--org--llm" / "blobs" / hashlib.sha1(b'blob 8\0{"v": 1}').hexdigest()  # noqa: S324
+        assert cfg.is_symlink()
+        cfg.unlink()
+        res2 = run(capsys, tmp_path, path=str(home), format="huggingface")
+        assert_clean(res2)
+        assert res2["verified"] == 2 and res2["unverifiable"] == res["unverifiable"] + 1
 
 
 # -- npm -------------------------------------------------------------------------------------------
