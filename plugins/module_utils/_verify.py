@@ -245,6 +245,12 @@ def _hash_fd(fd, algo, deadline, prefix=b""):
     h = hashlib.new(algo) if algo != "md5" else hashlib.md5(usedforsecurity=False)
     if prefix:
         h.update(prefix)
+    update_fd(fd, (h,), deadline)
+    return h.hexdigest()
+
+
+def update_fd(fd, hashes, deadline):
+    """Feed the rest of ``fd`` to every hash object of ``hashes`` (one read for all), by the deadline."""
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     n = 0
@@ -252,11 +258,11 @@ def _hash_fd(fd, algo, deadline, prefix=b""):
         got = os.readv(fd, [buf])
         if not got:
             break
-        h.update(view[:got])
+        for h in hashes:
+            h.update(view[:got])
         n += 1
         if not n & 63 and time.monotonic() > deadline:
             raise Outcome("busy", "time limit")
-    return h.hexdigest()
 
 
 def _deadline(size):

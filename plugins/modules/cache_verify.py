@@ -13,7 +13,9 @@ description:
     This module reads each unit of one cache directory and compares it with the digest the cache's
     own tool recorded for it, one verifier per O(format).
   - C(huggingface) - a blob is named by its digest, the SHA-256 of the content for LFS files, the git
-    blob SHA-1 for small files. C(npm) - C(_cacache/content-v2/<algo>/...) is named by its integrity
+    blob SHA-1 for small files; a payload of the 2.x shared Xet store (named by its Xet hash) is checked
+    against the name of every repo blob that links to it, hashed once, and quarantined with those links.
+    C(npm) - C(_cacache/content-v2/<algo>/...) is named by its integrity
     digest; each index line carries the SHA-1 of its entry. C(apt) - C(archives/*.deb) against the
     C(SHA256) of the host's package lists, else a structural C(dpkg-deb) check (counted under its own
     method). C(pip) - a wheel's own C(RECORD) (built wheels, prefetched wheels, HTTP bodies that are

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import stat
@@ -618,31 +619,125 @@ def dir_is_prunable_repo(root_fd, prefix):
 # -- cache_verify ---------------------------------------------------------------------------
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_ETAG_ALGO = {64: ("sha256", "sha256", b""), 40: ("gitblob", "sha1", None)}  # etag length -> (label, hashlib, prefix)
+
+
+def _store_expected(etags):
+    """The expected digests of a store payload: one ``algo:<etag>`` per distinct repo blob name."""
+    return "|".join("%s:%s" % (_ETAG_ALGO[len(e)][0], e) for e in sorted(set(etags)))
+
+
+def check_store_payload(item):
+    """A shared-store payload against every repo blob name (etag) linking to it, hashed once:
+    each etag must match (two different names can only both match by a SHA-256/SHA-1 pair)."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify as v
+
+    wants = [w.partition(":") for w in item["expected"].split("|")]
+    fd, st = v._open_target(item["target"], item["ident"], item["ident"][2])
+    try:
+        if v._sparse(st):
+            raise v.Outcome("unverifiable", "sparse file: not read")
+        hashes = {}
+        for algo, _sep, _want in wants:
+            if algo not in hashes:
+                h = hashlib.sha256() if algo == "sha256" else hashlib.sha1(usedforsecurity=False)
+                if algo == "gitblob":
+                    h.update(b"blob %d\0" % st.st_size)
+                hashes[algo] = h
+        v.update_fd(fd, list(hashes.values()), v._deadline(st.st_size))
+    finally:
+        os.close(fd)
+    digests = {algo: h.hexdigest() for algo, h in hashes.items()}
+    actual = "|".join("%s:%s" % (a, digests[a]) for a in sorted(digests))
+    if any(digests[algo] != want for algo, _sep, want in wants):
+        raise v.Outcome("corrupt", actual)
+    return actual
 
 
 def verify(ctx):
     """A blob's name is its digest: SHA-256 of the content for LFS files, the git blob SHA-1
     (``sha1("blob <size>\\0" + content)``) for small files (huggingface_hub names a blob by the
     hub's ETag). Blobs are what the snapshots' links name; everything else (refs, snapshot files
-    that are not links, ``.incomplete`` downloads, ``.no_exist`` markers) is unverifiable."""
+    that are not links, ``.incomplete`` downloads, ``.no_exist`` markers) is unverifiable.
+
+    A payload of the 2.x shared store (``blobs/<xx>/<xet hash>``, named by the Xet hash, not a
+    digest of its content) is checked through the repo blob links that name it: each link
+    ``<repo>/blobs/<etag>`` of the same hub whose target is exactly ``../../blobs/<xx>/<hash>``
+    (``store_target``: never a link out of the store) makes its etag an expected digest; the payload
+    is hashed once against all of them. A payload no link names is unverifiable.
+
+    Quarantine moves a corrupt blob with the snapshot links to it, and a corrupt payload with every
+    repo blob link to it and their snapshot links: huggingface_hub downloads the files again, and
+    its ``scan_cache_dir`` finds no dangling link."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify
+
+    _verify.register_check("hf_store", check_store_payload)
     sha256 = _HEX64.match
     sha1 = _HEX40.match
+    stores = set()  # hub prefixes whose blobs/ carries huggingface_hub's marker
+    payloads = {}  # (hub prefix, hash) -> (path, lstat)
+    links = {}  # (hub prefix, hash) -> [(link path, etag)]
+    blob_files = []  # (path, lstat, repo prefix, etag) of the repo blobs that are regular files
+    snap_links = {}  # (repo prefix, etag) -> [snapshot link paths]: quarantined with their blob
     for d in ctx.walk():
         base = ctx.parts(d)
         off = _hf_offset(base + ("",))
         blobs = off >= 0 and len(base) == off + 2 and base[off + 1] == "blobs"
+        snaps = off >= 0 and len(base) >= off + 3 and base[off + 1] == "snapshots"
+        soff = _store_offset(base)
+        if soff >= 0 and len(base) == soff + 1 and ctx.read_small(d.fd, _STORE_MARKER, 64) == _STORE_MARKER_TEXT:
+            stores.add(base[:soff])
+        in_store = soff >= 0 and len(base) == soff + 2
         for name, st in d.entries:
+            parts = base + (name,)
+            if stat.S_ISLNK(st.st_mode) and (blobs or snaps):
+                try:
+                    target = os.readlink(name, dir_fd=d.fd)
+                except OSError:
+                    continue
+                if blobs and (sha256(name) or sha1(name)):
+                    h = store_target(target, 2)
+                    if h is not None:
+                        links.setdefault((base[:off], h), []).append((parts, name))
+                elif snaps:
+                    etag = _snapshot_blob(target, len(base) - off - 1)
+                    if etag is not None:
+                        snap_links.setdefault((base[: off + 1], etag), []).append(parts)
+                continue
             if not stat.S_ISREG(st.st_mode):
                 continue
-            parts = base + (name,)
-            if blobs:
-                if sha256(name):
-                    ctx.check(parts, st, "digest", "sha256:" + name, "sha256 (blob name)")
-                    continue
-                if sha1(name):
-                    ctx.check(parts, st, "digest", "gitblob:" + name, "git blob sha1 (blob name)")
-                    continue
+            if in_store and _XET_HASH.match(name) and name[:2] == base[-1]:
+                payloads[(base[:soff], name)] = (parts, st)
+            elif blobs and (sha256(name) or sha1(name)):
+                blob_files.append((parts, st, base[: off + 1], name))
+            else:
+                ctx.unverifiable(parts, st)
+    for parts, st, repo, name in blob_files:
+        unit = [parts] + sorted(snap_links.get((repo, name), ()))
+        if sha256(name):
+            ctx.check(unit, st, "digest", "sha256:" + name, "sha256 (blob name)")
+        else:
+            ctx.check(unit, st, "digest", "gitblob:" + name, "git blob sha1 (blob name)")
+    for key in sorted(payloads):
+        parts, st = payloads[key]
+        named = sorted(links.get(key, ())) if key[0] in stores else []
+        if not named:
             ctx.unverifiable(parts, st)
+            continue
+        unit = [parts]
+        for lp, etag in named:
+            unit.append(lp)
+            unit.extend(sorted(snap_links.get((lp[:-2], etag), ())))
+        ctx.check(unit, st, "hf_store", _store_expected(e for _lp, e in named), "store payload (repo blob names)")
+
+
+def _snapshot_blob(target, depth):
+    """The blob name a snapshot link points to (``../`` * depth + ``blobs/<name>``), else None."""
+    tparts = target.split("/")
+    if len(tparts) != depth + 2 or any(p != ".." for p in tparts[:depth]) or tparts[depth] != "blobs":
+        return None
+    name = tparts[-1]
+    return name if _HEX64.match(name) or _HEX40.match(name) else None
 
 
 HuggingFaceFormat.verifier = staticmethod(verify)

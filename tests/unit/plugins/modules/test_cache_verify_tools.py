@@ -145,6 +145,9 @@ def test_huggingface_blob_flipped_is_found_quarantined_and_fetched_again(capsys,
         assert weights.exists()
         res = run(capsys, tmp_path, path=str(cache), quarantine=True)
         assert res["quarantined"] == chk["quarantined"] and res["changed"] and not weights.exists()
+        assert not (snap / "model.safetensors").is_symlink()  # its snapshot link went with it
+        hfh = pytest.importorskip("huggingface_hub")
+        assert not hfh.scan_cache_dir(str(cache)).warnings
         assert not any(n.startswith(".mlinfra-prune-trash") for n in os.listdir(cache))
 
         before = len(hub.downloads())
@@ -155,6 +158,123 @@ def test_huggingface_blob_flipped_is_found_quarantined_and_fetched_again(capsys,
         res = run(capsys, tmp_path, path=str(cache))
         assert_clean(res)
         assert res["verified"] == len(files) and res["hashed_bytes"] == len(files["model.safetensors"])
+
+
+# -- HuggingFace 2.x shared Xet store --------------------------------------------------------------
+W = os.urandom(96 * 1024)  # the weights two repos share: one store payload, two repo blob links
+STORE_REPOS = {
+    "model": {
+        "org/llm": {"main": {"config.json": b'{"v": 1}', "model.safetensors": W}},
+        "org/llm-ft": {"main": {"config.json": b'{"ft": 1}', "model.safetensors": W}},
+    }
+}
+
+
+def _xet_hash(data):
+    return hashlib.sha256(b"xet merkle " + data).hexdigest()  # a store name that is NOT the content's SHA-256
+
+
+def _hf_store_fetch(endpoint, hub):
+    """hf_hub_download of every file (the loopback hub serves no Xet, so the blobs land in the repos),
+    then huggingface_hub's own publish_blob_to_shared_store, as a Xet download does."""
+    hfh = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.utils import _shared_blobs
+
+    for repo, branches in STORE_REPOS["model"].items():
+        for f in branches["main"]:
+            hfh.hf_hub_download(repo, f, cache_dir=str(hub), endpoint=endpoint)
+    for repo in ("models--org--llm", "models--org--llm-ft"):
+        for blob in sorted((hub / repo / "blobs").iterdir()):
+            if not blob.is_symlink():
+                data = blob.read_bytes()
+                assert _shared_blobs.publish_blob_to_shared_store(
+                    blob_path=str(blob), xet_hash=_xet_hash(data), cache_dir=str(hub), expected_size=len(data)
+                )
+    info = hfh.scan_cache_dir(str(hub))
+    assert not info.warnings, info.warnings
+    return sorted(p.relative_to(hub.parent).as_posix() for p in _shared_blobs.shared_store_blob_paths(str(hub)))
+
+
+def test_huggingface_store_payload_checked_through_its_repo_links(capsys, tmp_path, hf_env):
+    hfh = pytest.importorskip("huggingface_hub")
+    home = tmp_path / "huggingface"
+    hub = home / "hub"
+    hub.mkdir(parents=True)
+    os.chmod(hub, 0o2770)  # noqa: S103 - a cache directory, group only
+    with fake_hub.FakeHub(STORE_REPOS) as fh:
+        _real_hub_etags(fh)
+        payloads = _hf_store_fetch(fh.endpoint, hub)
+        assert len(payloads) == 3  # two configs, one shared weights payload
+        wpath = home / ("hub/blobs/%s/%s" % (_xet_hash(W)[:2], _xet_hash(W)))
+        wsha = hashlib.sha256(W).hexdigest()
+        links = [hub / r / "blobs" / wsha for r in ("models--org--llm", "models--org--llm-ft")]
+        assert all(os.readlink(x) == "../../blobs/%s/%s" % (wpath.parent.name, wpath.name) for x in links)
+
+        # untouched: every payload verified through its links, none unverifiable
+        res = run(capsys, tmp_path, path=str(home), format="huggingface")
+        assert_clean(res)
+        assert res["methods"]["store payload (repo blob names)"]["verified"] == 3
+        assert res["verified"] == 3 and res["verified_bytes"] == len(W) + len(b'{"v": 1}') + len(b'{"ft": 1}')
+        regular = [f for f in tree(home) if not (home / f).is_symlink() and (home / f).is_file()]
+        assert sorted(set(regular) & set(payloads)) == payloads
+        assert res["unverifiable"] == len(regular) - 3  # marker, manifests, locks, refs: no digest
+        again = run(capsys, tmp_path, path=str(home), format="huggingface")
+        assert again["verified"] == 3 and again["reused"] == 3 and again["hashed_bytes"] == 0
+
+        # one byte flipped in the payload both repos link
+        os.chmod(wpath, 0o644)
+        flip(wpath)
+        os.chmod(wpath, 0o444)
+        res = run(capsys, tmp_path, path=str(home), format="huggingface")
+        sample = assert_one_corrupt(res, "hub/blobs/" + wpath.parent.name + "/" + wpath.name)
+        assert sample["expected"] == "sha256:" + wsha
+        assert sample["actual"] == "sha256:" + hashlib.sha256(wpath.read_bytes()).hexdigest()
+        assert res["verified"] == 2
+
+        chk = run(capsys, tmp_path, check=True, path=str(home), format="huggingface", quarantine=True)
+        assert chk["quarantined"] == ["hub/blobs/%s/%s" % (wpath.parent.name, wpath.name)] and chk["changed"]
+        assert wpath.exists() and all(x.is_symlink() for x in links)
+        res = run(capsys, tmp_path, path=str(home), format="huggingface", quarantine=True)
+        assert res["quarantined"] == chk["quarantined"] and res["changed"]
+        assert not wpath.exists() and not any(os.path.lexists(x) for x in links)
+        assert not any(n.startswith(".mlinfra-prune-trash") for n in os.listdir(home))
+        info = hfh.scan_cache_dir(str(hub))
+        assert not info.warnings, info.warnings
+
+        before = len(fh.downloads())
+        assert sorted(_hf_store_fetch(fh.endpoint, hub)) == sorted(payloads)
+        assert len(fh.downloads()) == before + 2  # the weights of each repo, nothing else
+        for r in ("llm", "llm-ft"):
+            snap = next((hub / ("models--org--" + r) / "snapshots").iterdir())
+            assert (snap / "model.safetensors").read_bytes() == W
+        res = run(capsys, tmp_path, path=str(home), format="huggingface")
+        assert_clean(res)
+        assert res["verified"] == 3 and res["hashed_bytes"] == len(W)
+
+        # a third name for the same payload: two different SHA-256 names cannot both match
+        bogus = hub / "models--org--llm-ft" / "blobs" / hashlib.sha256(b"other").hexdigest()
+        os.symlink(os.readlink(links[0]), bogus)
+        res = run(capsys, tmp_path, path=str(home), format="huggingface")
+        assert res["corrupt"] == 1 and res["verified"] == 2, res["corrupt_sample"]
+        (sample,) = res["corrupt_sample"]
+        assert sample["path"].endswith(wpath.name)
+        assert sample["expected"] == "sha256:%s|sha256:%s" % tuple(sorted([wsha, bogus.name]))
+        assert sample["actual"] == "sha256:" + wsha
+        bogus.unlink()
+        # a link leaving the store is never followed: it names nothing
+        outside = tmp_path / "outside"
+        outside.write_bytes(W)
+        os.symlink("../../../" + os.path.relpath(outside, hub.parent), bogus)
+        res = run(capsys, tmp_path, path=str(home), format="huggingface")
+        assert_clean(res)
+        assert res["verified"] == 3
+        # a payload no repo blob links to any more names no digest: unverifiable, never verified
+        cfg = hub / "models--org--llm" / "blobs" / hashlib.sha1(b'blob 8\0{"v": 1}').hexdigest()  # noqa: S324
+        assert cfg.is_symlink()
+        cfg.unlink()
+        res2 = run(capsys, tmp_path, path=str(home), format="huggingface")
+        assert_clean(res2)
+        assert res2["verified"] == 2 and res2["unverifiable"] == res["unverifiable"] + 1
 
 
 # -- npm -------------------------------------------------------------------------------------------
