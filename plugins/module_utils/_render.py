@@ -111,6 +111,8 @@ def render_table(report):
                 row += "  (%d unreadable: %s)" % (r["unreadable_count"], r["unreadable"][0]["path"])
             if r["foreign"]["count"]:
                 row += "  (%s)" % foreign_note(r["foreign"])
+            if r.get("writers"):
+                row += "  (curated: written by %s only)" % r["writers"]
             lines.append(row)
         lines.append("  %-22s %8s %10s" % ("subtotal", humanize(cat["bytes"]), "{:,}".format(cat["files"])))
         lines.append("")
@@ -616,6 +618,8 @@ def render_html(report, history=(), title="Shared cache report"):
             notes.append("other filesystems not counted: %s" % ", ".join(r["other_filesystems"][:3]))
         if r["foreign"]["count"]:
             notes.append(foreign_note(r["foreign"]))
+        if r.get("writers"):
+            notes.append("curated: written by %s only" % r["writers"])
         idle = "".join("<td>%s</td>" % humanize(b["bytes"]) for b in r["not_accessed"]) or "".join(
             "<td>-</td>" for _d in days
         )

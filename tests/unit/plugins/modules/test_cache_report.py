@@ -151,11 +151,16 @@ def test_symlinked_cache_is_reported_not_followed(tmp_path, root):
 
 
 def test_a_curated_cache_reports_its_writers(capsys, root):
-    """The catalog's `writers` reaches the report data (the renderings read it from there)."""
+    """The catalog's `writers` reaches the report data, the table and the page."""
     caches = catalog(root)
     caches[0]["writers"] = "cache-writers"
-    by = {c["name"]: c for c in run_module(capsys, caches=caches, root=root)["caches"]}
+    res = run_module(capsys, caches=caches, root=root, render=["table", "html"])
+    by = {c["name"]: c for c in res["caches"]}
     assert by["huggingface"]["writers"] == "cache-writers" and by["pip"]["writers"] is None
+    # the table and the page say it, on the curated cache's row only
+    rows = [line for line in res["table"].splitlines() if "curated: written by cache-writers only" in line]
+    assert len(rows) == 1 and rows[0].split()[0] == "huggingface", res["table"]
+    assert res["html"].count("curated: written by cache-writers only") == 1
 
 
 def test_the_module_writes_with_the_one_writer_and_trims_the_history(capsys, tmp_path, root):
