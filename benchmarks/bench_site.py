@@ -57,6 +57,8 @@ def scratch_vars(work):
         "cache_report_config_path": w + "/etc/report.json",
         "cache_report_cron_file": w + "/etc/cron.d/report",
         "host_lib_dir": w + "/lib",
+        # the machine's own cron daemon is left as it is (the preflight would start it here)
+        "preflight_start_cron": False,
     }
 
 

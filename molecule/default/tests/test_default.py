@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -41,10 +42,43 @@ def test_every_catalog_cache_exists_with_its_mode(host, name, entry):
         assert s.is_directory and s.group == GROUP and s.mode & 0o2070 == 0o2070
 
 
+def test_the_host_was_bare_and_site_installed_what_it_needs(host):
+    # prepare purged cron, sudo and acl; the preflight installed cron (no systemd runs here)
+    assert host.package("cron").is_installed
+    assert not host.exists("sudo")
+    assert not host.exists("setfacl")
+
+
+def test_the_preflight_started_cron_for_the_jobs(host):
+    # PID 1 is sleep: nothing but the preflight started cron (no ps on a bare host: /proc)
+    assert host.file("/proc/1/comm").content_string.strip() == "sleep"
+    daemons = host.check_output("grep -lx cron /proc/[0-9]*/comm || true")
+    assert daemons, "no cron daemon runs"
+    jobs = host.check_output("ls /etc/cron.d").split()
+    assert any(j.startswith("mlinfra-shared-cache-") for j in jobs), jobs
+
+
+def test_the_members_exist_and_the_doctor_recorded_no_problem(host):
+    for user in ("alice", "bob"):
+        assert GROUP in host.user(user).groups
+    status = json.loads(host.file("/var/lib/mlinfra-shared-cache/doctor/status.json").content_string)
+    assert status["problems"] == 0, status["lines"]
+    assert status["checks"] > 0
+
+
 def test_default_acl_gives_the_group_rw_on_new_files(host):
-    acl = host.check_output("getfacl -p %s/pip", ROOT)
-    assert "default:group::rwx" in acl
-    assert "default:mask::rwx" in acl
+    # no getfacl on this bare host: the default ACL's effect, a member's umask 077 file is group rw
+    host.run_test("id verify-member || useradd -m -G %s verify-member", GROUP)
+    probe = "%s/pip/acl-probe" % ROOT
+    host.run_test("rm -f %s", probe)
+    host.check_output("su verify-member -s /bin/sh -c 'umask 077; echo x > %s'", probe)
+    f = host.file(probe)
+    assert f.group == GROUP
+    assert f.mode & 0o060 == 0o060, oct(f.mode)
+    # "other" as the directory's mode gives it (no more), not the umask: 0664 under a 2775 cache
+    pip_mode = int(DEFAULTS["shared_cache_caches"]["pip"].get("mode", "2775"), 8)
+    assert f.mode & 0o007 == pip_mode & 0o006, oct(f.mode)
+    host.run_test("rm -f %s", probe)
 
 
 def test_apt_keeps_downloaded_packages(host):

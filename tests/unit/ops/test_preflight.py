@@ -144,7 +144,8 @@ def no_scheduler_here():
 
 @pytest.mark.skipif(not no_scheduler_here(), reason="a scheduler runs this host")
 def test_the_preflight_warns_that_no_scheduler_runs(tmp_path):
-    rc, recap, out = run_preflight(tmp_path)
+    # told not to start cron (it would start this host's own: the Molecule default scenario proves the start)
+    rc, recap, out = run_preflight(tmp_path, preflight_start_cron=False)
     assert rc == 0, out
     assert recap["changed"] == 0, out
     assert "no scheduler runs on this host" in out
@@ -153,6 +154,20 @@ def test_the_preflight_warns_that_no_scheduler_runs(tmp_path):
     assert "scheduler=cron running=False" in out
     assert not (tmp_path / "cache").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["play.yml"]  # the ACL probe's directory is gone
+
+
+@pytest.mark.skipif(not no_scheduler_here(), reason="a scheduler runs this host")
+@pytest.mark.skipif(not os.path.exists("/etc/init.d/cron"), reason="cron is not installed here")
+def test_the_preflight_would_start_cron_and_check_mode_starts_nothing(tmp_path):
+    # the role in check mode (this host's cron must not start): the start is the one change announced
+    play = PREFLIGHT.replace("  gather_facts: false\n", "  gather_facts: false\n  check_mode: true\n", 1)
+    assert play != PREFLIGHT
+    base = {"shared_cache_root": str(tmp_path / "cache"), "shared_cache_install_packages": False}
+    rc, recap, out = run_play_on_localhost(play, tmp_path, dict(base, preflight_cron_commands=[]))
+    assert rc == 0, out
+    assert recap["changed"] == 1, out
+    assert "changed: [localhost]" in out.split("Start cron (systemd does not run this host")[1].split("TASK")[0], out
+    assert no_scheduler_here()  # nothing started
 
 
 def test_missing_commands_are_listed_once_and_nothing_is_installed(tmp_path):
