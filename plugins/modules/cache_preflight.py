@@ -39,6 +39,13 @@ options:
     description: Whether jobs are to be scheduled (a warning when no scheduler runs).
     type: bool
     default: true
+  start_cron:
+    description:
+      - Whether the play starts cron where it is the scheduler and no cron daemon runs (the
+        preflight role's C(preflight_start_cron)). Then that is said (RV(notes)) instead of the
+        warning that the jobs will not run.
+    type: bool
+    default: false
   min_free:
     description: Free space required on the cache filesystem (V(1G), V(500M)); empty for no check.
     type: str
@@ -102,6 +109,11 @@ problems:
   type: list
   elements: str
   returned: always
+notes:
+  description: What the play will do about the host that is not a problem (it starts cron, with O(start_cron)).
+  type: list
+  elements: str
+  returned: always
 """
 
 import os
@@ -124,7 +136,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._preflight im
 
 
 def check(p):
-    result = {"problems": [], "warnings": []}
+    result = {"problems": [], "warnings": [], "notes": []}
     problems = result["problems"]
     if os.geteuid() != 0:
         problems.append(
@@ -181,7 +193,9 @@ def check(p):
                 " ".join(result["packages"]),
             )
         )
-    if p["scheduled"] and not sched["running"]:
+    if p["scheduled"] and not sched["running"] and sched["kind"] == "cron" and p["start_cron"]:
+        result["notes"].append("no cron daemon runs on this host (systemd is not PID 1): the play starts cron")
+    elif p["scheduled"] and not sched["running"]:
         result["warnings"].append(
             "no scheduler runs on this host (systemd is not PID 1 and no cron daemon runs): the prune "
             "and report jobs will be installed but will not run; fix: %s" % START_CRON
@@ -196,6 +210,7 @@ def main():
             commands=dict(type="list", elements="dict", default=[]),
             cron_commands=dict(type="list", elements="dict", default=[]),
             scheduled=dict(type="bool", default=True),
+            start_cron=dict(type="bool", default=False),
             min_free=dict(type="str", default="1G"),
             require_acl=dict(type="bool", default=False),
             install_packages=dict(type="bool", default=True),

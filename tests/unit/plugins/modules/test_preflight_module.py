@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_preflight
@@ -61,3 +62,17 @@ def test_installable_commands_and_no_acls_only_warn(capsys, tmp_path, host):
     assert res["packages"] == ["pkg-a"] and res["problems"] == []
     assert res["root_parent"] == str(tmp_path) and res["scheduler"] == "cron"
     assert "has no ACLs" in json.dumps(res.get("warnings", []))
+
+
+@pytest.mark.parametrize("start_cron", [False, True])
+def test_no_cron_daemon_warns_unless_the_play_starts_it(capsys, tmp_path, host, monkeypatch, start_cron):
+    monkeypatch.setattr(cache_preflight, "scheduler", lambda: {"kind": "cron", "running": False})
+    # Ansible keeps module warnings process-wide: start this run with none
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    res = run(capsys, root=str(tmp_path / "cache"), min_free="", start_cron=start_cron)
+    assert not res.get("failed"), res
+    warned = "will not run; fix: service cron start" in json.dumps(res.get("warnings", []))
+    assert warned is not start_cron
+    assert res["notes"] == (
+        ["no cron daemon runs on this host (systemd is not PID 1): the play starts cron"] if start_cron else []
+    )
