@@ -33,26 +33,41 @@ def systemd_running(run_dir=SYSTEMD_DIR):
     return os.path.isdir(run_dir)
 
 
+def _root_id(path):
+    try:
+        st = os.stat(path)  # /proc/<pid>/root: the process's root directory
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def cron_daemons(proc="/proc"):
-    """PIDs (as strings) of running cron daemons: comm cron/crond, or busybox running crond."""
+    """PIDs (as strings) of running cron daemons: comm cron/crond, or busybox running crond, whose
+    root directory is ours. A cron in a container (another root) shows in the host's /proc too, but
+    it reads the container's crontabs, never the host's: it does not run the host's jobs. Where a
+    process's root cannot be read (not root), it counts."""
     found = []
     try:
         pids = [p for p in os.listdir(proc) if p.isdigit()]
     except OSError:
         return found
+    ours = _root_id(os.path.join(proc, "self", "root")) or _root_id("/")
     for pid in pids:
         try:
             with open(os.path.join(proc, pid, "comm"), "rb") as fh:
                 comm = fh.read(64).decode("utf-8", "replace").strip()
-            if comm in CRON_NAMES:
-                found.append(pid)
-            elif comm == "busybox":
+            if comm == "busybox":
                 with open(os.path.join(proc, pid, "cmdline"), "rb") as fh:
                     argv = fh.read(4096).split(b"\0")
-                if b"crond" in argv[:3]:
-                    found.append(pid)
+                if b"crond" not in argv[:3]:
+                    continue
+            elif comm not in CRON_NAMES:
+                continue
         except OSError:
             continue  # gone, or not ours to read
+        root = _root_id(os.path.join(proc, pid, "root"))
+        if root is None or root == ours:
+            found.append(pid)
     return found
 
 
