@@ -196,7 +196,11 @@ def uv_phase(container, user, packages, bootstrap, rate=None):
     before = rx_bytes(container)
     with link_rate(container, rate):
         proc, secs = dexec(
-            container, user, "~/venv/bin/uv pip install -v --python ~/uvenv/bin/python %s 2>&1" % " ".join(packages)
+            container,
+            user,
+            # uv trusts its built-in roots unless told to read the system's store (the bundle the
+            # scenario mounts, which holds the CA of a TLS-intercepting proxy where there is one)
+            "UV_SYSTEM_CERTS=1 ~/venv/bin/uv pip install -v --python ~/uvenv/bin/python %s 2>&1" % " ".join(packages),
         )
     rx = rx_bytes(container) - before
     fetched = re.findall(r"Sending fresh GET request for: (https?://\S+/[^/\s]+\.(?:whl|tar\.gz|zip))", proc.stdout)
