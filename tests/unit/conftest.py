@@ -9,6 +9,9 @@ stage does not run is deselected by marker, visibly (``N deselected``), never sk
 - ``ansible_package``: the test needs a collection of the ``ansible`` package (community.general,
   awx.awx) or ansible-builder, which the bare ansible-core 2.21 venv does not have; its stage
   deselects them.
+- ``system_python``: members run huggingface_hub under the system Python of the test's own version
+  (the test's interpreter sits below root's 0700 home): Debian 12 has /usr/bin/python3.11, so the
+  ansible-core 2.21 / Python 3.12 stage deselects them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 MARKERS = {
     "registry": "reaches a package registry (PyPI, npm, Debian): the integration tier (-m registry)",
     "ansible_package": "needs a collection of the ansible package or ansible-builder (not in bare ansible-core)",
+    "system_python": "members run the system Python of the test's version (3.11 on Debian 12)",
 }
 
 

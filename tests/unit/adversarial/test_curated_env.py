@@ -29,6 +29,7 @@ from ansible_collections.mlinfra.shared_cache.tests.unit.ops.playbooks import ru
 CURATED = {"huggingface": {"writers": "cache-writers"}}
 
 
+@pytest.mark.ansible_package
 def test_members_are_offline_for_a_curated_hub_cache_and_workspaces_mount_it_read_only(actors, arena, cache):
     """One play: cache_env and compose_volumes with the hub cache curated (the env test of
     test_env_configs.py shows HF_HUB_OFFLINE absent when it is not)."""

@@ -28,6 +28,9 @@ from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated imp
 )
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import tree
 
+# members run huggingface_hub under the system Python of this version (see tests/unit/conftest.py)
+pytestmark = pytest.mark.system_python
+
 pytest.importorskip("huggingface_hub")
 _spec = importlib.util.spec_from_file_location(
     "curated_fake_hub", Path(__file__).parent.parent / "plugins" / "modules" / "test_prefetch_support" / "fake_hub.py"
