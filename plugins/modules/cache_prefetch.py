@@ -782,6 +782,11 @@ def main():
         module.fail_json(msg="dir_mode %s would make the cache world-writable" % p["dir_mode"])
     _respawn_for(module, p)
     os.umask(UMASK)
+    # the tools run as the service account with their own interpreter: never with the controller's
+    # Python search path (a local connection passes the admin's PYTHONPATH, e.g. below root's 0700
+    # home, which the account cannot read and which would change what its pip imports)
+    for var in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE"):
+        os.environ.pop(var, None)
     started = time.time() - 1
     created = []
     try:
