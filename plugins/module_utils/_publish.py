@@ -44,9 +44,10 @@ import shutil
 import stat
 import tempfile
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._verify import update_fd
+
 SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
 SHA1_NAME = re.compile(r"^[0-9a-f]{40}$")
-_CHUNK = 1 << 20
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 STAGING_LOCK = ".lock"
 
@@ -76,11 +77,7 @@ def blob_digest(dir_fd, name):
             return None
         if len(name) == 40:
             h.update(b"blob %d\0" % st.st_size)
-        while True:
-            chunk = os.read(fd, _CHUNK)
-            if not chunk:
-                break
-            h.update(chunk)
+        update_fd(fd, (h,), float("inf"))  # cache_verify's read loop; the publisher has no deadline
     finally:
         os.close(fd)
     return name, h.hexdigest()
