@@ -744,6 +744,11 @@ class Moved:
 # ------------------------------------------------------------------------------------------
 # the intent journal: what a killed run had decided, so the next run finishes the same job
 # ------------------------------------------------------------------------------------------
+# A tool's read-then-write of an entry (pip's 304 revalidation: read header and body, write the
+# header) spans microseconds; the run looks at its removed multi-path units once more this long
+# after the last one left, so such a write landing just after a unit's move is still caught.
+SPLIT_SETTLE = 0.25
+
 JOURNAL_MAX = 64 << 20  # a run journals a line per directory it empties and per unit it chose
 
 
@@ -1237,9 +1242,12 @@ class Pruner:
             journal.units(chosen)
             used_after = time.time()
             removed = set()
+            self._split_watch = []
             freed_total = self._remove_chosen(
                 fd, chosen, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after
             )
+            if self._split_watch:
+                freed_total += self._unsplit_late(fd, result, locks, mounts, dev, trash)
             present = {u.key for u in collection.units}
             # units a killed run removed whole: the format's clean-up still has to see them
             gone_before = {k for k in journal.resume if k not in present}
@@ -1346,6 +1354,8 @@ class Pruner:
         for m in moved:
             trash.purge(m.name, locks, stats)
         self._unsplit(u, moved, mounts, locks, trash, stats, par)
+        if len(u.paths) > 1:
+            self._split_watch.append((u, moved))
         self.foreign.merge(stats.foreign)
         if stats.busy:
             result["busy"].extend(stats.busy[:10])
@@ -1372,6 +1382,25 @@ class Pruner:
                 m = trash.take(parts, mounts, stats, expect=ino, parents=par)
                 if m is not None:
                     trash.purge(m.name, locks, stats)
+
+    def _unsplit_late(self, fd, result, locks, mounts, dev, trash):
+        """Once every chosen unit has left, and SPLIT_SETTLE later: the removed multi-path units
+        looked at again, so half an entry its tool wrote back just after the move (a header
+        whose body is gone) goes too. What freed (bytes)."""
+        time.sleep(SPLIT_SETTLE)
+        stats = RemoveStats(self.cache_gid)
+        par = Parents(fd, dev, mounts)
+        try:
+            for u, moved in self._split_watch:
+                self._unsplit(u, moved, mounts, locks, trash, stats, par)
+        finally:
+            par.close()
+        self.foreign.merge(stats.foreign)
+        for rel, err in stats.errors[:10]:
+            self._error(result, rel, err)
+        result["files"] += stats.files
+        result["bytes"] += stats.disk
+        return stats.disk
 
     def _rewritten(self, u, moved, inos, par):
         """True when what was moved is not what was checked, or a path was made again since."""
