@@ -63,6 +63,13 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
 )
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import open_below as _open_rel
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import forked_map
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import (
+    ParamError,
+    parse_mode,
+    validate_cache_root,
+    validate_relative,
+    world_writable,
+)
 
 ACL_DEFAULT = "system.posix_acl_default"
 ACL_ACCESS = "system.posix_acl_access"
@@ -853,3 +860,52 @@ def _subtree_job(job):
 
 def _join(rel, name):
     return rel + "/" + name if rel else name
+
+
+# -- cache_dir and the nightly permission fix-up build their fixer the same way --------------
+def cache_dir_fixer(params, check_mode=False, warn=None):
+    """(path, subdirs, TreeFixer) for cache_dir's options; raises ParamError/PermsError on bad input.
+
+    ``params``: path, owner, group, mode, subdirs, acl, allow_world_writable, one_fs, adopt (a
+    one-off take-over; the nightly command never sets it), private (name patterns added to
+    ``_perms.DEFAULT_PRIVATE``, never widened), writers (a curated cache: the tree is that group's
+    and ``group`` only reads it).
+    """
+    path = validate_cache_root(params["path"], "path")
+    mode = parse_mode(params.get("mode") or "2775", "mode")
+    allow_ww = bool(params.get("allow_world_writable"))
+    if world_writable(mode):
+        if not allow_ww:
+            raise ParamError(
+                "mode: %s is world-writable: anyone on the host could replace what every user loads; "
+                "use 2775 or 2770 (or set allow_world_writable: true)" % params["mode"]
+            )
+        if warn is not None:
+            warn("mode %04o makes %s world-writable: any local user can poison this cache" % (mode, path))
+    subdirs = [validate_relative(sub, "subdirs") for sub in params.get("subdirs") or []]
+    group = resolve_group(params.get("group"))
+    writers = resolve_group(params.get("writers"))
+    if writers is not None and group is None:
+        raise ParamError("writers: a curated cache needs group (the cache group, which reads it)")
+    fixer = TreeFixer(
+        resolve_owner(params.get("owner")),
+        group if writers is None else writers,
+        mode,
+        acl=params.get("acl", True),
+        check_mode=check_mode,
+        allow_world_writable=allow_ww,
+        one_fs=params.get("one_fs", True),
+        adopt=bool(params.get("adopt")),
+        private=tuple(DEFAULT_PRIVATE) + tuple(p for p in params.get("private") or () if p not in DEFAULT_PRIVATE),
+        read_gid=None if writers is None or writers == group else group,
+    )
+    return path, subdirs, fixer
+
+
+def fail_on_managed(fixer, path):
+    """PermsError when the cache directory or a declared subdir could not be brought into line."""
+    if fixer.managed_errors:
+        raise PermsError(
+            "%s: could not bring the directory or its subdirs into line: %s"
+            % (path, "; ".join("%s: %s" % (e["path"], e["error"]) for e in fixer.managed_errors))
+        )

@@ -330,10 +330,13 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Foreign
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._jobs import cache_dir_fixer, fail_on_managed
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import usable_cpus
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import PermsError
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import (
+    PermsError,
+    cache_dir_fixer,
+    fail_on_managed,
+)
 
 ACL_FALLBACK = (
     "the filesystem does not support POSIX ACLs (EOPNOTSUPP); falling back to setgid and "
