@@ -60,6 +60,13 @@ options:
     description: Whether missing commands will be installed by package (else they are problems).
     type: bool
     default: true
+  groups:
+    description:
+      - Groups to look up (the cache group, the writers groups); RV(groups) gives their gids, so
+        that the roles create only the missing ones and need no lookup of their own.
+    type: list
+    elements: str
+    default: []
 author: mlinfra (@mlinfra)
 """
 
@@ -74,6 +81,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+groups:
+  description: Each group of O(groups) and its gid, or null when it does not exist.
+  type: dict
+  returned: always
+  sample: {"mlcache": 2000, "mlcache-writers": null}
 scheduler:
   description: The scheduler the roles use, V(systemd) or V(cron).
   type: str
@@ -116,6 +128,7 @@ notes:
   returned: always
 """
 
+import grp
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -136,8 +149,13 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._preflight im
 
 
 def check(p):
-    result = {"problems": [], "warnings": [], "notes": []}
+    result = {"problems": [], "warnings": [], "notes": [], "groups": {}}
     problems = result["problems"]
+    for name in p["groups"]:
+        try:
+            result["groups"][name] = grp.getgrnam(name).gr_gid
+        except KeyError:
+            result["groups"][name] = None
     if os.geteuid() != 0:
         problems.append(
             "not root: the play creates a group and writes /etc; fix: run as root, or with "
@@ -214,6 +232,7 @@ def main():
             min_free=dict(type="str", default="1G"),
             require_acl=dict(type="bool", default=False),
             install_packages=dict(type="bool", default=True),
+            groups=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
