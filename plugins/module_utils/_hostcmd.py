@@ -154,7 +154,7 @@ def verify_cache(cache, conf, dry_run, full=False):
 def fix_permissions(cache, conf, dry_run):
     """Re-apply one cache's group permissions as the cache_dir module does (recurse); (line, errors)."""
     t0 = time.monotonic()
-    path, subdirs, fixer = _jobs.cache_dir_fixer(
+    path, subdirs, fixer = _perms.cache_dir_fixer(
         {
             "path": cache["path"],
             "owner": conf.get("owner"),
@@ -170,7 +170,7 @@ def fix_permissions(cache, conf, dry_run):
     )
     root_fd, managed = fixer.ensure(path, subdirs)
     try:
-        _jobs.fail_on_managed(fixer, path)
+        _perms.fail_on_managed(fixer, path)
         if root_fd is not None:
             # One process on purpose (cache_dir's default uses the CPUs): this is background
             # work at night on a host whose CPUs belong to the training jobs.

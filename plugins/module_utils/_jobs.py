@@ -3,9 +3,8 @@
 """The checks and steps the modules and root's host commands share (one code path).
 
 ``cache_prune`` (module) and ``mlinfra-cache-prune`` (nightly command) build their policy and
-check their paths with ``prune_policy`` and ``prune_paths``; ``cache_dir`` (module) and the
-command's permission fix-up build the fixer with ``cache_dir_fixer`` and fail the same way on a
-managed directory that could not be brought into line (``fail_on_managed``).
+check their paths with ``prune_policy`` and ``prune_paths``. (``cache_dir`` and the command's
+permission fix-up share ``_perms.cache_dir_fixer`` and ``_perms.fail_on_managed``.)
 """
 
 from __future__ import annotations
@@ -20,15 +19,6 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params impor
     parse_duration,
     parse_size,
     validate_cache_root,
-)
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._perms import (  # noqa: F401 (the jobs' API)
-    DEFAULT_PRIVATE,
-    PermsError,
-    TreeFixer,
-    cache_dir_fixer,
-    fail_on_managed,
-    resolve_group,
-    resolve_owner,
 )
 
 PRUNE_DEFAULTS = {

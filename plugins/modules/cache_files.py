@@ -7,12 +7,13 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: cache_files
 short_description: Install a role's files, directories and removals in one call
-version_added: 0.9.0
+version_added: "0.2.0"
 author: mlinfra (@mlinfra)
 description:
-  - Brings a list of root-managed files into line in one module run, in order: directories
-    (created with their parents, then owner, group and mode), files (content compared and
-    written atomically only when it differs, then owner, group and mode) and removals.
+  - Brings a list of root-managed files into line in one module run, in the order given.
+    Directories are created with their parents, then given their owner, group and mode; files
+    have their content compared, are written atomically only when it differs, and are given
+    their owner, group and mode; removals remove.
   - The roles of this collection install their commands, configurations, cron files and
     Dockerfile fragments with it, one call per role instead of a C(file), C(template) or
     C(copy) task per file (each a module run of its own), so that a re-run that changes nothing
@@ -75,8 +76,10 @@ notes:
     accepted as it is, and its target is left alone.
 attributes:
   check_mode:
+    description: Says what would change (RV(changes)) and changes nothing.
     support: full
   diff_mode:
+    description: Shows each file's content before and after, and each removal.
     support: full
 """
 

@@ -12,7 +12,7 @@ import sysconfig
 
 import pytest
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _perms
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import Actor
 
 PLUGINS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "plugins")
@@ -39,10 +39,10 @@ def curators(actors):
 def lay_out_curated(path, group, writers, mode="2770", subdirs=("hub",), recurse=True, check=False):
     """What cache_dir (and the nightly repair) do for a curated catalog entry; the fixer."""
     params = {"path": path, "owner": "root", "group": group, "writers": writers, "mode": mode, "subdirs": list(subdirs)}
-    path, subdirs, fixer = _jobs.cache_dir_fixer(params, check_mode=check)
+    path, subdirs, fixer = _perms.cache_dir_fixer(params, check_mode=check)
     fd, managed = fixer.ensure(path, subdirs)
     try:
-        _jobs.fail_on_managed(fixer, path)
+        _perms.fail_on_managed(fixer, path)
         if recurse and fd is not None:
             fixer.walk(fd, managed, workers=1)
     finally:

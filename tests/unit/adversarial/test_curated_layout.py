@@ -1,6 +1,6 @@
 """Curated caches (catalog `writers`): only the writers group writes, the cache group only reads.
 
-Laid out by cache_dir's own code (``_jobs.cache_dir_fixer``, as the module and the nightly repair
+Laid out by cache_dir's own code (``_perms.cache_dir_fixer``, as the module and the nightly repair
 call it) and then used by real users: the prefetch service account (member of the cache group and
 of the writers group), alice and bob (members), carol (not a member).
 """
@@ -11,7 +11,7 @@ import grp
 import os
 import subprocess
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _jobs
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _perms
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import lay_out_curated
 
 
@@ -80,7 +80,7 @@ def test_plain_cache_becomes_curated(actors, arena, curators):
     assert actors.bob.run("touch %s/hub/new" % path, check=False).returncode != 0
     # adopt takes the content over: the writers own it, the members read it
     params = {"path": path, "owner": "root", "group": actors.group, "writers": wgroup, "mode": "2775"}
-    path_, subdirs, fixer = _jobs.cache_dir_fixer(dict(params, adopt=True, subdirs=["hub"]))
+    path_, subdirs, fixer = _perms.cache_dir_fixer(dict(params, adopt=True, subdirs=["hub"]))
     fd, managed = fixer.ensure(path_, subdirs)
     fixer.walk(fd, managed)
     os.close(fd)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _hostcmd, _jobs
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _hostcmd, _jobs, _perms
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._params import ParamError
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import write
 
@@ -72,8 +72,10 @@ def test_the_module_uses_the_shared_checks():
 
     assert cache_prune.prune_policy is _jobs.prune_policy
     assert cache_prune.prune_paths is _jobs.prune_paths
-    assert cache_dir.cache_dir_fixer is _jobs.cache_dir_fixer
-    assert cache_dir.fail_on_managed is _jobs.fail_on_managed
+    assert cache_dir.cache_dir_fixer is _perms.cache_dir_fixer
+    assert cache_dir.fail_on_managed is _perms.fail_on_managed
+    # the command's permission fix-up builds its fixer with the same function
+    assert "_perms.cache_dir_fixer(" in Path(_hostcmd.__file__).read_text()
 
 
 @ROOT_ONLY
