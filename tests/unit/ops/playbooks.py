@@ -43,19 +43,20 @@ def ansible_env(stdout_callback="json"):
     return env
 
 
-def run_play_on_localhost(play_text, tmp_path, extra_vars, env=None):
+def run_play_on_localhost(play_text, tmp_path, extra_vars, env=None, check=False):
     """ansible-playbook of ``play_text`` on localhost (local connection, this interpreter).
 
     Runs with ansible-core's default output (no other collection needed), ``env`` added to the
     environment (ANSIBLE_GATHERING=explicit skips a play's facts). Returns (return code,
     the play recap's counters for localhost such as {"ok": 3, "changed": 0, "failed": 0, ...},
-    stdout+stderr).
+    stdout+stderr). ``check``: with ``--check``.
     """
     play = Path(tmp_path) / "play.yml"
     play.write_text(play_text)
     extra = dict(extra_vars, ansible_python_interpreter=sys.executable)
     run = subprocess.run(
-        [ansible_bin("ansible-playbook"), "-i", "localhost,", "-c", "local", str(play), "-e", json.dumps(extra)],
+        [ansible_bin("ansible-playbook"), "-i", "localhost,", "-c", "local", str(play), "-e", json.dumps(extra)]
+        + (["--check"] if check else []),
         capture_output=True,
         check=False,
         text=True,

@@ -131,6 +131,29 @@ def test_a_bad_input_fails_site_before_any_change(tmp_path, site_vars, bad, mess
     assert not os.path.exists(site_vars["shared_cache_root"].split("/cache")[0])
 
 
+def test_check_mode_with_a_writers_group_to_create_changes_nothing_and_says_why(tmp_path, site_vars):
+    """The cache group exists, a curated cache's writers group does not: --check reports the
+    groups it would create and says why the tree is not compared (cache_dir could not resolve
+    the writers group), instead of failing; nothing is created."""
+    writers = site_vars["shared_cache_group"] + "w"
+    subprocess.run(["groupadd", site_vars["shared_cache_group"]], check=True)
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        watched = [str(tmp_path / "storage"), str(tmp_path / "etc"), "/etc/cron.d"]
+        before = fingerprint(*watched)
+        extra = {"shared_cache_overrides": {"huggingface": {"writers": writers}}}
+        rc, recap, out = run_play_on_localhost(
+            SITE, work, dict(site_vars, **extra), env={"ANSIBLE_GATHERING": "explicit"}, check=True
+        )
+        assert rc == 0 and recap.get("failed") == 0, out
+        assert "or a writers group of a curated cache) does not" in out, out
+        assert not group_exists(writers)
+        assert fingerprint(*watched) == before
+    finally:
+        subprocess.run(["groupdel", site_vars["shared_cache_group"]], check=False)
+
+
 def run_preflight(tmp_path, **extra):
     """The preflight role alone on this host, installing nothing, the root in tmp_path."""
     base = {"shared_cache_root": str(tmp_path / "cache"), "shared_cache_install_packages": False}
