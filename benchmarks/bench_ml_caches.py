@@ -69,6 +69,7 @@ def build_hub(hub, n_files):
 
     now = time.time()
     n_repos = max(2, n_files // (2 * FILES_PER_REPO))  # a file = its blob + its snapshot link
+    payload_time = {}  # store payload -> the time of the repo that published it
     for r in range(n_repos):
         repo = hub / ("models--bench--m%05d" % r)
         commit = hashlib.sha1(b"%d" % r).hexdigest()  # noqa: S324 - a commit id, as the hub names them
@@ -89,13 +90,13 @@ def build_hub(hub, n_files):
                 )
                 if not ok:
                     raise RuntimeError("huggingface_hub did not publish %s to the shared store" % blob)
+                payload_time[os.path.realpath(blob)] = now - (OLD_DAYS if r % 4 < 2 else 1) * 86400
         (hub / ".locks" / repo.name).mkdir(parents=True)
         _age_tree(repo, now - (OLD_DAYS if r % 4 < 2 else 1) * 86400)
-    # store payloads of old repos are old; the others were published a day ago
-    store = hub / "blobs"
-    for dp, _dn, fn in os.walk(store):
-        for n in fn:
-            os.utime(os.path.join(dp, n), (now - 86400, now - 86400), follow_symlinks=False)
+    # store payloads of old repos are old (a revision's age includes its payloads'); the others
+    # were published a day ago
+    for path, t in payload_time.items():
+        os.utime(path, (t, t), follow_symlinks=False)
     return n_repos
 
 

@@ -747,6 +747,7 @@ class Moved:
 # A tool's read-then-write of an entry (pip's 304 revalidation: read header and body, write the
 # header) spans microseconds; the run looks at its removed multi-path units once more this long
 # after the last one left, so such a write landing just after a unit's move is still caught.
+# Only for formats whose tool rewrites part of a unit in place (Format.split_settle: pip).
 SPLIT_SETTLE = 0.25
 
 JOURNAL_MAX = 64 << 20  # a run journals a line per directory it empties and per unit it chose
@@ -1243,6 +1244,7 @@ class Pruner:
             used_after = time.time()
             removed = set()
             self._split_watch = []
+            self._settle = getattr(fmt, "split_settle", 0.0)
             freed_total = self._remove_chosen(
                 fd, chosen, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after
             )
@@ -1354,7 +1356,7 @@ class Pruner:
         for m in moved:
             trash.purge(m.name, locks, stats)
         self._unsplit(u, moved, mounts, locks, trash, stats, par)
-        if len(u.paths) > 1:
+        if self._settle and len(u.paths) > 1:
             self._split_watch.append((u, moved))
         self.foreign.merge(stats.foreign)
         if stats.busy:
@@ -1384,10 +1386,10 @@ class Pruner:
                     trash.purge(m.name, locks, stats)
 
     def _unsplit_late(self, fd, result, locks, mounts, dev, trash):
-        """Once every chosen unit has left, and SPLIT_SETTLE later: the removed multi-path units
+        """Once every chosen unit has left, and the format's split_settle later: the removed multi-path units
         looked at again, so half an entry its tool wrote back just after the move (a header
         whose body is gone) goes too. What freed (bytes)."""
-        time.sleep(SPLIT_SETTLE)
+        time.sleep(self._settle)
         stats = RemoveStats(self.cache_gid)
         par = Parents(fd, dev, mounts)
         try:

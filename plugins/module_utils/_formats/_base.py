@@ -305,6 +305,9 @@ class Format:
     # cache_verify: ``verify(ctx)`` of the format's module (appended at its end), None: nothing to check
     verifier = None
     trash_parents = ((),)
+    # seconds after its last unit left that a prune looks again for half a unit its tool wrote
+    # back (a read-then-rewrite of part of a unit in place, as pip's header); 0: never
+    split_settle = 0.0
 
     def collector(self, root_fd):
         return self.collector_class(self, root_fd)
