@@ -744,12 +744,6 @@ class Moved:
 # ------------------------------------------------------------------------------------------
 # the intent journal: what a killed run had decided, so the next run finishes the same job
 # ------------------------------------------------------------------------------------------
-# A tool's read-then-write of an entry (pip's 304 revalidation: read header and body, write the
-# header) spans microseconds; the run looks at its removed multi-path units once more this long
-# after the last one left, so such a write landing just after a unit's move is still caught.
-# Only for formats whose tool rewrites part of a unit in place (Format.split_settle: pip).
-SPLIT_SETTLE = 0.25
-
 JOURNAL_MAX = 64 << 20  # a run journals a line per directory it empties and per unit it chose
 
 
@@ -1244,6 +1238,9 @@ class Pruner:
             used_after = time.time()
             removed = set()
             self._split_watch = []
+            # a tool's read-then-write of part of an entry (pip's 304 revalidation: read header and
+            # body, write the header) spans microseconds: the removed multi-path units are looked at
+            # once more this long after the last one left (Format.split_settle; 0: not at all)
             self._settle = getattr(fmt, "split_settle", 0.0)
             freed_total = self._remove_chosen(
                 fd, chosen, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after
@@ -1386,9 +1383,9 @@ class Pruner:
                     trash.purge(m.name, locks, stats)
 
     def _unsplit_late(self, fd, result, locks, mounts, dev, trash):
-        """Once every chosen unit has left, and the format's split_settle later: the removed multi-path units
-        looked at again, so half an entry its tool wrote back just after the move (a header
-        whose body is gone) goes too. What freed (bytes)."""
+        """Once every chosen unit has left, and the format's split_settle later: the removed
+        multi-path units looked at again, so half an entry its tool wrote back just after the move
+        (a header whose body is gone) goes too. What freed (bytes)."""
         time.sleep(self._settle)
         stats = RemoveStats(self.cache_gid)
         par = Parents(fd, dev, mounts)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format
 
-_SPLIT_SETTLE = 0.25  # seconds (see _prune.SPLIT_SETTLE)
-
 
 class _PipCollector(Collector):
     def entry(self, parts, name, st, d):
@@ -33,8 +31,8 @@ class PipFormat(Format):
     collector_class = _PipCollector
     detect_order = 70
     # pip's 304 revalidation reads an entry's header and body, then writes the header back: the
-    # prune looks at the entries it removed once more this long after the last one left
-    split_settle = _SPLIT_SETTLE
+    # prune looks at the entries it removed once more this long (seconds) after the last one left
+    split_settle = 0.25
 
     def detect(self, root_fd, top):
         return bool(top & {"http-v2", "wheels", "selfcheck"}) or (

@@ -397,7 +397,7 @@ with open(log, "a") as out:
 def test_a_concurrent_rewriter_loses_no_entry_and_splits_none(tmp_path, pip_master):
     """A process rewriting entries as pip does during a max_size prune. A 304 revalidation that
     read the entry before it left writes its header back microseconds later: the run looks at its
-    removed entries again SPLIT_SETTLE after the last one left, and that lone header goes. What no
+    removed entries again pip's split_settle (0.25 s) after the last one left, and that lone header goes. What no
     engine can close without pip's help: a revalidation descheduled for longer than that between
     its read and its write."""
     cache = grown_pip_cache(pip_master, tmp_path / "pip", 60, seed=6)
