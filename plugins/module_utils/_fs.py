@@ -659,7 +659,7 @@ def humanize(n):
     return "%.0fE" % n  # pragma: no cover
 
 
-def write_atomic(path, text, mode=0o644, gid=None):
+def write_atomic(path, text, mode=0o644, gid=None, uid=None):
     """Write ``text`` to ``path`` atomically: a temporary file created exclusively in the target
     directory, then renamed over ``path``; a reader sees the old or the new file, never half of one.
 
@@ -667,7 +667,8 @@ def write_atomic(path, text, mode=0o644, gid=None):
     be root's own and writable by nobody else (a member could otherwise swap names in it under
     root's hands): PermissionError if not. The file gets ``mode`` and, with ``gid``, the owner
     root (the writer) and that group, set on the descriptor before the rename, so it is never
-    readable by more than ``mode`` says.
+    readable by more than ``mode`` says. ``text`` may be bytes; ``uid``: another owner, set
+    the same way.
     """
     directory, base = os.path.split(path)
     dfd = open_dir_nofollow(directory or os.getcwd())
@@ -681,11 +682,11 @@ def write_atomic(path, text, mode=0o644, gid=None):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(text if isinstance(text, bytes) else text.encode("utf-8"))
                 fh.flush()
-                if gid is not None:
-                    os.fchown(fh.fileno(), -1, gid)
+                if gid is not None or uid is not None:
+                    os.fchown(fh.fileno(), -1 if uid is None else uid, -1 if gid is None else gid)
                 os.fchmod(fh.fileno(), mode)
                 os.fsync(fh.fileno())
             os.replace(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)

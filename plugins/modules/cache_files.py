@@ -130,6 +130,8 @@ import stat
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import write_atomic
+
 MAX_COMPARE = 64 << 20  # an existing file larger than this is rewritten without reading it
 
 
@@ -307,20 +309,8 @@ def apply(module, plan, diffs):
         if check_mode:
             return what
         _makedirs(os.path.dirname(path), False)
-        parent, name = os.path.split(path)
-        tmp = os.path.join(parent, ".%s.%s.tmp" % (name, os.urandom(4).hex()))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(plan["content"])
-                fh.flush()
-                os.fchown(fh.fileno(), plan["uid"], plan["gid"])
-                os.fchmod(fh.fileno(), plan["mode"])
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)  # the new file has its owner, group and mode before it is seen
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
+        # the new file has its owner, group and mode before it is seen
+        write_atomic(path, plan["content"], mode=plan["mode"], gid=plan["gid"], uid=plan["uid"])
         st = os.lstat(path)
     _attrs(path, st, plan, what, check_mode)
     return what
