@@ -54,6 +54,10 @@ def test_the_preflight_started_cron_for_the_jobs(host):
     assert host.file("/proc/1/comm").content_string.strip() == "sleep"
     daemons = host.check_output("grep -lx cron /proc/[0-9]*/comm || true")
     assert daemons, "no cron daemon runs"
+    # prepare left /run/crond.pid naming PID 1 (the init script's `status` then said cron ran):
+    # the pid file names the cron the preflight started now
+    pid = host.file("/run/crond.pid").content_string.strip()
+    assert "/proc/%s/comm" % pid in daemons.split(), (pid, daemons)
     jobs = host.check_output("ls /etc/cron.d").split()
     assert any(j.startswith("mlinfra-shared-cache-") for j in jobs), jobs
 
