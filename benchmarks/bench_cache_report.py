@@ -34,7 +34,7 @@ caches = json.loads(sys.argv[2])
 hints = json.loads(sys.argv[4])
 c0 = os.times()
 t0 = time.perf_counter()
-rep = _usage.build_report(caches, root=sys.argv[3], size_hints=hints.get("caches"), last_seconds=hints.get("seconds"))
+rep = _usage.build_report(caches, root=sys.argv[3], **_usage.hints([hints] if hints else []))
 el = time.perf_counter() - t0
 c1 = os.times()
 cpu = sum(c1[:4]) - sum(c0[:4])

@@ -169,10 +169,11 @@ def rows(n_files, workdir):
     n_hub = len(_files(hub))
     n_uv = len(_files(root / "uv"))
     make_tree(str(pip), max(100, n_files - n_hub - n_uv), files_per_dir=100, size=700)
+    # with their formats, as the catalog gives them (the report names the largest units)
     caches = [
-        {"name": "huggingface", "path": str(root / "huggingface")},
-        {"name": "uv", "path": str(root / "uv")},
-        {"name": "pip", "path": str(pip)},
+        {"name": "huggingface", "path": str(root / "huggingface"), "format": "huggingface"},
+        {"name": "uv", "path": str(root / "uv"), "format": "uv"},
+        {"name": "pip", "path": str(pip), "format": "pip"},
     ]
     os.sync()
     rep_s, du_s, rep_rss = _report_timed(coll, caches, str(root))

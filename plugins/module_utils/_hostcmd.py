@@ -443,8 +443,7 @@ def _measure(conf, history, progress):
         warn_percent=conf.get("warn_percent", 80.0),
         critical_percent=conf.get("critical_percent", 90.0),
         workers=conf.get("workers") or None,
-        size_hints=history[-1].get("caches") if history else None,
-        last_seconds=history[-1].get("seconds") if history else None,
+        **_usage.hints(history),
         owners_top=conf.get("owners_top", 10),
         progress=progress,
     )

@@ -37,6 +37,7 @@ def history_entry(report):
         "fs_size": fs.get("size"),
         "caches": {r["name"]: r["bytes"] for r in report["caches"]},
         "seconds": report["seconds"],
+        "cache_seconds": {r["name"]: r["seconds"] for r in report["caches"]},
     }
 
 

@@ -34,8 +34,10 @@ import time
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import get_format
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    Foreign,
     Walker,
     WalkError,
+    open_below,
     open_dir_nofollow,
     read_trusted_json,
 )
@@ -51,6 +53,9 @@ CATEGORY_TITLES = (
 # A forked pool costs about 15 ms here (measured: 5 caches of 0/2k/20k files, 1 vs 2 workers);
 # a walk of 0.1 s is where two workers start to pay (20k files: 62 ms alone, 60 ms in two).
 PARALLEL_MIN_SECONDS = 0.1
+# A cache whose last walk took this long is walked by all the workers together (shards of it),
+# not by one: a big model cache would otherwise keep one core busy after the others are done.
+SHARD_MIN_SECONDS = 0.5
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFREG = stat.S_IFREG
@@ -96,6 +101,160 @@ def _empty(name, path):
     }
 
 
+class _Tally:
+    """The figures of one walk (or of one worker's share of it): ``add(d)`` per directory."""
+
+    def __init__(self, now, age_days, age_by):
+        self.cutoffs = [now - d * DAY for d in age_days]
+        self.use_atime = age_by in ("atime", "newest")
+        self.use_mtime = age_by in ("mtime", "newest")
+        self.unused_bytes = [0] * len(self.cutoffs)  # 512-byte blocks
+        self.unused_files = [0] * len(self.cutoffs)
+        self.files = self.dirs = self.links = self.other = self.hard = 0
+        self.blocks = self.apparent = 0
+        self.owned = {}  # uid -> 512-byte blocks, counted as ``blocks`` is
+        self.amin = self.mmin = float("inf")
+        self.amax = self.mmax = float("-inf")
+        # (dev, ino) of a file with several links -> (blocks, size, uid, regular, last use):
+        # met again in this walk, it is not counted; met in another worker's, merge() uncounts it
+        self.seen = {}
+        self.dev = None
+
+    def start(self, st):
+        """The cache directory itself (``st``, its fstat): counted as du counts it."""
+        self.dev = st.st_dev
+        self.blocks += st.st_blocks
+        self.apparent += st.st_size
+        self.owned[st.st_uid] = self.owned.get(st.st_uid, 0) + st.st_blocks
+
+    def add(self, d):
+        """Count the entries of the directory ``d`` (a ``Walker`` Dir)."""
+        dev = self.dev
+        owned = self.owned
+        get_owned = owned.get
+        seen = self.seen
+        cutoffs = self.cutoffs
+        n_cut = len(cutoffs)
+        use_atime, use_mtime = self.use_atime, self.use_mtime
+        files, dirs, links, other, hard = self.files, self.dirs, self.links, self.other, self.hard
+        blocks, apparent = self.blocks, self.apparent
+        amin, amax, mmin, mmax = self.amin, self.amax, self.mmin, self.mmax
+        for _name, st in d.entries:
+            kind = st.st_mode & _S_IFMT
+            if kind == _S_IFDIR:
+                if st.st_dev != dev:
+                    continue  # a mount point: Walker lists it in other_fs, du -x leaves it out
+                dirs += 1
+                b = st.st_blocks
+                blocks += b
+                apparent += st.st_size
+                uid = st.st_uid
+                owned[uid] = get_owned(uid, 0) + b
+                continue
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    hard += 1
+                    if kind == _S_IFREG:
+                        files += 1
+                    continue
+                at, mt = st.st_atime, st.st_mtime
+                last = (at if at > mt else mt) if use_atime and use_mtime else (at if use_atime else mt)
+                seen[key] = (st.st_blocks, st.st_size, st.st_uid, kind, last)
+            b = st.st_blocks
+            blocks += b
+            apparent += st.st_size
+            uid = st.st_uid
+            owned[uid] = get_owned(uid, 0) + b
+            if kind == _S_IFREG:
+                files += 1
+                at = st.st_atime
+                mt = st.st_mtime
+                if at < amin:
+                    amin = at
+                if at > amax:
+                    amax = at
+                if mt < mmin:
+                    mmin = mt
+                if mt > mmax:
+                    mmax = mt
+                last = (at if at > mt else mt) if use_atime and use_mtime else (at if use_atime else mt)
+                for i in range(n_cut):
+                    if last < cutoffs[i]:
+                        self.unused_bytes[i] += b
+                        self.unused_files[i] += 1
+            elif kind == _S_IFLNK:
+                links += 1
+            else:
+                other += 1
+        self.files, self.dirs, self.links, self.other, self.hard = files, dirs, links, other, hard
+        self.blocks, self.apparent = blocks, apparent
+        self.amin, self.amax, self.mmin, self.mmax = amin, amax, mmin, mmax
+
+    def blank(self):
+        """An empty tally with this one's settings (a worker's share starts from it)."""
+        t = _Tally.__new__(_Tally)
+        t.__dict__.update(self.__dict__)
+        t.unused_bytes = [0] * len(self.cutoffs)
+        t.unused_files = [0] * len(self.cutoffs)
+        t.files = t.dirs = t.links = t.other = t.hard = 0
+        t.blocks = t.apparent = 0
+        t.owned = {}
+        t.amin = t.mmin = float("inf")
+        t.amax = t.mmax = float("-inf")
+        t.seen = {}
+        return t
+
+    def merge(self, o):
+        """Add another share of the same walk; an inode both counted (hard links in two shares)
+        is counted once, as one walk would have."""
+        for attr in ("files", "dirs", "links", "other", "hard", "blocks", "apparent"):
+            setattr(self, attr, getattr(self, attr) + getattr(o, attr))
+        for uid, b in o.owned.items():
+            self.owned[uid] = self.owned.get(uid, 0) + b
+        for i in range(len(self.cutoffs)):
+            self.unused_bytes[i] += o.unused_bytes[i]
+            self.unused_files[i] += o.unused_files[i]
+        self.amin, self.mmin = min(self.amin, o.amin), min(self.mmin, o.mmin)
+        self.amax, self.mmax = max(self.amax, o.amax), max(self.mmax, o.mmax)
+        for key, rec in o.seen.items():
+            if key not in self.seen:
+                self.seen[key] = rec
+                continue
+            b, size, uid, kind, last = rec
+            self.blocks -= b
+            self.apparent -= size
+            self.owned[uid] -= b
+            self.hard += 1  # a regular file stays in ``files`` (one walk counts every link)
+            if kind == _S_IFREG:
+                for i, cut in enumerate(self.cutoffs):
+                    if last < cut:
+                        self.unused_bytes[i] -= b
+                        self.unused_files[i] -= 1
+            elif kind == _S_IFLNK:
+                self.links -= 1
+            else:
+                self.other -= 1
+
+    def figures(self, out, age_days):
+        out["bytes"] = self.blocks * 512
+        out["apparent_bytes"] = self.apparent
+        out["files"] = self.files
+        out["dirs"] = self.dirs
+        out["symlinks"] = self.links
+        out["other"] = self.other
+        out["hardlinks"] = self.hard
+        if self.files:
+            out["oldest_atime"] = self.amin
+            out["newest_atime"] = self.amax
+            out["oldest_mtime"] = self.mmin
+            out["newest_mtime"] = self.mmax
+        out["not_accessed"] = [
+            {"days": d, "bytes": self.unused_bytes[i] * 512, "files": self.unused_files[i]}
+            for i, d in enumerate(age_days)
+        ]
+
+
 def measure_cache(
     name,
     path,
@@ -108,6 +267,7 @@ def measure_cache(
     max_units=50000,
     gid=None,
     owners_top=10,
+    workers=1,
 ):
     """Walk one cache once and return its figures (a dict, see RETURN of the cache_report module).
 
@@ -118,8 +278,12 @@ def measure_cache(
     is dropped and ``units_error`` says so, the sizes stay whole. ``gid`` is the cache group
     (default: the group of ``path``); entries of other groups are counted in ``foreign`` only.
     ``owners`` gives the ``owners_top`` largest owners of the counted blocks (``owner_bytes``).
-    Never raises for what it finds in the tree: a missing cache gives ``exists: false``, a root
-    that cannot be opened safely gives ``error``, unreadable subtrees are counted and named.
+    ``workers`` > 1 shares the walk of one big cache between forked processes: this process
+    walks down to the directories its format marks as shards (``Format.shard``: an HF repo, a
+    store bucket, a second-level directory of a generic tree), the workers walk those, and
+    their figures and collectors are merged (the same result as one walk). Never raises for
+    what it finds in the tree: a missing cache gives ``exists: false``, a root that cannot be
+    opened safely gives ``error``, unreadable subtrees are counted and named.
     """
     t0 = time.monotonic()
     now = time.time() if now is None else now
@@ -135,109 +299,44 @@ def measure_cache(
         out["seconds"] = round(time.monotonic() - t0, 3)
         return out
     out["exists"] = True
-    cutoffs = [now - d * DAY for d in age_days]
-    n_cut = len(cutoffs)
-    unused_bytes = [0] * n_cut
-    unused_files = [0] * n_cut
-    use_atime = age_by in ("atime", "newest")
-    use_mtime = age_by in ("mtime", "newest")
-    seen = set()
-    collector = None
-    if fmt and top > 0:
-        collector = get_format(fmt).collector(root_fd)
+    fobj = get_format(fmt or "generic")
+    collector = fobj.collector(root_fd) if fmt and top > 0 else None
     try:
         if gid is None:
             gid = os.fstat(root_fd).st_gid
         walker = Walker(root_fd, one_fs=True, max_errors=max_errors, gid=gid)
-        rst = walker.root_st
-        dev = rst.st_dev
-        blocks = rst.st_blocks
-        apparent = rst.st_size
-        owned = {rst.st_uid: rst.st_blocks}  # uid -> 512-byte blocks, counted as ``blocks`` is
-        get_owned = owned.get
-        files = dirs = links = other = hard = 0
-        amin = mmin = float("inf")
-        amax = mmax = float("-inf")
+        tally = _Tally(now, age_days, age_by)
+        tally.start(walker.root_st)
+        shard_depths = fobj.shard_depths if workers > 1 else ()
+        shards = []
         for d in walker.walk():
             if collector is not None:
-                try:
-                    collector.visit(d)
-                except Exception as exc:  # noqa: BLE001 - units are extra; sizes must still come out
-                    out["units_error"] = "%s: %s" % (type(exc).__name__, exc)
-                    collector = None
-                else:
-                    if max_units and len(collector.units) > max_units:
-                        out["units_error"] = (
-                            "more than %d units: largest units not computed, to bound memory (raise max_units)"
-                            % max_units
-                        )
-                        collector = None
-            for _name, st in d.entries:
-                kind = st.st_mode & _S_IFMT
-                if kind == _S_IFDIR:
-                    if st.st_dev != dev:
-                        continue  # a mount point: Walker lists it in other_fs, du -x leaves it out
-                    dirs += 1
-                    b = st.st_blocks
-                    blocks += b
-                    apparent += st.st_size
-                    uid = st.st_uid
-                    owned[uid] = get_owned(uid, 0) + b
-                    continue
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen:
-                        hard += 1
-                        if kind == _S_IFREG:
-                            files += 1
-                        continue
-                    seen.add(key)
-                b = st.st_blocks
-                blocks += b
-                apparent += st.st_size
-                uid = st.st_uid
-                owned[uid] = get_owned(uid, 0) + b
-                if kind == _S_IFREG:
-                    files += 1
-                    at = st.st_atime
-                    mt = st.st_mtime
-                    if at < amin:
-                        amin = at
-                    if at > amax:
-                        amax = at
-                    if mt < mmin:
-                        mmin = mt
-                    if mt > mmax:
-                        mmax = mt
-                    last = (at if at > mt else mt) if use_atime and use_mtime else (at if use_atime else mt)
-                    for i in range(n_cut):
-                        if last < cutoffs[i]:
-                            unused_bytes[i] += b
-                            unused_files[i] += 1
-                elif kind == _S_IFLNK:
-                    links += 1
-                else:
-                    other += 1
-        out["bytes"] = blocks * 512
-        out["apparent_bytes"] = apparent
-        out["files"] = files
-        out["dirs"] = dirs
-        out["symlinks"] = links
-        out["other"] = other
-        out["hardlinks"] = hard
-        if files:
-            out["oldest_atime"] = amin
-            out["newest_atime"] = amax
-            out["oldest_mtime"] = mmin
-            out["newest_mtime"] = mmax
-        out["not_accessed"] = [
-            {"days": d, "bytes": unused_bytes[i] * 512, "files": unused_files[i]} for i, d in enumerate(age_days)
-        ]
+                collector, out["units_error"] = _collect(collector, d, max_units, out["units_error"])
+            tally.add(d)
+            if shard_depths and d.rel.count("/") + (1 if d.rel else 0) + 1 in shard_depths:
+                base = tuple(d.rel.split("/")) if d.rel else ()
+                for sub, est in d.entries:
+                    if (
+                        stat.S_ISDIR(est.st_mode)
+                        and est.st_dev == tally.dev
+                        and sub not in d.skip
+                        and fobj.shard(base + (sub,))
+                    ):
+                        d.skip.add(sub)
+                        shards.append((d.rel + "/" + sub if d.rel else sub, (est.st_dev, est.st_ino)))
+        if len(shards) > 1:
+            collector, out["units_error"] = _measure_shards_in(
+                workers, root_fd, shards, gid, max_errors, max_units, tally, walker, collector, out["units_error"]
+            )
+        elif shards:  # one shard: walked here, as if it had not been marked
+            share = _measure_shards(_shard_job(root_fd, shards, gid, max_errors, max_units, tally, collector))
+            collector, out["units_error"] = _merge_share(share, tally, walker, collector, out["units_error"], max_units)
+        tally.figures(out, age_days)
         out["unreadable"] = [{"path": p, "error": e} for p, e in walker.errors]
         out["unreadable_count"] = walker.error_count
         out["other_filesystems"] = list(walker.other_fs)
         out["foreign"] = walker.foreign.as_dict()
-        out["owners"] = owner_bytes(owned, owners_top)
+        out["owners"] = owner_bytes(tally.owned, owners_top)
     finally:
         os.close(root_fd)
     if collector is not None:
@@ -263,6 +362,109 @@ def measure_cache(
             out["units_error"] = "%s: %s" % (type(exc).__name__, exc)
     out["seconds"] = round(time.monotonic() - t0, 3)
     return out
+
+
+def _collect(collector, d, max_units, error):
+    """Feed ``d`` to the collector; (None, why) once it fails or holds too many units."""
+    try:
+        collector.visit(d)
+    except Exception as exc:  # noqa: BLE001 - units are extra; sizes must still come out
+        return None, "%s: %s" % (type(exc).__name__, exc)
+    return _collect_check(collector, error, max_units)
+
+
+def _collect_check(collector, error, max_units):
+    """(None, why) when the collector holds more than ``max_units`` units, else as given."""
+    if max_units and len(collector.units) > max_units:
+        return None, ("more than %d units: largest units not computed, to bound memory (raise max_units)" % max_units)
+    return collector, error
+
+
+def _shard_job(root_fd, shards, gid, max_errors, max_units, tally, collector):
+    return {
+        "root_fd": root_fd,
+        "shards": shards,
+        "gid": gid,
+        "max_errors": max_errors,
+        "max_units": max_units,
+        "tally": tally.blank(),
+        "collector": collector.blank() if collector is not None else None,
+    }
+
+
+def _measure_shards(job):
+    """A worker's share of a walk: the shard directories ``job['shards']`` ((relative path,
+    (dev, ino) seen by the walk that listed it)), each opened below the cache's descriptor
+    without following links and walked whole. Returns the share's tally, collector, errors."""
+    root_fd = job["root_fd"]
+    tally = job["tally"]
+    collector = job["collector"]
+    units_error = None
+    errors, error_count, other_fs = [], 0, []
+    foreign = Foreign()
+    for rel, ident in job["shards"]:
+        try:
+            fd = open_below(root_fd, rel, tally.dev)
+        except OSError as exc:
+            error_count += 1
+            errors.append((rel, "%s" % (exc.strerror or exc)))
+            continue
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != ident:
+                error_count += 1
+                errors.append((rel, "directory replaced during the walk; skipped"))
+                continue
+            walker = Walker(fd, one_fs=True, max_errors=job["max_errors"], prefix=rel, gid=job["gid"])
+            for d in walker.walk():
+                if collector is not None:
+                    collector, units_error = _collect(collector, d, job["max_units"], units_error)
+                tally.add(d)
+            errors.extend(walker.errors)
+            error_count += walker.error_count
+            other_fs.extend(walker.other_fs)
+            foreign.merge(walker.foreign)
+        finally:
+            os.close(fd)
+    if collector is not None:
+        collector.compact()
+    return {
+        "tally": tally,
+        "collector": collector,
+        "units_error": units_error,
+        "errors": errors,
+        "error_count": error_count,
+        "other_fs": other_fs,
+        "foreign": foreign,
+    }
+
+
+def _merge_share(share, tally, walker, collector, units_error, max_units):
+    tally.merge(share["tally"])
+    walker.error_count += share["error_count"]
+    walker.errors.extend(share["errors"][: max(0, walker.max_errors - len(walker.errors))])
+    walker.other_fs.extend(share["other_fs"])
+    walker.foreign.merge(share["foreign"])
+    if collector is not None:
+        if share["collector"] is None:
+            return None, units_error or share["units_error"]
+        collector.merge(share["collector"])
+        return _collect_check(collector, units_error, max_units)
+    return collector, units_error
+
+
+def _measure_shards_in(workers, root_fd, shards, gid, max_errors, max_units, tally, walker, collector, error):
+    """The shards in ``workers`` forked processes (here, when processes cannot be made), merged
+    in the order they were listed. Shards are dealt round-robin into a few jobs per worker, so
+    a worker that finishes early takes the next job and big neighbours do not meet."""
+    n_jobs = min(len(shards), workers * 4)
+    jobs = [_shard_job(root_fd, shards[i::n_jobs], gid, max_errors, max_units, tally, collector) for i in range(n_jobs)]
+    shares = forked_map(_measure_shards, jobs, workers)
+    if shares is None:
+        shares = [_measure_shards(j) for j in jobs]
+    for share in shares:
+        collector, error = _merge_share(share, tally, walker, collector, error, max_units)
+    return collector, error
 
 
 def owner_name(uid):
@@ -351,6 +553,7 @@ def build_report(
     last_seconds=None,
     owners_top=10,
     progress=None,
+    cache_seconds=None,
 ):
     """Measure every cache and the filesystems they live on; return the whole report dict.
 
@@ -361,7 +564,11 @@ def build_report(
     with ``workers`` None, ``last_seconds`` (the earlier report's duration) under
     PARALLEL_MIN_SECONDS keeps the walk in this process (workers cost more than they save).
     ``progress`` (a callable) is called with (caches done, caches in all, the cache's figures)
-    as each cache is measured.
+    as each cache is measured. ``cache_seconds`` (cache name -> seconds its last walk took):
+    with several workers, a cache whose walk took SHARD_MIN_SECONDS or more is walked by all of
+    them together (``measure_cache``'s ``workers``), the others one per worker.
+    ``hints(history)`` gives ``size_hints``, ``last_seconds`` and ``cache_seconds`` from the
+    history file's last entry.
     """
     t0 = time.monotonic()
     now = time.time() if now is None else now
@@ -387,15 +594,33 @@ def build_report(
             workers = 1
         else:
             workers = default_workers(len(jobs))
-    results = None
-    if workers > 1 and len(jobs) > 1:
-        results = _parallel(jobs, workers, size_hints, progress)
-    if results is None:
-        results = []
-        for j in jobs:
-            results.append(measure_cache(**j))
-            if progress is not None:
-                progress(len(results), len(jobs), results[-1])
+    big = set()
+    if workers > 1:
+        secs = cache_seconds if isinstance(cache_seconds, dict) else {}
+        big = {
+            i
+            for i, j in enumerate(jobs)
+            if isinstance(secs.get(j["name"]), (int, float)) and secs[j["name"]] >= SHARD_MIN_SECONDS
+        }
+    results = [None] * len(jobs)
+    small = [i for i in range(len(jobs)) if i not in big]
+
+    def report_progress(done, _in_all, result):
+        if progress is not None:
+            progress(done, len(jobs), result)
+
+    parallel = None
+    if workers > 1 and len(small) > 1:
+        parallel = _parallel([jobs[i] for i in small], workers, size_hints, report_progress)
+    for k, i in enumerate(small):
+        if parallel is not None:
+            results[i] = parallel[k]
+        else:
+            results[i] = measure_cache(**jobs[i])
+            report_progress(k + 1, None, results[i])
+    for k, i in enumerate(sorted(big)):
+        results[i] = measure_cache(workers=workers, **jobs[i])
+        report_progress(len(small) + k + 1, None, results[i])
     out_caches = []
     for c, r in zip(caches, results, strict=True):
         r["format"] = c.get("format", "generic")
@@ -478,6 +703,16 @@ def build_report(
         "filesystems": fs_list,
         "workers": workers,
         "seconds": round(time.monotonic() - t0, 3),
+    }
+
+
+def hints(history):
+    """What the last history entry says about the next walk (``build_report``'s keywords)."""
+    last = history[-1] if history else {}
+    return {
+        "size_hints": last.get("caches"),
+        "last_seconds": last.get("seconds"),
+        "cache_seconds": last.get("cache_seconds"),
     }
 
 

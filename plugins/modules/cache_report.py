@@ -89,7 +89,9 @@ options:
       - Worker processes measuring caches in parallel. V(0) uses one per available CPU (at most
         one per cache), unless the last report in O(history_file) took under a second (workers
         then cost more than they save); V(1) measures one cache after the other in the module's
-        own process.
+        own process. A cache whose walk took half a second or more in the last report is walked
+        by all the workers together (each takes whole repos or subdirectories of it), so one big
+        model cache does not keep one core busy while the others wait.
     type: int
     default: 0
   render:
@@ -432,6 +434,9 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._usage import
     add_status,
     build_report,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._usage import (
+    hints as usage_hints,
+)
 
 CATEGORIES = tuple(k for k, _t in CATEGORY_TITLES)
 
@@ -555,8 +560,7 @@ def main():
         warn_percent=p["warn_percent"],
         critical_percent=p["critical_percent"],
         workers=p["workers"] or None,
-        size_hints=(history[-1].get("caches") if history else None),
-        last_seconds=(history[-1].get("seconds") if history else None),
+        **usage_hints(history),
         max_units=p["max_units"],
         owners_top=p["owners_top"],
     )

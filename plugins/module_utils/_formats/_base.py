@@ -108,6 +108,14 @@ class Unit:
     def __repr__(self):
         return "Unit(%r, %r, size=%d)" % (self.key, self.kind, self.size)
 
+    # a tuple, not a dict per object: a worker's units come back to the report fast (pickle)
+    def __getstate__(self):
+        return tuple(getattr(self, name) for name in Unit.__slots__)
+
+    def __setstate__(self, state):
+        for name, value in zip(Unit.__slots__, state, strict=True):
+            setattr(self, name, value)
+
 
 class Shared:
     """An object several units may reference (HF blob, npm content file)."""
@@ -122,6 +130,13 @@ class Shared:
         self.paths = [path]
         self.refs = 0
         self.files = 1  # files it holds (a directory of files, uv's archives, is one path)
+
+    def __getstate__(self):
+        return tuple(getattr(self, name) for name in Shared.__slots__)
+
+    def __setstate__(self, state):
+        for name, value in zip(Shared.__slots__, state, strict=True):
+            setattr(self, name, value)
 
 
 class Collection:
@@ -173,7 +188,9 @@ class Collector:
         self.other_files = 0
         self.dir_disk = 0  # allocated bytes of the directories themselves (du counts them)
         self.notes = []
-        self._seen_inodes = set()
+        # (dev, ino) of a file with several links, counted once -> (where: ("unit", key),
+        # ("shared", sid), ("other",) or None, its size, its allocated bytes)
+        self._seen_inodes = {}
 
     # -- driving ---------------------------------------------------------------------------
     def visit(self, d):
@@ -203,18 +220,97 @@ class Collector:
                 if s is not None:
                     u.size += s.size
                     u.disk += s.disk
+        return self.collection(units)
+
+    def collection(self, units):
         return Collection(
             self.fmt.name, units, self.shared, self.other_size, self.other_disk, self.other_files, self.notes
         )
 
+    # -- a walk shared between worker processes (Format.shard) -----------------------------
+    def compact(self):
+        """Make what a worker sends back small (it is pickled): what ``finish`` needs only."""
+
+    # Each worker's collector starts as ``blank()`` (what this one learnt above the shards that
+    # its ``entry``/``enter`` need, with nothing counted) and walks whole shard directories; the
+    # walking collector then ``merge``s them, as if one walk had seen everything.
+    BLANK_KEEP = ()  # attributes a worker's collector keeps from this one (set above the shards)
+
+    def blank(self):
+        fresh = type(self)(self.fmt, self.root_fd)
+        for attr in self.BLANK_KEEP:
+            setattr(fresh, attr, getattr(self, attr))
+        return fresh
+
+    def merge(self, other):
+        """Add what ``other`` (a worker's collector of the same cache, another set of shard
+        directories) found: a unit met by both is one unit (its counts added, its times the
+        newest); a hard link met by both is counted in each of them (units are per share)."""
+        units = self.units
+        for key, u in other.units.items():
+            mine = units.get(key)
+            if mine is None:
+                units[key] = u
+                continue
+            mine.files += u.files
+            mine.own_size += u.own_size
+            mine.own_disk += u.own_disk
+            mine.atime = max(mine.atime, u.atime)
+            mine.mtime = max(mine.mtime, u.mtime)
+            if u.recorded is not None and (mine.recorded is None or u.recorded > mine.recorded):
+                mine.recorded = u.recorded
+            for p in u.paths:
+                mine.add_path(p)
+            mine.shared.extend(sid for sid in u.shared if sid not in mine.shared)
+            mine.locks.extend(lk for lk in u.locks if lk not in mine.locks)
+            if mine.keep is None:
+                mine.keep = u.keep
+            mine.timed = mine.timed or u.timed
+        for sid, sh in other.shared.items():
+            mine = self.shared.get(sid)
+            if mine is None:
+                self.shared[sid] = sh
+            else:
+                mine.paths.extend(sh.paths)
+                mine.files += sh.files
+                mine.refs += sh.refs
+        self.other_size += other.other_size
+        self.other_disk += other.other_disk
+        self.other_files += other.other_files
+        self.dir_disk += other.dir_disk
+        self.notes.extend(other.notes)
+        for ident, rec in other._seen_inodes.items():
+            if ident not in self._seen_inodes:
+                self._seen_inodes[ident] = rec
+                continue
+            # counted by both: uncounted where ``other`` counted it, as one walk counts it once
+            where, size, disk = rec
+            if where is None:
+                continue
+            if where[0] == "unit":
+                target = self.units.get(where[1])
+                if target is not None:
+                    target.own_size -= size
+                    target.own_disk -= disk
+            elif where[0] == "shared":
+                target = self.shared.get(where[1])
+                if target is not None:
+                    target.size -= size
+                    target.disk -= disk
+            else:
+                self.other_size -= size
+                self.other_disk -= disk
+
     # -- helpers for subclasses ------------------------------------------------------------
-    def _counted(self, st):
-        """False when this inode was already counted (hard link seen before in this walk)."""
+    def _counted(self, st, where=None, key=None):
+        """False when this inode was already counted (hard link seen before in this walk);
+        ``where`` (``unit``, ``shared``, ``other``) and ``key`` say where it is counted now,
+        for ``merge`` (see ``_seen_inodes``)."""
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             ident = (st.st_dev, st.st_ino)
             if ident in self._seen_inodes:
                 return False
-            self._seen_inodes.add(ident)
+            self._seen_inodes[ident] = ((where, key) if where else None, st.st_size, st.st_blocks * 512)
         return True
 
     def unit(self, key, kind, name=None):
@@ -228,7 +324,7 @@ class Collector:
         u = self.unit(key, kind, name)
         u.add_path(anchor)
         u.files += 1
-        if self._counted(st):
+        if self._counted(st, "unit", key):
             u.own_size += st.st_size
             u.own_disk += st.st_blocks * 512
         if timed:
@@ -246,14 +342,14 @@ class Collector:
 
     def other(self, st):
         self.other_files += 1
-        if self._counted(st):
+        if self._counted(st, "other"):
             self.other_size += st.st_size
             self.other_disk += st.st_blocks * 512
 
     def add_shared(self, sid, st, path):
         s = self.shared.get(sid)
         if s is None:
-            if not self._counted(st):
+            if not self._counted(st, "shared", sid):
                 st = _ZeroStat(st)
             self.shared[sid] = Shared(st, path)
         else:
@@ -308,6 +404,15 @@ class Format:
     # seconds after its last unit left that a prune looks again for half a unit its tool wrote
     # back (a read-then-rewrite of part of a unit in place, as pip's header); 0: never
     split_settle = 0.0
+
+    # A big cache's walk is shared between worker processes (cache_report): the walk hands
+    # each directory at one of ``shard_depths`` (components below the cache root) for which
+    # ``shard(parts)`` is true to a worker, which walks it whole. Its collector must merge
+    # (Collector.merge, plus what the format's collector adds). () : never shared.
+    shard_depths = ()
+
+    def shard(self, parts):
+        return False
 
     def collector(self, root_fd):
         return self.collector_class(self, root_fd)

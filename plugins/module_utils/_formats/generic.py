@@ -21,6 +21,11 @@ class GenericFormat(Format):
     name = "generic"
     per_file = True
     collector_class = _GenericCollector
+    # second-level directories: units are top-level entries, merged by key across workers
+    shard_depths = (2,)
+
+    def shard(self, parts):
+        return True
 
 
 # -- cache_verify ---------------------------------------------------------------------------

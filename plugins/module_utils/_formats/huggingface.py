@@ -79,6 +79,12 @@ class _Times:
         self.st_atime = atime
         self.st_mtime = mtime
 
+    def __getstate__(self):
+        return (self.st_atime, self.st_mtime)
+
+    def __setstate__(self, state):
+        self.st_atime, self.st_mtime = state
+
 
 class _HFRepo:
     __slots__ = ("prefix", "blobs", "links", "snapshots", "refs", "no_exist", "incomplete")
@@ -92,8 +98,17 @@ class _HFRepo:
         self.no_exist = set()
         self.incomplete = []
 
+    def __getstate__(self):
+        return tuple(getattr(self, name) for name in _HFRepo.__slots__)
+
+    def __setstate__(self, state):
+        for name, value in zip(_HFRepo.__slots__, state, strict=True):
+            setattr(self, name, value)
+
 
 class _HFCollector(Collector):
+    BLANK_KEEP = ("store",)  # the marked store, found by the walk above the shards
+
     def __init__(self, fmt, root_fd):
         Collector.__init__(self, fmt, root_fd)
         self.repos = {}
@@ -101,6 +116,30 @@ class _HFCollector(Collector):
         self.lock_dirs = {}  # repo -> prefix of .locks/<repo>
         self.store = None  # prefix of the marked shared store (hub/blobs), None when there is none
         self.payloads = {}  # xet hash -> (path, st) of a store payload
+
+    def compact(self):
+        # a blob's and a payload's times are all the report's finish reads of their stat
+        for r in self.repos.values():
+            r.blobs = {b: _Times(st.st_atime, st.st_mtime) for b, st in r.blobs.items()}
+        self.payloads = {h: (p, _Times(st.st_atime, st.st_mtime)) for h, (p, st) in self.payloads.items()}
+
+    def merge(self, other):
+        Collector.merge(self, other)
+        for key, r in other.repos.items():
+            mine = self.repos.get(key)
+            if mine is None:
+                self.repos[key] = r
+                continue
+            mine.blobs.update(r.blobs)
+            mine.links.update(r.links)
+            mine.snapshots.update(r.snapshots)
+            mine.refs.update(r.refs)
+            mine.no_exist |= r.no_exist
+            mine.incomplete.extend(r.incomplete)
+        for key, blobs in other.snap_blobs.items():
+            self.snap_blobs.setdefault(key, set()).update(blobs)
+        self.lock_dirs.update(other.lock_dirs)
+        self.payloads.update(other.payloads)
 
     def _repo(self, parts, off):
         key = parts[off]
@@ -315,21 +354,30 @@ class _HFCollector(Collector):
     def finish(self):
         """As Collector.finish, then each unit's ``disk``/``size`` for reports: a shared blob or
         payload split between the units that link to it, so units add up to the cache once."""
-        col = Collector.finish(self)
+        col = self.collection(self.finish_units())
         users = {}
+        shared = col.shared
         for u in col.units:
             u.size, u.disk = u.own_size, u.own_disk
             for sid in u.shared:
-                if sid in col.shared:
-                    users.setdefault(sid, []).append(u)
+                if sid in shared:
+                    us = users.get(sid)
+                    if us is None:
+                        users[sid] = [u]
+                    else:
+                        us.append(u)
         for sid in [sid for sid in col.shared if sid not in users]:
             s = col.shared.pop(sid)  # a payload no repo links to: outside any unit (sweep_store's)
             col.other_size += s.size
             col.other_disk += s.disk
             col.other_files += s.files
         for sid, us in users.items():
-            s = col.shared[sid]
+            s = shared[sid]
             n = len(us)
+            if n == 1:
+                us[0].size += s.size
+                us[0].disk += s.disk
+                continue
             for i, u in enumerate(sorted(us, key=lambda x: x.key)):
                 u.size += s.size // n + (s.size % n if i == 0 else 0)
                 u.disk += s.disk // n + (s.disk % n if i == 0 else 0)
@@ -356,6 +404,16 @@ class HuggingFaceFormat(Format):
     # cache_prune's trash: hub/.locks, which huggingface_hub's scan_cache_dir() skips (the root
     # when the cache path is HF_HOME, where hub is a subdirectory)
     trash_parents = ((".locks",), ())
+    # a repo (hub/<repo> or <repo> when the cache path is the hub) and a store bucket
+    # (hub/blobs/<xx>) are walked whole by one worker: a revision never spans two
+    shard_depths = (1, 2, 3)
+
+    def shard(self, parts):
+        off = _hf_offset(parts)
+        if off >= 0:
+            return len(parts) == off + 1
+        soff = _store_offset(parts)
+        return soff >= 0 and len(parts) == soff + 2
 
     def detect(self, root_fd, top):
         return any(_HF_REPO.match(n) for n in top) or any(_HF_REPO.match(n) for n in names(root_fd, "hub"))

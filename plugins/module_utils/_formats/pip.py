@@ -33,6 +33,11 @@ class PipFormat(Format):
     # pip's 304 revalidation reads an entry's header and body, then writes the header back: the
     # prune looks at the entries it removed once more this long (seconds) after the last one left
     split_settle = 0.25
+    # http-v2/<x>, wheels/<x>: a unit (a response, a built-wheel directory) lies below one
+    shard_depths = (2,)
+
+    def shard(self, parts):
+        return parts[0] in ("http", "http-v2", "wheels")
 
     def detect(self, root_fd, top):
         return bool(top & {"http-v2", "wheels", "selfcheck"}) or (

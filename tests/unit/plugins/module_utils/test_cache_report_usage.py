@@ -581,3 +581,97 @@ def test_workers_follow_the_last_report_duration(base, known):
     assert slow["workers"] == _usage.default_workers(2)
     assert [c["bytes"] for c in quick["caches"]] == [c["bytes"] for c in slow["caches"]]
     assert _render.history_entry(slow)["seconds"] == slow["seconds"]
+
+
+def _without_seconds(r):
+    return {k: v for k, v in r.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("fmt", ["generic", "pip"])
+def test_a_walk_shared_by_workers_counts_what_one_walk_does(base, fmt):
+    """Second-level directories go to workers: every figure is that of one walk, du's included,
+    with hard links (a file and a symlink) between two workers' shares, a mount-less tree of
+    many shards, a member's directory of another group (left out, counted as foreign)."""
+    cache = os.path.join(base, "c")
+    for top in ("http-v2", "wheels", "other"):
+        for i in range(12):
+            for j in range(5):
+                write(os.path.join(cache, top, "d%02d" % i, "e", "f%d" % j), 700 + i * 10 + j, age_days=i * 10)
+    os.link(os.path.join(cache, "http-v2", "d00", "e", "f0"), os.path.join(cache, "wheels", "d07", "hl"))
+    os.link(os.path.join(cache, "http-v2", "d01", "e", "f0"), os.path.join(cache, "http-v2", "d02", "hl2"))
+    os.symlink("f1", os.path.join(cache, "other", "d03", "ln"))
+    os.link(os.path.join(cache, "other", "d03", "ln"), os.path.join(cache, "other", "d04", "ln"), follow_symlinks=False)
+    os.makedirs(os.path.join(cache, "wheels", "d05", "theirs"))
+    os.chown(os.path.join(cache, "wheels", "d05", "theirs"), NOBODY, NOBODY)
+    one = _usage.measure_cache("c", cache, fmt=fmt, now=NOW, top=50)
+    shared = _usage.measure_cache("c", cache, fmt=fmt, now=NOW, top=50, workers=2)
+    # a hard link between two units is counted once by both walks; which unit holds its bytes
+    # follows the order of the walk
+    units_one, units_shared = one.pop("units"), shared.pop("units")
+    assert _without_seconds(shared) == _without_seconds(one)
+    assert sorted(u["key"] for u in units_shared) == sorted(u["key"] for u in units_one)
+    assert sum(u["bytes"] for u in units_shared) == sum(u["bytes"] for u in units_one)
+    assert sum(u["files"] for u in units_shared) == sum(u["files"] for u in units_one)
+    assert one["bytes"] == du(cache, "-B1") - 4096  # du counts the foreign directory; we do not
+    assert one["hardlinks"] == 3 and one["symlinks"] == 1 and one["foreign"]["count"] == 1
+
+
+def test_a_shard_replaced_before_its_worker_opens_it_is_skipped_and_said(base):
+    """A member swaps a shard directory for a symlink (or another directory) between the walk
+    that listed it and the worker: the worker opens nothing through the link, counts nothing of
+    the other directory and names the path."""
+    cache = os.path.join(base, "c")
+    write(os.path.join(cache, "a", "b", "f"), 100)
+    write(os.path.join(cache, "a", "c", "f"), 100)
+    st_b, st_c = os.lstat(os.path.join(cache, "a", "b")), os.lstat(os.path.join(cache, "a", "c"))
+    os.rename(os.path.join(cache, "a", "c"), os.path.join(cache, "a", "c-old"))
+    os.symlink("/etc", os.path.join(cache, "a", "c"))
+    os.rename(os.path.join(cache, "a", "b"), os.path.join(cache, "a", "b-old"))
+    os.mkdir(os.path.join(cache, "a", "b"))
+    write(os.path.join(cache, "a", "b", "big"), 10**6)
+    fd = os.open(cache, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        tally = _usage._Tally(NOW, (30,), "newest")
+        tally.start(os.fstat(fd))
+        job = {
+            "root_fd": fd,
+            "shards": [("a/b", (st_b.st_dev, st_b.st_ino)), ("a/c", (st_c.st_dev, st_c.st_ino))],
+            "gid": None,
+            "max_errors": 10,
+            "max_units": 0,
+            "tally": tally.blank(),
+            "collector": None,
+        }
+        share = _usage._measure_shards(job)
+    finally:
+        os.close(fd)
+    assert share["tally"].files == 0 and share["tally"].blocks == 0
+    assert share["error_count"] == 2
+    assert [p for p, _e in share["errors"]] == ["a/b", "a/c"]
+    assert "replaced" in share["errors"][0][1]
+
+
+def test_a_report_shares_the_walk_of_a_cache_that_was_slow_last_time(base):
+    """build_report: the history's per-cache seconds (written by history_entry) send a slow
+    cache to all the workers together; the report is the same as without hints."""
+    root = os.path.join(base, "root")
+    caches = []
+    for name, n in (("big", 300), ("small", 5)):
+        for i in range(n):
+            write(os.path.join(root, name, "d%02d" % (i % 30), "s", "f%03d" % i), 100)
+        caches.append({"name": name, "path": os.path.join(root, name)})
+    first = _usage.build_report(caches, root=root, now=NOW, workers=2)
+    entry = _render.history_entry(first)
+    assert set(entry["cache_seconds"]) == {"big", "small"}
+    hints = _usage.hints([dict(entry, cache_seconds={"big": _usage.SHARD_MIN_SECONDS, "small": 0.01})])
+    assert hints["cache_seconds"]["big"] == _usage.SHARD_MIN_SECONDS
+    seen = []
+    again = _usage.build_report(
+        caches, root=root, now=NOW, workers=2, progress=lambda n, total, r: seen.append((n, total)), **hints
+    )
+    for a, b in zip(first["caches"], again["caches"], strict=True):
+        assert _without_seconds(a) == _without_seconds(b)
+    assert seen == [(1, 2), (2, 2)]
+    # a member-written history with nonsense in it changes nothing but the speed
+    odd = _usage.build_report(caches, root=root, now=NOW, workers=2, cache_seconds={"big": "x", "small": [1]})
+    assert [_without_seconds(c) for c in odd["caches"]] == [_without_seconds(c) for c in first["caches"]]

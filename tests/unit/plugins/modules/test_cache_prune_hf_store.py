@@ -370,3 +370,34 @@ def test_reading_repo_blob_links_never_makes_a_revision_look_used(capsys, tmp_pa
     res = run_module(capsys, path=str(home), format="huggingface", max_age="90d")
     assert sorted(s["name"].split()[0] for s in res["sample"]) == ["org/llm", "org/llm"], res["sample"]
     assert hf_clean(hub) == {"org/llm-ft": 1}
+
+
+@pytest.mark.parametrize("layout", ["plain", "store", "mixed"])
+def test_a_walk_shared_by_workers_reports_what_one_walk_does(tmp_path, layout):
+    """cache_report walks a big hub with several workers (a repo, a store bucket each): the
+    figures, the units and their sizes are exactly those of one walk, with the Xet and assets
+    caches, an interrupted download and a hard link between two repos' files in the tree."""
+    home, hub, a, b = build(tmp_path, layout)
+    for sub, size in (("xet/chunk-cache/ab/c1", 3000), ("xet/logs/xet.log", 100), ("assets/org/x.bin", 500)):
+        (home / sub).parent.mkdir(parents=True, exist_ok=True)
+        (home / sub).write_bytes(os.urandom(size))
+    (a / "blobs" / ("cd" * 32 + ".incomplete")).write_bytes(b"x" * 7000)
+    os.link(a / "blobs" / ("cd" * 32 + ".incomplete"), a / "blobs" / "hardlinked")  # one shard
+    one = _usage.measure_cache("hf", str(home), fmt="huggingface", top=50)
+    shared = _usage.measure_cache("hf", str(home), fmt="huggingface", top=50, workers=2)
+    one.pop("seconds")
+    shared.pop("seconds")
+    assert shared == one
+    assert one["hardlinks"] == 1 and one["bytes"] == du(home)
+    assert {u["kind"] for u in one["units"]} >= {"revision", "incomplete download", "xet chunk", "asset"}
+    # a hard link between two repos (two shards): counted once too; which of the two units
+    # holds its bytes may differ from one walk's choice (that is the order of the walk)
+    config = next((a / "snapshots").iterdir()) / "config.json"
+    os.link(os.path.realpath(config), b / "blobs" / "hardlinked")
+    one = _usage.measure_cache("hf", str(home), fmt="huggingface", top=50)
+    shared = _usage.measure_cache("hf", str(home), fmt="huggingface", top=50, workers=2)
+    for k in ("bytes", "apparent_bytes", "files", "hardlinks", "owners", "not_accessed", "outside_units_bytes"):
+        assert shared[k] == one[k], k
+    assert one["hardlinks"] == 2 and one["bytes"] == du(home)
+    assert sum(u["bytes"] for u in shared["units"]) == sum(u["bytes"] for u in one["units"])
+    assert sorted(u["key"] for u in shared["units"]) == sorted(u["key"] for u in one["units"])
