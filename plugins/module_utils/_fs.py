@@ -18,6 +18,8 @@ non-UTF-8 names work.
 from __future__ import annotations
 
 import errno
+import functools
+import gc
 import json
 import os
 import stat
@@ -294,6 +296,25 @@ def open_parent(root_fd, parts, dev, mounts):
         return open_below(root_fd, parts[:-1], dev, mounts)
     except NotBelow:
         return None
+
+
+def gc_paused(func):
+    """Run ``func`` with Python's cyclic garbage collector paused, restored after. A walk keeps
+    about one object per entry, none in a reference cycle; with the collector on, every few
+    thousand new objects it scans all live ones again (measured: 15 to 20% of a 250k-entry
+    report)."""
+
+    @functools.wraps(func)
+    def paused(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return paused
 
 
 class Walker:

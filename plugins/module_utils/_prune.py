@@ -50,6 +50,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     Foreign,
     Walker,
     free_bytes,
+    gc_paused,
     human,
     mount_options,
     mounts_below,
@@ -1192,6 +1193,7 @@ class Pruner:
         """The walk of what the cache owns (entries of other groups are left out, see Walker)."""
         return Walker(fd, one_fs=self.one_fs, gid=self.cache_gid)
 
+    @gc_paused
     def _run_units(self, fd, fmt, result, now, mounts, locks):
         dev = os.fstat(fd).st_dev
         parents = trash_parents(fmt)

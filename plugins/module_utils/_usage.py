@@ -37,6 +37,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     Foreign,
     Walker,
     WalkError,
+    gc_paused,
     open_below,
     open_dir_nofollow,
     read_trusted_json,
@@ -255,6 +256,7 @@ class _Tally:
         ]
 
 
+@gc_paused
 def measure_cache(
     name,
     path,
@@ -392,6 +394,7 @@ def _shard_job(root_fd, shards, gid, max_errors, max_units, tally, collector):
     }
 
 
+@gc_paused
 def _measure_shards(job):
     """A worker's share of a walk: the shard directories ``job['shards']`` ((relative path,
     (dev, ino) seen by the walk that listed it)), each opened below the cache's descriptor

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import Walker, WalkError, open_dir_nofollow
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
+    Walker,
+    WalkError,
+    gc_paused,
+    open_dir_nofollow,
+)
 
 
 def walk_names(root):
@@ -161,3 +167,26 @@ def _grow(tmp_path):
         return list(member_lines(fd, 10, 20))
     finally:
         os.close(fd)
+
+
+def test_gc_paused_restores_the_collector_as_it_was_even_on_error():
+    seen = []
+
+    @gc_paused
+    def walk(fail):
+        seen.append(gc.isenabled())
+        if fail:
+            raise OSError("boom")
+        return "done"
+
+    assert gc.isenabled()
+    assert walk(False) == "done"
+    with pytest.raises(OSError):
+        walk(True)
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        walk(False)
+        assert not gc.isenabled()  # a caller that paused it keeps it paused
+    finally:
+        gc.enable()
