@@ -65,6 +65,10 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
 _O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 
 
+# file system timestamps lag time.time() by up to a clock tick (Journal.begin)
+TIMESTAMP_SLACK_NS = 50_000_000
+
+
 class Busy(Exception):
     """The cache (or a unit) is in use: a lock is held."""
 
@@ -819,10 +823,11 @@ class Journal:
                 elif kind == b"D":
                     ino, pre, t0 = (int(x) for x in rest.split())
                     cur = self.dirs.get(ino)
-                    # the first run's time holds while the directory is as the killed run left it
+                    # the first run's times hold while the directory is as the killed runs left
+                    # it: its mtime before them, and the start of the first (a later run killed
+                    # before it removed anything leaves the mtime an earlier one gave it)
                     if cur is not None and (cur[1] == pre if cur[1] is not None else pre >= cur[2]):
                         cur[1] = None
-                        cur[2] = t0
                     else:
                         self.dirs[ino] = [pre, None, t0]
                 elif kind == b"P":
@@ -859,7 +864,12 @@ class Journal:
             if head.get("cut") is not None:
                 self.cut = head["cut"] if self.cut is None else max(self.cut, head["cut"])
         self.t0 = t0
-        self.t0_ns = int(t0 * 1e9)
+        # what this run's changes to a directory's mtime are compared with: file system
+        # timestamps come from the kernel's coarse clock, up to a tick (4 to 10 ms) behind
+        # time.time(), so a deletion right after t0 can carry an mtime just before it (measured:
+        # 5 ms here). Without the slack such a directory looked changed by someone else, lost
+        # its time from before the killed runs, and a final run left it as new.
+        self.t0_ns = int(t0 * 1e9) - TIMESTAMP_SLACK_NS
 
     def _open(self):
         if self.fd < 0 and self.active and self.write_ok:

@@ -474,3 +474,37 @@ def test_a_member_look_alike_trash_is_an_ordinary_entry(tmp_path):
     write(root / "keep", b"y")
     run(root, tmp_path / "s", "generic", {"max_age": 90 * DAY})
     assert not (root / (_formats.TRASH_NAME + "-fake") / "sub" / "f").exists()
+
+
+def test_a_directory_emptied_by_killed_runs_keeps_its_time_from_before_them(tmp_path):
+    """The journal's judgement of a directory's age, run by run, on a real directory:
+    run A records it and is killed mid-way (its deletion got an mtime one clock tick *before* A's
+    start, as the kernel's coarse file system clock gives); run B records it and is killed before
+    it removed anything. The next run still sees the directory's time from before both."""
+    cache = tmp_path / "cache"
+    (cache / "a" / "b").mkdir(parents=True)
+    d = cache / "a" / "b"
+    old = time.time() - 200 * DAY
+    os.utime(d, (old, old))
+    old_ns = os.lstat(d).st_mtime_ns
+    state = tmp_path / "state"
+    fd = os.open(cache, os.O_RDONLY | os.O_DIRECTORY)
+    pol = _prune.Policy(max_age=90 * DAY)
+    try:
+        t0 = time.time()
+        a = _prune.Journal(fd, str(state), path=str(cache))
+        a.begin(t0, pol, "generic")
+        a.before_dir(os.lstat(d))
+        a.close()  # killed: no P record
+        tick = t0 - 0.003
+        os.utime(d, (tick, tick))  # A's deletion, stamped by the coarse clock
+        b = _prune.Journal(fd, str(state), path=str(cache))
+        b.begin(t0 + 1.0, pol, "generic")
+        b.before_dir(os.lstat(d))
+        b.close()  # killed before it removed anything
+        final = _prune.Journal(fd, str(state), path=str(cache))
+        st = os.lstat(d)
+        assert final.dir_time(st.st_ino, st.st_mtime_ns) == old_ns
+        final.close()
+    finally:
+        os.close(fd)
