@@ -603,7 +603,9 @@ def build_report(
         big = {
             i
             for i, j in enumerate(jobs)
-            if isinstance(secs.get(j["name"]), (int, float)) and secs[j["name"]] >= SHARD_MIN_SECONDS
+            if isinstance(secs.get(j["name"]), (int, float))
+            and secs[j["name"]] >= SHARD_MIN_SECONDS
+            and get_format(j["fmt"]).shard_depths  # a format that cannot be shared runs beside the others
         }
     results = [None] * len(jobs)
     small = [i for i in range(len(jobs)) if i not in big]

@@ -299,3 +299,46 @@ def test_the_doctor_names_foreign_entries_with_the_fix(actors, arena, cache, cap
         cache_doctor.main()
     res = json.loads(capsys.readouterr().out)
     assert not [c for c in res["checks"] if c["check"] == "ownership" and c["ok"] is False]
+
+
+def test_a_report_worker_never_follows_a_shard_a_member_swapped_or_enters_what_she_moved_in(actors, arena, cache):
+    """cache_report shares a big cache's walk: shard directories are listed by one process and
+    walked by workers. alice swaps a listed shard for a link to her team's folder before its
+    worker opens it, and moves the team folder into another shard: the worker follows nothing,
+    names the swapped path, and counts the moved-in directory as foreign only, as one walk does."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _usage
+
+    team = team_folder(actors, arena)
+    pip = os.path.join(cache, "pip")
+    actors.alice.run(
+        "mkdir -p %(p)s/http-v2/aa/x %(p)s/http-v2/bb/x && echo 1 > %(p)s/http-v2/aa/x/f "
+        "&& echo 2 > %(p)s/http-v2/bb/x/f && mv %(t)s/shared %(p)s/http-v2/bb/moved" % {"p": pip, "t": team}
+    )
+    one = _usage.measure_cache("pip", pip, fmt="pip", top=10)
+    shared = _usage.measure_cache("pip", pip, fmt="pip", top=10, workers=2)
+    for r in (one, shared):
+        r.pop("seconds")
+        assert r["foreign"]["count"] == 1 and r["foreign"]["sample"] == ["http-v2/bb/moved"]
+        assert "secret" not in repr(r) and "carol-private" not in repr(r)
+    assert shared == one
+    st = os.lstat(os.path.join(pip, "http-v2", "aa"))
+    actors.alice.run("mv %(p)s/http-v2/aa %(p)s/http-v2/aa-old && ln -s %(t)s %(p)s/http-v2/aa" % {"p": pip, "t": team})
+    fd = os.open(pip, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        tally = _usage._Tally(time.time(), (30,), "newest")
+        tally.start(os.fstat(fd))
+        job = {
+            "root_fd": fd,
+            "shards": [("http-v2/aa", (st.st_dev, st.st_ino))],
+            "gid": actors.gid,
+            "max_errors": 10,
+            "max_units": 0,
+            "tally": tally.blank(),
+            "collector": None,
+        }
+        share = _usage._measure_shards(job)
+    finally:
+        os.close(fd)
+    assert share["tally"].files == 0 and share["error_count"] == 1
+    assert share["errors"][0][0] == "http-v2/aa"
+    assert "notes" not in repr(share) and "secret" not in repr(share)
