@@ -129,7 +129,8 @@ class Actors:
     def remove(self):
         for name in self.names.values():
             subprocess.run(["userdel", name], check=False, capture_output=True)
-        for g in (self.group, self.team):
+        # useradd made a private group per user; userdel leaves it when the user was in others
+        for g in (*self.names.values(), self.group, self.team):
             subprocess.run(["groupdel", g], check=False, capture_output=True)
 
     def __getattr__(self, who):

@@ -327,16 +327,8 @@ def test_a_report_worker_never_follows_a_shard_a_member_swapped_or_enters_what_s
     try:
         tally = _usage._Tally(time.time(), (30,), "newest")
         tally.start(os.fstat(fd))
-        job = {
-            "root_fd": fd,
-            "shards": [("http-v2/aa", (st.st_dev, st.st_ino))],
-            "gid": actors.gid,
-            "max_errors": 10,
-            "max_units": 0,
-            "tally": tally.blank(),
-            "collector": None,
-        }
-        share = _usage._measure_shards(job)
+        shards = [("http-v2/aa", (st.st_dev, st.st_ino))]
+        share = _usage._measure_shards(_usage._shard_job(fd, shards, actors.gid, 10, 0, tally, None))
     finally:
         os.close(fd)
     assert share["tally"].files == 0 and share["error_count"] == 1

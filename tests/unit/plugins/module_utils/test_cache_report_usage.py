@@ -633,16 +633,8 @@ def test_a_shard_replaced_before_its_worker_opens_it_is_skipped_and_said(base):
     try:
         tally = _usage._Tally(NOW, (30,), "newest")
         tally.start(os.fstat(fd))
-        job = {
-            "root_fd": fd,
-            "shards": [("a/b", (st_b.st_dev, st_b.st_ino)), ("a/c", (st_c.st_dev, st_c.st_ino))],
-            "gid": None,
-            "max_errors": 10,
-            "max_units": 0,
-            "tally": tally.blank(),
-            "collector": None,
-        }
-        share = _usage._measure_shards(job)
+        shards = [("a/b", (st_b.st_dev, st_b.st_ino)), ("a/c", (st_c.st_dev, st_c.st_ino))]
+        share = _usage._measure_shards(_usage._shard_job(fd, shards, None, 10, 0, tally, None))
     finally:
         os.close(fd)
     assert share["tally"].files == 0 and share["tally"].blocks == 0
