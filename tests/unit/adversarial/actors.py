@@ -128,6 +128,8 @@ class Actors:
 
     def remove(self):
         for name in self.names.values():
+            # a helper a test left running as the user (a lock holder) makes userdel refuse
+            subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
             subprocess.run(["userdel", name], check=False, capture_output=True)
         # useradd made a private group per user; userdel leaves it when the user was in others
         for g in (*self.names.values(), self.group, self.team):
