@@ -141,10 +141,15 @@ def generic_master(tmp_path):
     ids=["max_age", "max_size"],
 )
 def test_twenty_kills_then_a_run_leave_what_one_run_leaves_generic(tmp_path, generic_master, pol):
+    master = snapshot(generic_master)
     mid, _res = converge(tmp_path, generic_master, "generic", pol, seed=5)
-    # the killed runs left directories they had emptied (new mtimes now): the final run removed them
+    # the killed runs emptied directories (new mtimes then): a later killed run removed some (it
+    # judged them by their time before the kills, from the journal), the final run the others.
+    # Which of the two depends on where the kills land; at least one happened.
     final = snapshot(tmp_path / "killed")
-    assert [k for k, v in mid.items() if v == "dir" and k not in final]
+    removed_by_kills = [k for k, v in master.items() if v == "dir" and k not in mid]
+    removed_at_the_end = [k for k, v in mid.items() if v == "dir" and k not in final]
+    assert removed_by_kills or removed_at_the_end
 
 
 # -- a pip cache made by pip ------------------------------------------------------------------
