@@ -1,6 +1,7 @@
 # Copyright (c) 2026 mlinfra
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Forked worker processes for the tree walks of cache_dir and cache_report.
+"""Forked worker processes for the tree walks of cache_dir and cache_report; threads for the
+deletions of cache_prune.
 
 Private module_utils (leading underscore): the API may change between releases.
 
@@ -10,6 +11,11 @@ processes on different directories overlaps almost perfectly (measured: fixing 2
 taken back after every call). A forked pool costs about 15 ms, so callers use it only for
 trees that are worth it.
 
+Deletions are the exception: a file's unlink sleeps while the filesystem frees its blocks
+(ext4 on a virtio disk here: about 180 µs a file with a data block, 16 µs without), with the GIL
+released. Threads overlap those sleeps (measured on 24k files: 1.6x the unlinks a second with 4
+threads, 1.9x with 16), and need no fork or pickling (``IO_THREADS``, used by ``_prune.Purger``).
+
 Workers are forked, so they inherit the caller's open descriptors (a verified root
 directory descriptor stays the anchor of every ``dir_fd=`` call in the workers).
 """
@@ -17,6 +23,8 @@ directory descriptor stays the anchor of every ``dir_fd=`` call in the workers).
 from __future__ import annotations
 
 import os
+
+IO_THREADS = 4  # deletions in flight at once (see the module's docstring)
 
 
 def usable_cpus():

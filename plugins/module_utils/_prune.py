@@ -34,15 +34,18 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
 import fnmatch
+import itertools
 import json
 import os
 import stat
 import time
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _formats
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import is_prune_trash
@@ -61,6 +64,7 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     open_subdir,
     scan,
 )
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._parallel import IO_THREADS
 
 _O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 
@@ -307,6 +311,16 @@ class RemoveStats:
             return False
         self.foreign.add("/".join(parts), st)
         return True
+
+    def merge(self, other):
+        """Add what another removal did (one made on another thread) to this one."""
+        self.files += other.files
+        self.dirs += other.dirs
+        self.bytes += other.bytes
+        self.disk += other.disk
+        self.busy.extend(other.busy)
+        self.errors.extend(other.errors)
+        self.foreign.merge(other.foreign)
 
 
 @contextlib.contextmanager
@@ -595,7 +609,7 @@ class Trash:
         self.root_fd = root_fd
         self.dev = dev
         self.gid = gid
-        self.n = 0
+        self._numbers = itertools.count(1)  # names in the trash (next() is atomic: threads take too)
         self.leftover = None
         self.fd = None
         self.place = None
@@ -666,8 +680,7 @@ class Trash:
                 return None
             if expect is not None and st.st_ino != expect:
                 return None
-            self.n += 1
-            new = "%d" % self.n
+            new = "%d" % next(self._numbers)
             try:
                 os.rename(parts[-1], new, src_dir_fd=pfd, dst_dir_fd=self.fd)
             except PermissionError:
@@ -693,6 +706,13 @@ class Trash:
         finally:
             if parents is None:
                 os.close(pfd)
+
+    def put(self, dir_fd, name):
+        """Rename ``name`` in the open directory ``dir_fd`` (a caller that checked it, under the
+        tool's lock) into the trash; its name there. OSError when the rename fails."""
+        new = "%d" % next(self._numbers)
+        os.rename(name, new, src_dir_fd=dir_fd, dst_dir_fd=self.fd)
+        return new
 
     def restore(self, moved, stats):
         """Put ``moved`` back in its place unless something else is there now; True when restored."""
@@ -732,6 +752,51 @@ class Trash:
             pass  # something locked (or not the cache's) is left inside: the next run deletes it
         if self.place != self.root_fd:
             os.close(self.place)
+
+
+PURGE_PENDING = 256  # units moved out whose deletion may still be going on
+
+
+class Purger:
+    """Deletes what a run moved into its trash on a few threads (``_parallel.IO_THREADS``: each
+    unlink sleeps on the disk, with the GIL released) while the run goes on choosing,
+    re-checking and moving the next units.
+
+    Only the deletion is put off: each unit still leaves its place in the cache whole, in one
+    rename per path, on the run's own thread, after its re-check; what is in the trash is out of
+    every tool's way and a killed run's trash is purged by the next one, so the order of these
+    deletions matters to no one. Each deletion has its own ``RemoveStats``; ``submit(names)``
+    returns a handle, ``result(handle)`` waits for it and returns its stats, ``done(handle)``
+    tells without waiting; ``close()`` waits for all. ``threads`` 1 (or less): each deletion
+    happens in ``submit``, as before."""
+
+    def __init__(self, trash, locks, gid, threads=IO_THREADS):
+        self.trash = trash
+        self.locks = locks
+        self.gid = gid
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mlinfra-purge") if threads > 1 else None
+
+    def _purge(self, names):
+        stats = RemoveStats(self.gid)
+        for name in names:
+            self.trash.purge(name, self.locks, stats)
+        return stats
+
+    def submit(self, names):
+        if self.pool is None:
+            return self._purge(names)
+        return self.pool.submit(self._purge, names)
+
+    def result(self, handle):
+        return handle if self.pool is None else handle.result()
+
+    def done(self, handle):
+        return self.pool is None or handle.done()
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
 
 
 class Moved:
@@ -1084,10 +1149,13 @@ class Pruner:
         one_fs=True,
         gid=None,
         lock_dir=None,
+        purge_threads=IO_THREADS,
     ):
         """``gid``: the cache group (default: the cache directory's own group); entries of other
         groups are never pruned. ``lock_dir``: where the prune lock lives (default PRUNE_LOCK_DIR
-        as root, see ``prune_lock``)."""
+        as root, see ``prune_lock``). ``purge_threads``: deletions of removed units in flight at
+        once (see Purger; 1: one after the other)."""
+        self.purge_threads = purge_threads
         self.path = path
         self.gid = gid
         self.lock_dir = lock_dir
@@ -1208,7 +1276,7 @@ class Pruner:
         dev = os.fstat(fd).st_dev
         parents = trash_parents(fmt)
         journal = Journal(fd, self.lock_dir, write=not self.check, path=self.path)
-        trash = None
+        trash = purger = None
         try:
             journal.begin(now, self.policy, fmt.name)
             if not self.check:
@@ -1220,6 +1288,9 @@ class Pruner:
                         "deleted %d file(s) left by an interrupted prune" % trash.leftover.files
                     )
             since_ns = os.fstat(trash.fd).st_ctime_ns if trash is not None else None
+            if trash is not None:
+                purger = self._purger = Purger(trash, locks, self.cache_gid, self.purge_threads)
+            self._pending = collections.deque()
             walker = self._walker(fd)
             col = fmt.collector(fd)
             for d in walker.walk():
@@ -1265,6 +1336,8 @@ class Pruner:
             if not self.check:
                 journal.done()
         finally:
+            if purger is not None:
+                purger.close()  # waits for the deletions still going on
             if trash is not None:
                 trash.close()
             journal.close()
@@ -1324,6 +1397,8 @@ class Pruner:
                 )
             finally:
                 par.close()
+        if not self.check:
+            freed_total += self._drain(result, removed, wait=True)
         return freed_total
 
     def _remove_unit(
@@ -1362,11 +1437,27 @@ class Pruner:
                     m = trash.take(p, mounts, stats)
                     if m is not None:
                         moved.append(m)
-        for m in moved:
-            trash.purge(m.name, locks, stats)
         self._unsplit(u, moved, mounts, locks, trash, stats, par)
         if self._settle and len(u.paths) > 1:
             self._split_watch.append((u, moved))
+        # the unit has left the cache: its deletion goes on beside the next units (Purger), and
+        # it is counted once that is done (_drain)
+        self._pending.append((u, reason, stats, self._purger.submit([m.name for m in moved])))
+        return self._drain(result, removed)
+
+    def _drain(self, result, removed, wait=False):
+        """Count the units whose deletion is done, in the order they left (all of them with
+        ``wait``; the oldest ones while more than PURGE_PENDING are in flight); the bytes freed."""
+        freed = 0
+        pending = self._pending
+        while pending and (wait or len(pending) > PURGE_PENDING or self._purger.done(pending[0][3])):
+            u, reason, stats, handle = pending.popleft()
+            stats.merge(self._purger.result(handle))
+            freed += self._counted(result, u, reason, stats, removed)
+        return freed
+
+    def _counted(self, result, u, reason, stats, removed):
+        """Book one removed unit's stats into ``result``; the bytes it freed."""
         self.foreign.merge(stats.foreign)
         if stats.busy:
             result["busy"].extend(stats.busy[:10])

@@ -444,35 +444,49 @@ class HuggingFaceFormat(Format):
                         break
         files = disk = 0
         locks = _prune.ProcLocks()
+        dev = os.fstat(root_fd).st_dev
         gid = os.fstat(root_fd).st_gid
-        trash = None
+        # what goes is renamed into a trash first (a run killed while deleting it never leaves
+        # huggingface_hub a repo without its snapshots directory, nor a store entry half gone) and
+        # deleted there on the Purger's threads while the next one is looked at
+        trash = purger = None
+        repos = []
         try:
             for prefix in getattr(collection, "repo_prefixes", ()):
                 if _repo_lock_held(root_fd, prefix, locks) or not dir_is_prunable_repo(root_fd, prefix):
                     continue
-                # one rename out of the hub first: a run killed while deleting it never leaves
-                # huggingface_hub a repo without its snapshots directory
                 if trash is None:
-                    trash = _prune.Trash(root_fd, os.fstat(root_fd).st_dev, gid, _prune.trash_parents(self))
+                    trash = _prune.Trash(root_fd, dev, gid, _prune.trash_parents(self))
+                    purger = _prune.Purger(trash, locks, gid)
                 st = _prune.RemoveStats(gid)
                 name = trash.move(prefix, (), st)
                 if name is not None:
-                    trash.purge(name, locks, st)
-                if name is not None and not st.errors and not st.busy:
+                    repos.append((prefix, st, purger.submit([name])))
+            swept = None
+            if getattr(collection, "store", None) is not None and collection.payloads:
+                if trash is None:
+                    trash = _prune.Trash(root_fd, dev, gid, _prune.trash_parents(self))
+                    purger = _prune.Purger(trash, locks, gid)
+                swept = sweep_store(root_fd, collection, trash, purger)
+            for prefix, st, handle in repos:
+                st.merge(purger.result(handle))
+                if not st.errors and not st.busy:
                     files += st.files
                     disk += st.disk
                     notes.append("removed repo %s (no revision left)" % "/".join(prefix))
+            if swept is not None:
+                n, d, busy = swept
+                files += n
+                disk += d
+                if n:
+                    notes.append("removed %d shared store payload(s) no repo links to" % n)
+                if busy:
+                    notes.append("left %d store payload(s) whose lock is held: next run" % busy)
         finally:
+            if purger is not None:
+                purger.close()
             if trash is not None:
                 trash.close()
-        if getattr(collection, "store", None) is not None:
-            n, d, busy = sweep_store(root_fd, collection)
-            files += n
-            disk += d
-            if n:
-                notes.append("removed %d shared store payload(s) no repo links to" % n)
-            if busy:
-                notes.append("left %d store payload(s) whose lock is held: next run" % busy)
         collection.cleanup_freed = (files, disk)
         return notes
 
@@ -586,7 +600,7 @@ def _rewrite_manifest(dfd, name, keep, hub, gid):
     os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
 
 
-def sweep_store(root_fd, collection):
+def sweep_store(root_fd, collection, trash, purger):
     """Remove the store payloads no repo blob links to any more; (files, bytes, busy).
 
     Decided from the filesystem as huggingface_hub's ``sweep_shared_blob`` does, but with the walk's
@@ -594,55 +608,110 @@ def sweep_store(root_fd, collection):
     read again; a payload goes (with its manifest) only when none of them links to it, else the
     manifest is rewritten to the links that still do. A payload that a link points to and that we
     did not see linked (a download after the walk) always appears in its manifest first (it is
-    written under the same lock before the link), so it is kept.
+    written under the same lock before the link), so it is kept. A payload that goes leaves its
+    place under the lock, renamed into ``trash`` (a ``_prune.Trash``), and is deleted there by
+    ``purger`` (a ``_prune.Purger`` of that trash), beside the next entries.
     """
     dev = os.fstat(root_fd).st_dev
-    store = collection.store
-    hub = store[:-1]
+    hub = collection.store[:-1]
     gid = os.fstat(root_fd).st_gid
-    files = disk = busy = 0
     # one wait for the whole sweep: members holding many entries' locks delay a run by that at most
     deadline = time.monotonic() + HF_STORE_LOCK_WAIT
-    for h in sorted(collection.payloads):
-        walk_links = collection.store_links.get(h, [])
-        # cheap test first (no lock): every link the walk saw still points here, nothing to do
-        if walk_links and all(_link_hash(root_fd, p, dev) == h for p in walk_links):
-            continue
-        ppath, pst = collection.payloads[h]
-        dfd = open_parent(root_fd, ppath, dev, ())
-        if dfd is None:
-            continue
-        try:
-            lfd = store_lock(dfd, h + ".lock", gid, max(0.0, deadline - time.monotonic()))
-            if lfd is None:
-                busy += 1
+    # the cheap test first (no lock): a payload every link the walk saw still points to stays;
+    # the links are read a repo's blobs directory at a time
+    now = _links_now(root_fd, [p for links in collection.store_links.values() for p in links], dev)
+    files = disk = busy = 0
+    handles = []
+    bucket = dfd = None  # the store bucket open now (payloads in hash order: one bucket after the other)
+    try:
+        for h in sorted(collection.payloads):
+            walk_links = collection.store_links.get(h, [])
+            if walk_links and all(now.get(p) == h for p in walk_links):
                 continue
-            try:
-                try:
-                    listed = _manifest_links(dfd, h + ".refs", hub)
-                except MemberFileError:
-                    continue  # unreadable manifest: leak rather than risk, as huggingface_hub does
-                cands = set(walk_links) | set(listed or ())
-                keep = {p for p in cands if _link_hash(root_fd, p, dev) == h}
-                if keep:
-                    if listed is not None and set(listed) != keep:
-                        _rewrite_manifest(dfd, h + ".refs", keep, hub, gid)
-                    continue
-                try:
-                    st = os.stat(h, dir_fd=dfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    st = None
-                if st is not None and stat.S_ISREG(st.st_mode) and st.st_gid == gid and st.st_ino == pst.st_ino:
-                    os.unlink(h, dir_fd=dfd)
+            ppath, pst = collection.payloads[h]
+            if ppath[:-1] != bucket:
+                if dfd is not None:
+                    os.close(dfd)
+                bucket, dfd = ppath[:-1], open_parent(root_fd, ppath, dev, ())
+            if dfd is None:
+                continue
+            got = _sweep_payload(root_fd, dfd, h, pst, walk_links, hub, dev, gid, deadline, trash)
+            if got is None:
+                busy += 1
+            elif got:
+                st, names = got
+                if st is not None:
                     files += 1
                     disk += st.st_blocks * 512 if st.st_nlink <= 1 else 0
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(h + ".refs", dir_fd=dfd)
-            finally:
-                os.close(lfd)
-        finally:
+                handles.append(purger.submit(names))
+    finally:
+        if dfd is not None:
             os.close(dfd)
+    for handle in handles:
+        purger.result(handle)  # what a purge could not delete stays in the trash: the next run's
     return files, disk, busy
+
+
+def _links_now(root_fd, paths, dev):
+    """``{path: store hash}`` of the repo blob ``paths`` that link into the store now, each
+    repo's blobs directory opened once."""
+    by_dir = {}
+    for p in paths:
+        by_dir.setdefault(p[:-1], []).append(p[-1])
+    out = {}
+    for d, blob_names in by_dir.items():
+        pfd = open_parent(root_fd, d + ("x",), dev, ())
+        if pfd is None:
+            continue
+        try:
+            for n in blob_names:
+                try:
+                    out[d + (n,)] = store_target(os.readlink(n, dir_fd=pfd), 2)
+                except OSError:
+                    continue
+        finally:
+            os.close(pfd)
+    return out
+
+
+def _sweep_payload(root_fd, dfd, h, pst, walk_links, hub, dev, gid, deadline, trash):
+    """sweep_store for the payload ``h`` in the open bucket ``dfd``: None when its lock is held,
+    ``()`` when it stays, else ``(lstat of the payload or None, [its names in the trash])``."""
+    lfd = store_lock(dfd, h + ".lock", gid, max(0.0, deadline - time.monotonic()))
+    if lfd is None:
+        return None
+    try:
+        try:
+            listed = _manifest_links(dfd, h + ".refs", hub)
+        except MemberFileError:
+            return ()  # unreadable manifest: leak rather than risk, as huggingface_hub does
+        cands = set(walk_links) | set(listed or ())
+        keep = {p for p in cands if _link_hash(root_fd, p, dev) == h}
+        if keep:
+            if listed is not None and set(listed) != keep:
+                _rewrite_manifest(dfd, h + ".refs", keep, hub, gid)
+            return ()
+        try:
+            st = os.stat(h, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        names = []
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_gid == gid and st.st_ino == pst.st_ino:
+            names.append(trash.put(dfd, h))
+        else:
+            st = None
+        try:
+            rst = os.stat(h + ".refs", dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            rst = None
+        if rst is not None and (stat.S_ISDIR(rst.st_mode) or rst.st_gid != gid):
+            with contextlib.suppress(OSError):
+                os.unlink(h + ".refs", dir_fd=dfd)  # not a manifest the trash may take: as before
+        elif rst is not None:
+            names.append(trash.put(dfd, h + ".refs"))
+        return st, names
+    finally:
+        os.close(lfd)
 
 
 def dir_is_prunable_repo(root_fd, prefix):

@@ -498,6 +498,49 @@ def test_a_unit_with_one_locked_file_waits_whole(tmp_path):
     assert res["units"] == 1 and not pkg.exists()
 
 
+def _conda_cache(cache, n_old=40):
+    """A conda pkgs cache: ``n_old`` old packages (a directory and its tarball each), 3 new ones."""
+    for i in range(n_old + 3):
+        name = "pkg%02d-1.0-h%07d_0" % (i, i)
+        days = 200 if i < n_old else 0
+        write(cache / "pkgs" / name / "lib" / ("lib%d.so" % i), b"L" * (100 * i + 1), age_days=days)
+        write(cache / "pkgs" / name / "info" / "repodata_record.json", b"{}", age_days=days)
+        write(cache / "pkgs" / (name + ".conda"), b"T" * 5000, age_days=days)
+        age(cache / "pkgs" / name, days)
+    write(cache / "pkgs" / "urls.txt", b"")
+    return cache / "pkgs" / ("pkg07-1.0-h%07d_0" % 7) / "lib" / "lib7.so"
+
+
+@pytest.mark.parametrize("pending", [_prune.PURGE_PENDING, 2])
+def test_units_deleted_on_purge_threads_leave_and_report_what_one_thread_does(tmp_path, monkeypatch, pending):
+    """The Purger deletes moved units on IO_THREADS threads while the run moves the next ones:
+    the same units go, the same are kept (a locked file holds its package), and the result
+    counts the same files, bytes and sample, in the same order, as deleting one after the other.
+    ``pending`` 2: the run waits for the oldest deletions as it goes, not only at the end."""
+    monkeypatch.setattr(_prune, "PURGE_PENDING", pending)
+    results, trees = [], []
+    for threads in (1, 4):
+        cache = tmp_path / ("t%d" % threads) / "conda"
+        locked = _conda_cache(cache)
+        p = hold_lock(locked, "flock")
+        try:
+            pol = _prune.Policy(max_age=90 * DAY)
+            res = _prune.Pruner(str(cache), policy=pol, sample_size=50, purge_threads=threads).run()
+        finally:
+            p.kill()
+            p.wait()
+        res.pop("duration")
+        res.pop("path")
+        results.append(res)
+        trees.append(tree(cache))
+    one, four = results
+    assert one["units"] == 39 and one["files"] == 39 * 3 and not one["errors"]
+    assert any("lib7.so" in b for b in one["busy"])
+    assert four == one
+    assert trees[1] == trees[0] and "pkgs/pkg07-1.0-h0000007_0/lib/lib7.so" in trees[0]
+    assert not [n for n in os.listdir(tmp_path / "t4" / "conda") if _prune.is_trash(n)]
+
+
 KILL_HF = """
 import sys
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
