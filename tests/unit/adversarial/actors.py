@@ -22,6 +22,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 
 
 class Actor:
@@ -128,8 +129,15 @@ class Actors:
 
     def remove(self):
         for name in self.names.values():
-            # a helper a test left running as the user (a lock holder) makes userdel refuse
+            # a helper a test left running as the user (a lock holder) makes userdel refuse, and
+            # so does one that is killed but not gone yet (or not reaped: a child of this process)
             subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                _reap_children()
+                if subprocess.run(["pgrep", "-u", name], check=False, capture_output=True).returncode != 0:
+                    break
+                time.sleep(0.05)
             subprocess.run(["userdel", name], check=False, capture_output=True)
         # useradd made a private group per user; userdel leaves it when the user was in others
         for g in (*self.names.values(), self.group, self.team):
@@ -140,6 +148,18 @@ class Actors:
         if who in names:
             return Actor(names[who])
         raise AttributeError(who)
+
+
+def _reap_children():
+    """Reap this process's children that have exited (a killed helper stays a zombie of the
+    user's until then, and userdel refuses a user with a process)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def make_arena():
