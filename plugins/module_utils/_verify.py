@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import csv
 import errno
 import fcntl
@@ -573,9 +574,22 @@ CHECKS = {
 }
 
 
-def register_check(name, func):
-    """A format adds its own check (a module-level function of one item dict)."""
+GUARDS = {}  # check kind -> quarantine guard (see register_check)
+
+
+def register_check(name, func, guard=None):
+    """A format adds its own check (a module-level function of one item dict). ``guard``: a
+    context manager ``guard(root_fd, item, gid)`` held while quarantine moves an item of this
+    kind (the tool's lock on the entry); it yields the extra paths to move with the unit, or
+    None to leave the item where it is (it changed, or its lock is held)."""
     CHECKS[name] = func
+    if guard is not None:
+        GUARDS[name] = guard
+
+
+@contextlib.contextmanager
+def _no_guard(_root_fd, _item, _gid):
+    yield ()
 
 
 def run_batch(batch):
@@ -867,10 +881,14 @@ class Verifier:
                     trash = _prune.Trash(root_fd, rst.st_dev, self.gid)
                 stats = _prune.RemoveStats(self.gid)
                 moved = []
-                for parts in item.unit:
-                    new = trash.move(tuple(parts), mounts, stats)
-                    if new is not None:
-                        moved.append(new)
+                with GUARDS.get(item.kind, _no_guard)(root_fd, item, self.gid) as extra:
+                    if extra is None:
+                        self.notes.append("%s: its entry is locked or was linked again since: not quarantined" % entry)
+                        continue
+                    for parts in list(item.unit) + list(extra):
+                        new = trash.move(tuple(parts), mounts, stats)
+                        if new is not None:
+                            moved.append(new)
                 for new in moved:
                     trash.purge(new, None, stats)
                 if moved:

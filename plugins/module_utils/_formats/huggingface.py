@@ -798,7 +798,7 @@ def verify(ctx):
     its ``scan_cache_dir`` finds no dangling link."""
     from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify
 
-    _verify.register_check("hf_store", check_store_payload)
+    _verify.register_check("hf_store", check_store_payload, quarantine_store_payload)
     sha256 = _HEX64.match
     sha1 = _HEX40.match
     stores = set()  # hub prefixes whose blobs/ carries huggingface_hub's marker
@@ -856,6 +856,42 @@ def verify(ctx):
             unit.append(lp)
             unit.extend(sorted(snap_links.get((lp[:-2], etag), ())))
         ctx.check(unit, st, "hf_store", _store_expected(e for _lp, e in named), "store payload (repo blob names)")
+
+
+@contextlib.contextmanager
+def quarantine_store_payload(root_fd, item, gid):
+    """cache_verify's guard while it quarantines a store payload (``item.target``, with the repo
+    blob links that name it and their snapshot links): the entry's ``<hash>.lock`` held as
+    huggingface_hub holds it to publish, so no link to it is made meanwhile. Yields the manifest
+    (``<hash>.refs``) to move with the payload, or None (nothing moves) when the lock is held past
+    the wait or the manifest lists a link to the payload now that the unit does not hold (one
+    made since the check: moving the payload would leave it dangling)."""
+    parts = tuple(item.target)
+    dev = os.fstat(root_fd).st_dev
+    dfd = open_parent(root_fd, parts, dev, ())
+    if dfd is None:
+        yield None
+        return
+    try:
+        h = parts[-1]
+        lfd = store_lock(dfd, h + ".lock", gid)
+        if lfd is None:
+            yield None
+            return
+        try:
+            try:
+                listed = _manifest_links(dfd, h + ".refs", parts[:-3])
+            except MemberFileError:
+                listed = None  # unreadable: the unit's links are all that is known, as before
+            unit = {tuple(p) for p in item.unit}
+            if any(p not in unit and _link_hash(root_fd, p, dev) == h for p in listed or ()):
+                yield None
+                return
+            yield [parts[:-1] + (h + ".refs",)] if listed is not None else []
+        finally:
+            os.close(lfd)
+    finally:
+        os.close(dfd)
 
 
 def _snapshot_blob(target, depth):

@@ -195,12 +195,18 @@ def _hf_store_fetch(endpoint, hub):
     return sorted(p.relative_to(hub.parent).as_posix() for p in _shared_blobs.shared_store_blob_paths(str(hub)))
 
 
-def test_huggingface_store_payload_checked_through_its_repo_links(capsys, tmp_path, hf_env):
-    hfh = pytest.importorskip("huggingface_hub")
+def _store_home(tmp_path):
+    """HF_HOME and its hub directory, group only, as cache_dir lays a cache out."""
     home = tmp_path / "huggingface"
     hub = home / "hub"
     hub.mkdir(parents=True)
     os.chmod(hub, 0o2770)  # noqa: S103 - a cache directory, group only
+    return home, hub
+
+
+def test_huggingface_store_payload_checked_through_its_repo_links(capsys, tmp_path, hf_env):
+    hfh = pytest.importorskip("huggingface_hub")
+    home, hub = _store_home(tmp_path)
     with fake_hub.FakeHub(STORE_REPOS) as fh:
         _real_hub_etags(fh)
         payloads = _hf_store_fetch(fh.endpoint, hub)
@@ -237,6 +243,7 @@ def test_huggingface_store_payload_checked_through_its_repo_links(capsys, tmp_pa
         res = run(capsys, tmp_path, path=str(home), format="huggingface", quarantine=True)
         assert res["quarantined"] == chk["quarantined"] and res["changed"]
         assert not wpath.exists() and not any(os.path.lexists(x) for x in links)
+        assert not os.path.lexists(str(wpath) + ".refs")  # its manifest went with it, under its lock
         assert not any(n.startswith(".mlinfra-prune-trash") for n in os.listdir(home))
         info = hfh.scan_cache_dir(str(hub))
         assert not info.warnings, info.warnings
@@ -275,6 +282,61 @@ def test_huggingface_store_payload_checked_through_its_repo_links(capsys, tmp_pa
         res2 = run(capsys, tmp_path, path=str(home), format="huggingface")
         assert_clean(res2)
         assert res2["verified"] == 2 and res2["unverifiable"] == res["unverifiable"] + 1
+
+
+def test_huggingface_store_quarantine_holds_the_entry_lock_and_leaves_a_payload_linked_since(capsys, tmp_path, hf_env):
+    """Quarantining a store payload takes its ``<hash>.lock`` as huggingface_hub does to publish:
+    while a process holds it nothing moves; a link huggingface_hub made to the payload after the
+    check (not in the unit) keeps it where it is, so no link is left dangling."""
+    pytest.importorskip("huggingface_hub")
+    from huggingface_hub.utils import _shared_blobs
+
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import huggingface as hf
+
+    home, hub = _store_home(tmp_path)
+    with fake_hub.FakeHub(STORE_REPOS) as fh:
+        _real_hub_etags(fh)
+        _hf_store_fetch(fh.endpoint, hub)
+    wpath = hub / "blobs" / _xet_hash(W)[:2] / _xet_hash(W)
+    os.chmod(wpath, 0o644)
+    flip(wpath)
+    os.chmod(wpath, 0o444)
+
+    holder = test_cache_prune_tools.hold_lock(str(wpath) + ".lock", "flock")
+    try:
+        res = run(capsys, tmp_path, path=str(home), format="huggingface", quarantine=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res["corrupt"] == 1 and res["quarantined"] == [] and wpath.exists()
+    assert any("locked or was linked again" in n for n in res["notes"]), res["notes"]
+
+    # the check as a run makes it, then a third repo's download links the payload
+    v = _verify.Verifier(str(home), fmt="huggingface", state_dir=str(tmp_path / "vstate"), full=True, min_age=0)
+    assert v.run()["corrupt"] == 1
+    (item, _actual, _path) = v.corrupt[0]
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        gid = os.fstat(fd).st_gid
+        with hf.quarantine_store_payload(fd, item, gid) as extra:
+            assert extra == [tuple(item.target[:-1]) + (wpath.name + ".refs",)]
+        blob = hub / "models--org--copy" / "blobs" / hashlib.sha256(W).hexdigest()
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(W)
+        assert _shared_blobs.publish_blob_to_shared_store(
+            blob_path=str(blob), xet_hash=_xet_hash(W), cache_dir=str(hub), expected_size=len(W)
+        )
+        assert blob.is_symlink() and os.path.realpath(blob) == str(wpath)
+        with hf.quarantine_store_payload(fd, item, gid) as extra:
+            assert extra is None
+    finally:
+        os.close(fd)
+    assert wpath.exists() and blob.is_symlink()
+    # a new check sees the third link too: the payload goes with all three
+    res = run(capsys, tmp_path, path=str(home), format="huggingface", quarantine=True)
+    assert res["quarantined"] == ["hub/blobs/%s/%s" % (wpath.parent.name, wpath.name)]
+    assert not wpath.exists() and not os.path.lexists(blob) and not os.path.lexists(str(wpath) + ".refs")
 
 
 # -- npm -------------------------------------------------------------------------------------------
