@@ -508,7 +508,6 @@ def _conda_cache(cache, n_old=40):
         write(cache / "pkgs" / (name + ".conda"), b"T" * 5000, age_days=days)
         age(cache / "pkgs" / name, days)
     write(cache / "pkgs" / "urls.txt", b"")
-    return cache / "pkgs" / ("pkg07-1.0-h%07d_0" % 7) / "lib" / "lib7.so"
 
 
 @pytest.mark.parametrize("pending", [_prune.PURGE_PENDING, 2])
@@ -518,13 +517,16 @@ def test_units_deleted_on_purge_threads_leave_and_report_what_one_thread_does(tm
     counts the same files, bytes and sample, in the same order, as deleting one after the other.
     ``pending`` 2: the run waits for the oldest deletions as it goes, not only at the end."""
     monkeypatch.setattr(_prune, "PURGE_PENDING", pending)
+    _conda_cache(tmp_path / "master" / "conda")
     results, trees = [], []
     for threads in (1, 4):
         cache = tmp_path / ("t%d" % threads) / "conda"
-        locked = _conda_cache(cache)
-        p = hold_lock(locked, "flock")
+        cache.parent.mkdir()
+        subprocess.run(["cp", "-a", str(tmp_path / "master" / "conda"), str(cache.parent)], check=True)  # same times
+        p = hold_lock(cache / "pkgs" / "pkg07-1.0-h0000007_0" / "lib" / "lib7.so", "flock")
         try:
-            pol = _prune.Policy(max_age=90 * DAY)
+            # by mtime, which cp -a keeps (copying a tree reads it: its atimes move)
+            pol = _prune.Policy(max_age=90 * DAY, age_by="mtime")
             res = _prune.Pruner(str(cache), policy=pol, sample_size=50, purge_threads=threads).run()
         finally:
             p.kill()
