@@ -90,3 +90,42 @@ def test_member_locks_links_and_fifos_cost_only_their_payloads(actors, arena, st
     left = set(hfs.store_payloads(hub))
     assert not ({h for _p, h in held} & left)
     assert not hfh.scan_cache_dir(hub).warnings
+
+
+def test_a_member_holding_a_store_entry_lock_keeps_cache_verify_from_moving_its_payload(actors, arena, store):
+    """cache_verify's quarantine of a corrupt store payload takes the entry's lock as
+    huggingface_hub does to publish: while alice holds it nothing moves (a link she could make
+    meanwhile would dangle); once she lets go, the payload goes with its links and manifest."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify
+
+    home, hub = store
+    path, _h = entry(hub, hfs.W)
+    rel = os.path.relpath(path, home)
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:  # a bad disk: one byte flipped, times kept
+        fh.seek(len(hfs.W) // 2)
+        fh.write(bytes([hfs.W[len(hfs.W) // 2] ^ 0xFF]))
+    os.chmod(path, st.st_mode & 0o7777)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def verify():
+        return _verify.Verifier(
+            home, fmt="huggingface", quarantine=True, full=True, min_age=0, state_dir=os.path.join(arena, "vstate")
+        ).run()
+
+    holder = actors.alice.popen("exec 9>>%s.lock; flock -x 9; echo held; exec sleep 120" % path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = verify()
+    finally:
+        holder.kill()
+        holder.wait()
+    # (the loopback hub's etags are not content digests: every payload reads as corrupt here)
+    assert res["corrupt"] >= 1 and rel not in res["quarantined"], res
+    assert os.path.exists(path) and os.path.exists(path + ".refs")
+    assert any("locked or was linked again" in n for n in res["notes"]), res["notes"]
+    res = verify()
+    assert res["quarantined"] == [rel], res
+    assert not os.path.lexists(path) and not os.path.lexists(path + ".refs")
+    assert not hfh.scan_cache_dir(hub).warnings
