@@ -191,8 +191,7 @@ def tool_lock_seen(cache_fd, parts, held, lock_dir=None, now=None):
     prune of those units by TOOL_LOCK_STALE at most, never for ever."""
     if lock_dir is None and os.geteuid() != 0:
         return None
-    cst = os.fstat(cache_fd)
-    name = "toollock-%x-%d-%s" % (cst.st_dev, cst.st_ino, "_".join(parts).replace("/", "_"))
+    name = _tool_lock_record(os.fstat(cache_fd), parts)
     try:
         dfd = state_dir(lock_dir)
     except OSError:
@@ -211,6 +210,57 @@ def tool_lock_seen(cache_fd, parts, held, lock_dir=None, now=None):
         return min(st.st_mtime, now if now is not None else time.time())
     finally:
         os.close(dfd)
+
+
+def _tool_lock_record(cache_st, parts):
+    return "toollock-%x-%d-%s" % (cache_st.st_dev, cache_st.st_ino, "_".join(parts).replace("/", "_"))
+
+
+class LockRecords:
+    """``tool_lock_seen`` for the many small locks of one cache (a store entry's ``<hash>.lock``):
+    the cache's records are listed once, so a lock found free costs nothing when it has none.
+
+    ``seen(parts, held)`` is ``tool_lock_seen``; ``stale(parts)`` records the lock as held and
+    tells whether it has been found held (or unusable) by every run for TOOL_LOCK_STALE, so that a
+    member holding an entry's lock cannot keep root's job away from that entry for ever."""
+
+    def __init__(self, cache_fd, lock_dir=None, now=None):
+        self.cache_fd = cache_fd
+        self.lock_dir = lock_dir
+        self.now = now
+        self.names = None
+
+    def _recorded(self, parts):
+        if self.names is None:
+            self.names = set()
+            if self.lock_dir is not None or os.geteuid() == 0:
+                prefix = _tool_lock_record(os.fstat(self.cache_fd), ())
+                try:
+                    dfd = state_dir(self.lock_dir)
+                except OSError:
+                    return False
+                try:
+                    self.names = {n for n in os.listdir(dfd) if n.startswith(prefix)}
+                finally:
+                    os.close(dfd)
+        return _tool_lock_record(os.fstat(self.cache_fd), parts) in self.names
+
+    def seen(self, parts, held):
+        if not held and not self._recorded(parts):
+            return None
+        since = tool_lock_seen(self.cache_fd, parts, held, self.lock_dir, self.now)
+        if self.names is not None:
+            name = _tool_lock_record(os.fstat(self.cache_fd), parts)
+            if held and since is not None:
+                self.names.add(name)
+            else:
+                self.names.discard(name)
+        return since
+
+    def stale(self, parts):
+        since = self.seen(parts, True)
+        now = self.now if self.now is not None else time.time()
+        return since is not None and now - since >= TOOL_LOCK_STALE
 
 
 def prune_lock(cache_fd, timeout, lock_dir=None):
@@ -1345,7 +1395,8 @@ class Pruner:
             # every run, once the run's own trash is gone: a format's clean-up (which may make a
             # trash of its own) also finishes what a killed run left
             try:
-                for note in fmt.post_prune(fd, collection, removed | gone_before):
+                records = LockRecords(fd, self.lock_dir, now)
+                for note in fmt.post_prune(fd, collection, removed | gone_before, records):
                     result.setdefault("notes", []).append(note)
             except OSError as exc:
                 self._error(result, ".", "format clean-up: %s" % (exc.strerror or exc))

@@ -579,16 +579,18 @@ GUARDS = {}  # check kind -> quarantine guard (see register_check)
 
 def register_check(name, func, guard=None):
     """A format adds its own check (a module-level function of one item dict). ``guard``: a
-    context manager ``guard(root_fd, item, gid)`` held while quarantine moves an item of this
-    kind (the tool's lock on the entry); it yields the extra paths to move with the unit, or
-    None to leave the item where it is (it changed, or its lock is held)."""
+    context manager ``guard(root_fd, item, gid, records)`` held while quarantine moves an item of
+    this kind (the tool's lock on the entry); it yields the extra paths to move with the unit, or
+    None to leave the item where it is (it changed, or its lock is held). ``records``: a
+    ``_prune.LockRecords`` in the verify state directory (None when there is none), so a lock
+    found held by every run for ``_prune.TOOL_LOCK_STALE`` is taken as stale, not obeyed for ever."""
     CHECKS[name] = func
     if guard is not None:
         GUARDS[name] = guard
 
 
 @contextlib.contextmanager
-def _no_guard(_root_fd, _item, _gid):
+def _no_guard(_root_fd, _item, _gid, _records=None):
     yield ()
 
 
@@ -867,7 +869,7 @@ class Verifier:
         done = []
         if not self.corrupt:
             return done
-        trash = None
+        trash = records = None
         try:
             for item, _actual, _path in self.corrupt:
                 entry = "/".join(item.target)
@@ -881,7 +883,11 @@ class Verifier:
                     trash = _prune.Trash(root_fd, rst.st_dev, self.gid)
                 stats = _prune.RemoveStats(self.gid)
                 moved = []
-                with GUARDS.get(item.kind, _no_guard)(root_fd, item, self.gid) as extra:
+                if records is None:
+                    # root's record of entry locks found held run after run (see _prune.LockRecords)
+                    spath = self.state_dir or (VERIFY_DIR if os.geteuid() == 0 else None)
+                    records = _prune.LockRecords(root_fd, spath) if spath else False
+                with GUARDS.get(item.kind, _no_guard)(root_fd, item, self.gid, records or None) as extra:
                     if extra is None:
                         self.notes.append("%s: its entry is locked or was linked again since: not quarantined" % entry)
                         continue

@@ -15,8 +15,9 @@ description:
     repo with its refs; its blobs go only when no other revision uses them; stale C(*.incomplete)
     downloads; repos left empty are removed (on every run, also what a killed run left); never a
     dangling symlink. A payload of huggingface_hub's shared Xet store (C(hub/blobs/<xx>/<hash>))
-    counts once and goes when no repo blob links to it any more, checked under its C(.lock), its
-    C(.refs) manifest rewritten to the links left. In an C(HF_HOME), each file of the Xet chunk and
+    counts once and goes when no repo blob links to it any more, checked under its C(.lock) (a lock
+    every run has found held for 24 hours is taken as stale), its C(.refs) manifest rewritten to the
+    links left. In an C(HF_HOME), each file of the Xet chunk and
     shard caches, each Xet log and each C(assets/) file is a unit of its own. C(pip) - an HTTP response
     (headers and body together) or a built-wheel directory. C(uv) - a wheel entry (link, HTTP policy,
     metadata, lock), a source distribution's builds, an index response, interpreter information, a

@@ -16,7 +16,8 @@ description:
     blob SHA-1 for small files; a payload of the 2.x shared Xet store (named by its Xet hash) is checked
     against the name of every repo blob that links to it, hashed once, and quarantined with those links
     and its manifest, under the store entry's lock as huggingface_hub takes it (when that lock is held
-    or a link was made since the check, the payload stays and the notes say so).
+    or a link was made since the check, the payload stays and the notes say so; a lock every run has
+    found held for 24 hours, as root's records in O(state_dir) show, is taken as stale).
     C(npm) - C(_cacache/content-v2/<algo>/...) is named by its integrity
     digest; each index line carries the SHA-1 of its entry. C(apt) - C(archives/*.deb) against the
     C(SHA256) of the host's package lists, else a structural C(dpkg-deb) check (counted under its own

@@ -47,7 +47,9 @@ API (stable: only additions)
                              cache-wide locks (apt ``archives/lock``, cargo ``.package-cache``).
 ``TRASH_NAME``               top-level directory cache_prune uses while removing units; left out.
 ``Format.post_prune(root_fd, collection, removed_keys)``  format clean-up after units went (empty HF
-                             repos, conda ``urls.txt``); returns a list of notes.
+                             repos, conda ``urls.txt``); returns a list of notes. ``records``: the
+                             prune's ``LockRecords`` (a tool's entry lock found held run after run
+                             goes stale, see ``_prune.TOOL_LOCK_STALE``).
 
 Paths are tuples of ``str`` components (surrogate-escaped like ``_fs``), relative to the directory
 the walk started from (the cache directory, e.g. ``/mnt/storage/cache/pip``).

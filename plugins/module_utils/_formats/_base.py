@@ -421,7 +421,7 @@ class Format:
         """True when the directory open at ``root_fd`` (its names: ``top``) has this layout."""
         return False
 
-    def post_prune(self, root_fd, collection, removed_keys):
+    def post_prune(self, root_fd, collection, removed_keys, records=None):
         return []
 
 

@@ -93,7 +93,7 @@ class CondaFormat(Format):
     def detect(self, root_fd, top):
         return "urls.txt" in top or ("pkgs" in top and "urls.txt" in names(root_fd, "pkgs"))
 
-    def post_prune(self, root_fd, collection, removed_keys):
+    def post_prune(self, root_fd, collection, removed_keys, records=None):
         gone = {u.key for u in collection.units if u.kind == "conda package" and u.key in removed_keys}
         if not gone:
             return []

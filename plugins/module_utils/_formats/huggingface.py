@@ -418,10 +418,11 @@ class HuggingFaceFormat(Format):
     def detect(self, root_fd, top):
         return any(_HF_REPO.match(n) for n in top) or any(_HF_REPO.match(n) for n in names(root_fd, "hub"))
 
-    def post_prune(self, root_fd, collection, removed_keys):
+    def post_prune(self, root_fd, collection, removed_keys, records=None):
         """After every run (not only when units went): nested ref directories of removed revisions,
-        store payloads no repo blob links to any more (``sweep_store``, under each entry's lock),
-        and repos left with no snapshot and no blob, whoever left them (a killed run too)."""
+        store payloads no repo blob links to any more (``sweep_store``, under each entry's lock;
+        ``records``: see ``store_lock``), and repos left with no snapshot and no blob, whoever left
+        them (a killed run too)."""
         from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 
         notes = []
@@ -467,7 +468,7 @@ class HuggingFaceFormat(Format):
                 if trash is None:
                     trash = _prune.Trash(root_fd, dev, gid, _prune.trash_parents(self))
                     purger = _prune.Purger(trash, locks, gid)
-                swept = sweep_store(root_fd, collection, trash, purger)
+                swept = sweep_store(root_fd, collection, trash, purger, records)
             for prefix, st, handle in repos:
                 st.merge(purger.result(handle))
                 if not st.errors and not st.busy:
@@ -543,10 +544,37 @@ def _manifest_links(dfd, name, hub):
     return out
 
 
-def store_lock(dfd, name, gid, wait=HF_STORE_LOCK_WAIT):
+def store_lock(dfd, name, gid, wait=HF_STORE_LOCK_WAIT, records=None, parts=None):
     """flock a store entry's ``<hash>.lock`` as huggingface_hub does (member-writable file: never
     followed, a regular file of the cache group, created 0664 when missing); the fd, or None when
-    it is held past ``wait`` seconds or unsafe (the entry is then left for a later run)."""
+    it is held past ``wait`` seconds or unusable (the entry is then left for a later run).
+
+    With ``records`` (a ``_prune.LockRecords`` of root's state directory) and the lock's ``parts``
+    below the cache: a lock found held past the wait, or unusable, by every run for
+    ``_prune.TOOL_LOCK_STALE`` is no download in progress but a member keeping root's job away from
+    that entry. It is then taken as stale: a duplicate of ``dfd`` is returned (nothing is locked,
+    the caller goes on and closes it as it would the lock)."""
+    fd = _open_store_lock(dfd, name, gid)
+    if fd is not None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if records is not None:
+                    records.seen(parts, False)  # free now: a record of an earlier hold goes
+                return fd
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
+                    os.close(fd)
+                    break
+            time.sleep(0.05)
+    if records is not None and records.stale(parts):
+        return os.dup(dfd)
+    return None
+
+
+def _open_store_lock(dfd, name, gid):
+    """The entry's lock file opened (made when missing), or None when it is unusable."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
         fd = os.open(name, flags, dir_fd=dfd)
@@ -563,16 +591,7 @@ def store_lock(dfd, name, gid, wait=HF_STORE_LOCK_WAIT):
     if not stat.S_ISREG(st.st_mode) or st.st_gid != gid:
         os.close(fd)
         return None
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-        time.sleep(0.05)
+    return fd
 
 
 def _rewrite_manifest(dfd, name, keep, hub, gid):
@@ -600,7 +619,7 @@ def _rewrite_manifest(dfd, name, keep, hub, gid):
     os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
 
 
-def sweep_store(root_fd, collection, trash, purger):
+def sweep_store(root_fd, collection, trash, purger, records=None):
     """Remove the store payloads no repo blob links to any more; (files, bytes, busy).
 
     Decided from the filesystem as huggingface_hub's ``sweep_shared_blob`` does, but with the walk's
@@ -610,7 +629,8 @@ def sweep_store(root_fd, collection, trash, purger):
     did not see linked (a download after the walk) always appears in its manifest first (it is
     written under the same lock before the link), so it is kept. A payload that goes leaves its
     place under the lock, renamed into ``trash`` (a ``_prune.Trash``), and is deleted there by
-    ``purger`` (a ``_prune.Purger`` of that trash), beside the next entries.
+    ``purger`` (a ``_prune.Purger`` of that trash), beside the next entries. ``records``: see
+    ``store_lock`` (an entry lock a member holds for good delays its sweep by a day, not for ever).
     """
     dev = os.fstat(root_fd).st_dev
     hub = collection.store[:-1]
@@ -635,7 +655,7 @@ def sweep_store(root_fd, collection, trash, purger):
                 bucket, dfd = ppath[:-1], open_parent(root_fd, ppath, dev, ())
             if dfd is None:
                 continue
-            got = _sweep_payload(root_fd, dfd, h, pst, walk_links, hub, dev, gid, deadline, trash)
+            got = _sweep_payload(root_fd, dfd, h, ppath, pst, walk_links, hub, dev, gid, deadline, trash, records)
             if got is None:
                 busy += 1
             elif got:
@@ -674,10 +694,11 @@ def _links_now(root_fd, paths, dev):
     return out
 
 
-def _sweep_payload(root_fd, dfd, h, pst, walk_links, hub, dev, gid, deadline, trash):
+def _sweep_payload(root_fd, dfd, h, ppath, pst, walk_links, hub, dev, gid, deadline, trash, records):
     """sweep_store for the payload ``h`` in the open bucket ``dfd``: None when its lock is held,
     ``()`` when it stays, else ``(lstat of the payload or None, [its names in the trash])``."""
-    lfd = store_lock(dfd, h + ".lock", gid, max(0.0, deadline - time.monotonic()))
+    lock = ppath[:-1] + (h + ".lock",)
+    lfd = store_lock(dfd, h + ".lock", gid, max(0.0, deadline - time.monotonic()), records, lock)
     if lfd is None:
         return None
     try:
@@ -859,13 +880,14 @@ def verify(ctx):
 
 
 @contextlib.contextmanager
-def quarantine_store_payload(root_fd, item, gid):
+def quarantine_store_payload(root_fd, item, gid, records=None):
     """cache_verify's guard while it quarantines a store payload (``item.target``, with the repo
     blob links that name it and their snapshot links): the entry's ``<hash>.lock`` held as
     huggingface_hub holds it to publish, so no link to it is made meanwhile. Yields the manifest
     (``<hash>.refs``) to move with the payload, or None (nothing moves) when the lock is held past
     the wait or the manifest lists a link to the payload now that the unit does not hold (one
-    made since the check: moving the payload would leave it dangling)."""
+    made since the check: moving the payload would leave it dangling). ``records``: see
+    ``store_lock`` (a lock a member holds for good keeps the payload a day, not for ever)."""
     parts = tuple(item.target)
     dev = os.fstat(root_fd).st_dev
     dfd = open_parent(root_fd, parts, dev, ())
@@ -874,7 +896,7 @@ def quarantine_store_payload(root_fd, item, gid):
         return
     try:
         h = parts[-1]
-        lfd = store_lock(dfd, h + ".lock", gid)
+        lfd = store_lock(dfd, h + ".lock", gid, records=records, parts=parts[:-1] + (h + ".lock",))
         if lfd is None:
             yield None
             return

@@ -129,3 +129,78 @@ def test_a_member_holding_a_store_entry_lock_keeps_cache_verify_from_moving_its_
     assert res["quarantined"] == [rel], res
     assert not os.path.lexists(path) and not os.path.lexists(path + ".refs")
     assert not hfh.scan_cache_dir(hub).warnings
+
+
+def _age_records(state, seconds):
+    """Make root's records of held entry locks look ``seconds`` older (as if runs had found the
+    locks held since then)."""
+    names = [n for n in os.listdir(state) if n.startswith("toollock-")]
+    for n in names:
+        st = os.stat(os.path.join(state, n))
+        os.utime(os.path.join(state, n), (st.st_atime - seconds, st.st_mtime - seconds))
+    return names
+
+
+def test_a_store_entry_lock_a_member_holds_for_good_keeps_cache_verify_off_a_day_not_for_ever(actors, arena, store):
+    """A lock alice holds run after run is no download in progress: root records when it first
+    found it held, and past ``_prune.TOOL_LOCK_STALE`` verify's quarantine goes on without it."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _verify
+
+    home, hub = store
+    vstate = os.path.join(arena, "vstate")
+    corrupt, _h = entry(hub, hfs.W)
+    rel = os.path.relpath(corrupt, home)
+
+    def verify():
+        return _verify.Verifier(home, fmt="huggingface", quarantine=True, full=True, min_age=0, state_dir=vstate).run()
+
+    holder = actors.alice.popen("exec 9>>%s.lock; flock -x 9; echo held; exec sleep 300" % corrupt)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # (the loopback hub's etags are not content digests: every payload reads as corrupt here)
+        res = verify()
+        assert rel not in res["quarantined"] and os.path.exists(corrupt), res
+        assert any("locked or was linked again" in n for n in res["notes"]), res["notes"]
+        assert verify()["quarantined"] == []  # the next run, the same
+        # a day later (by root's record), she still holds it: it is no longer obeyed
+        assert len(_age_records(vstate, _prune.TOOL_LOCK_STALE + 3600)) == 1
+        res = verify()
+        assert res["quarantined"] == [rel], res
+        assert not os.path.lexists(corrupt) and not os.path.lexists(corrupt + ".refs")
+        assert not hfh.scan_cache_dir(hub).warnings
+        assert holder.poll() is None  # all along: she never let go
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_store_entry_locks_a_member_holds_for_good_keep_the_prune_off_a_day_not_for_ever(actors, arena, store):
+    """The same for the prune's store sweep, with a lock held and a lock file made unusable (a
+    FIFO): kept by the first runs, swept once root's records are a day old; the store is then
+    consistent for huggingface_hub (nothing unreferenced, no scan warning)."""
+    home, hub = store
+    pstate = os.path.join(arena, "prune-state")
+    held, fifo = entry(hub, b'{"v": 1}'), entry(hub, b'{"v": 2}')
+    actors.alice.run("rm -f {0}.lock && mkfifo {0}.lock".format(fifo[0]))
+
+    def prune():
+        policy = _prune.Policy(max_age=90 * hfs.DAY)
+        return _prune.Pruner(home, fmt="huggingface", policy=policy, lock_timeout=0, lock_dir=pstate).run()
+
+    holder = actors.alice.popen("exec 9>>%s.lock; flock -x 9; echo held; exec sleep 300" % held[0])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # every revision is 200 days old: every payload goes but the two alice keeps
+        prune()
+        prune()
+        assert set(hfs.store_payloads(hub)) == {held[1], fifo[1]}
+        assert not hfh.scan_cache_dir(hub).warnings
+        assert len(_age_records(pstate, _prune.TOOL_LOCK_STALE + 3600)) == 2
+        prune()
+        assert hfs.store_payloads(hub) == []
+        assert hfs._shared_blobs.unreferenced_shared_blobs(hub) == {}
+        assert not hfh.scan_cache_dir(hub).warnings
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()

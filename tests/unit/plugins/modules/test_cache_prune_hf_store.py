@@ -231,6 +231,59 @@ def test_store_entry_lock_held_keeps_the_payload_until_a_later_run(capsys, tmp_p
     assert hf_clean(hub) == {"org/llm-ft": 1}
 
 
+def test_an_entry_lock_goes_stale_only_when_every_run_found_it_held_for_a_day(tmp_path):
+    """store_lock's records (root's state directory): a lock found held is recorded once; found
+    free, its record goes, so a later brief hold (a real download) starts again from zero and is
+    obeyed; only a hold every run has seen for TOOL_LOCK_STALE is taken as stale."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import huggingface as hf
+
+    home, hub, a, b = build(tmp_path, "store")
+    h = hashlib.sha256(b'{"v": 1}').hexdigest()
+    lock = hub / "blobs" / h[:2] / (h + ".lock")
+    parts = ("hub", "blobs", h[:2], h + ".lock")
+    state = tmp_path / "state"
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(lock.parent, os.O_RDONLY | os.O_DIRECTORY)
+    gid = os.fstat(fd).st_gid
+
+    def attempt():
+        got = hf.store_lock(dfd, lock.name, gid, 0, _prune.LockRecords(fd, str(state)), parts)
+        if got is not None:
+            os.close(got)
+        return got is not None
+
+    def records():
+        return sorted(p for p in state.iterdir() if p.name.startswith("toollock-")) if state.exists() else []
+
+    def age():
+        for p in records():
+            t = p.stat().st_mtime - _prune.TOOL_LOCK_STALE - 60
+            os.utime(p, (t, t))
+
+    try:
+        assert attempt() and records() == []  # free: taken, nothing recorded
+        p = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "held"
+            assert not attempt() and len(records()) == 1
+            age()
+            assert attempt()  # held (by every run's record) for a day: stale, the run goes on
+        finally:
+            p.kill()
+            p.wait()
+        assert attempt() and records() == []  # free again: the record goes
+        p = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "held"
+            assert not attempt()  # a new hold is obeyed: the old day does not count
+        finally:
+            p.kill()
+            p.wait()
+    finally:
+        os.close(dfd)
+        os.close(fd)
+
+
 def test_a_planted_lock_link_is_not_followed(capsys, tmp_path):
     home, hub, a, b = build(tmp_path, "store")
     h = hashlib.sha256(b'{"v": 1}').hexdigest()
