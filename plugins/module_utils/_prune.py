@@ -229,6 +229,7 @@ class LockRecords:
         self.lock_dir = lock_dir
         self.now = now
         self.names = None
+        self.taken = []  # the locks stale() let a run go on without (relative paths)
 
     def _recorded(self, parts):
         if self.names is None:
@@ -260,7 +261,10 @@ class LockRecords:
     def stale(self, parts):
         since = self.seen(parts, True)
         now = self.now if self.now is not None else time.time()
-        return since is not None and now - since >= TOOL_LOCK_STALE
+        if since is None or now - since < TOOL_LOCK_STALE:
+            return False
+        self.taken.append("/".join(parts))
+        return True
 
 
 def prune_lock(cache_fd, timeout, lock_dir=None):

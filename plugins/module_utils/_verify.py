@@ -887,7 +887,13 @@ class Verifier:
                     # root's record of entry locks found held run after run (see _prune.LockRecords)
                     spath = self.state_dir or (VERIFY_DIR if os.geteuid() == 0 else None)
                     records = _prune.LockRecords(root_fd, spath) if spath else False
+                stale = len(records.taken) if records else 0
                 with GUARDS.get(item.kind, _no_guard)(root_fd, item, self.gid, records or None) as extra:
+                    if records and len(records.taken) > stale:
+                        self.notes.append(
+                            "%s: went on without its entry lock, found held or unusable by every run for %dh"
+                            % (entry, _prune.TOOL_LOCK_STALE // 3600)
+                        )
                     if extra is None:
                         self.notes.append("%s: its entry is locked or was linked again since: not quarantined" % entry)
                         continue

@@ -483,6 +483,11 @@ class HuggingFaceFormat(Format):
                     notes.append("removed %d shared store payload(s) no repo links to" % n)
                 if busy:
                     notes.append("left %d store payload(s) whose lock is held: next run" % busy)
+            if records is not None and records.taken:
+                notes.append(
+                    "went on without %d store entry lock(s) found held or unusable by every run for %dh: %s"
+                    % (len(records.taken), _prune.TOOL_LOCK_STALE // 3600, ", ".join(records.taken[:5]))
+                )
         finally:
             if purger is not None:
                 purger.close()

@@ -166,6 +166,7 @@ def test_a_store_entry_lock_a_member_holds_for_good_keeps_cache_verify_off_a_day
         assert len(_age_records(vstate, _prune.TOOL_LOCK_STALE + 3600)) == 1
         res = verify()
         assert res["quarantined"] == [rel], res
+        assert any(n.startswith(rel + ": went on without its entry lock") for n in res["notes"]), res["notes"]
         assert not os.path.lexists(corrupt) and not os.path.lexists(corrupt + ".refs")
         assert not hfh.scan_cache_dir(hub).warnings
         assert holder.poll() is None  # all along: she never let go
@@ -196,7 +197,8 @@ def test_store_entry_locks_a_member_holds_for_good_keep_the_prune_off_a_day_not_
         assert set(hfs.store_payloads(hub)) == {held[1], fifo[1]}
         assert not hfh.scan_cache_dir(hub).warnings
         assert len(_age_records(pstate, _prune.TOOL_LOCK_STALE + 3600)) == 2
-        prune()
+        res = prune()
+        assert any(n.startswith("went on without 2 store entry lock(s)") for n in res["notes"]), res["notes"]
         assert hfs.store_payloads(hub) == []
         assert hfs._shared_blobs.unreferenced_shared_blobs(hub) == {}
         assert not hfh.scan_cache_dir(hub).warnings
