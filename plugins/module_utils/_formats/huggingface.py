@@ -42,6 +42,7 @@ _STORE_MARKER = ".huggingface-shared-blobs"
 _STORE_MARKER_TEXT = b"1\n"  # SHARED_BLOBS_LAYOUT_VERSION, as huggingface_hub writes it
 # HF_HOME's other caches: kind of a unit per file (the Xet chunk and shard caches, its logs, assets)
 _XET_KINDS = {"chunk-cache": "xet chunk", "shard-cache": "xet shard", "logs": "xet log"}
+_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 
 
 def _store_offset(parts):
@@ -173,6 +174,108 @@ class _HFCollector(Collector):
         elif len(parts) >= 2 and parts[-2] == ".locks" and len(parts) <= 3:
             self.lock_dirs[parts[-1]] = parts
         return True
+
+    def visit(self, d):
+        """As ``Collector.visit``, with a repo's ``blobs`` directory, a snapshot's directories and
+        a store bucket (most entries of a hub) each classified once, not entry by entry."""
+        rel = d.rel
+        base = tuple(rel.split("/")) if rel else ()
+        off = _hf_offset(base)
+        store = self.store
+        if off >= 0 and len(base) >= off + 2 and not rel.endswith(".locks"):
+            sub = base[off + 1]
+            if sub == "blobs" and len(base) == off + 2:
+                self.dir_disk += d.st.st_blocks * 512
+                return self._visit_blobs(d, base, off)
+            if sub == "snapshots" and len(base) >= off + 3:
+                self.dir_disk += d.st.st_blocks * 512
+                return self._visit_snapshot(d, base, off)
+        elif store is not None and len(base) == len(store) + 1 and base[:-1] == store:
+            self.dir_disk += d.st.st_blocks * 512
+            return self._visit_bucket(d, base)
+        return Collector.visit(self, d)
+
+    def _dirs_and_files(self, d, base):
+        """Enter the subdirectories of ``d`` (``enter``); the other entries, to classify."""
+        files = []
+        for name, st in d.entries:
+            if st.st_mode & _S_IFMT == _S_IFDIR:
+                if self.enter(base + (name,), st, d) is False:
+                    d.skip.add(name)
+            else:
+                files.append((name, st))
+        return files
+
+    def _visit_blobs(self, d, base, off):
+        """A repo's ``blobs``: its blobs (files, or links into the shared store), downloads in progress."""
+        repo = self._repo(base, off)
+        rname = repo.prefix[-1]
+        for name, st in self._dirs_and_files(d, base):
+            kind = st.st_mode & _S_IFMT
+            parts = base + (name,)
+            if name.endswith(".incomplete"):
+                self.add(rname + "/blobs/" + name, "incomplete download", parts, st)
+                repo.incomplete.append(name)
+            elif kind == _S_IFREG:
+                repo.blobs[name] = st
+                self.add_shared((rname, name), st, parts)
+            elif kind == _S_IFLNK and not name.startswith("."):
+                try:
+                    h = store_target(os.readlink(name, dir_fd=d.fd), 2)
+                except OSError:
+                    h = None
+                if h is None:
+                    self.other(st)
+                else:
+                    repo.blobs[name] = st
+                    repo.links[name] = h
+                    self.add_shared((rname, name), st, parts)
+            else:
+                self.other(st)
+
+    def _visit_snapshot(self, d, base, off):
+        """A snapshot directory (or one below it): its links name the revision's blobs."""
+        repo = self._repo(base, off)
+        rev = base[off + 2]
+        key = repo.prefix[-1] + "@" + rev
+        # a link's target: '..' up to the repo, then blobs/<name>
+        pre = "../" * (len(base) - off - 1) + "blobs/"
+        npre = len(pre)
+        u = blobs = None
+        for name, st in self._dirs_and_files(d, base):
+            if st.st_mode & _S_IFMT != _S_IFLNK:
+                self.add(key, "revision", base[: off + 3], st)
+                continue
+            try:
+                target = os.readlink(name, dir_fd=d.fd)
+            except OSError:
+                target = ""
+            if u is None:
+                u = self.unit(key, "revision")
+            u.files += 1
+            u.own_size += st.st_size
+            u.own_disk += st.st_blocks * 512  # targets over 60 bytes take a block on ext4
+            # the link's mtime is when that file was downloaded; its atime is not a use
+            # (readlink, ours included, updates it)
+            if st.st_mtime > u.mtime:
+                u.mtime = st.st_mtime
+            if target.startswith(pre):
+                blob = target[npre:]
+                if blob and "/" not in blob and blob not in (".", ".."):
+                    if blobs is None:
+                        blobs = self.snap_blobs.setdefault((base[off], rev), set())
+                    blobs.add(blob)
+
+    def _visit_bucket(self, d, base):
+        """A bucket of the shared store (``blobs/<xx>``): payloads; manifests and locks are other."""
+        xx = base[-1]
+        for name, st in self._dirs_and_files(d, base):
+            if _XET_HASH.match(name) and name[:2] == xx and st.st_mode & _S_IFMT == _S_IFREG:
+                parts = base + (name,)
+                self.add_shared(("store", name), st, parts)
+                self.payloads[name] = (parts, st)
+            else:
+                self.other(st)
 
     def entry(self, parts, name, st, d):
         off = _hf_offset(parts)
