@@ -176,13 +176,14 @@ class _HFCollector(Collector):
         return True
 
     def visit(self, d):
-        """As ``Collector.visit``, with a repo's ``blobs`` directory, a snapshot's directories and
-        a store bucket (most entries of a hub) each classified once, not entry by entry."""
+        """As ``Collector.visit``, but a repo's ``blobs`` directory, a snapshot's directories and
+        a store bucket (most entries of a hub) are classified once, not entry by entry: their
+        entries are these visits' own, ``entry`` sees the others."""
         rel = d.rel
         base = tuple(rel.split("/")) if rel else ()
         off = _hf_offset(base)
         store = self.store
-        if off >= 0 and len(base) >= off + 2 and not rel.endswith(".locks"):
+        if off >= 0 and len(base) >= off + 2:
             sub = base[off + 1]
             if sub == "blobs" and len(base) == off + 2:
                 self.dir_disk += d.st.st_blocks * 512
@@ -282,74 +283,12 @@ class _HFCollector(Collector):
         if off < 0 or len(parts) < off + 3:
             if len(parts) > 1 and parts[0] in ("xet", "assets") and stat.S_ISREG(st.st_mode):
                 self._cache_file(parts, st)
-            elif (
-                self.store is not None
-                and len(parts) == len(self.store) + 2
-                and parts[: len(self.store)] == self.store
-                and _XET_HASH.match(name)
-                and name[:2] == parts[-2]
-                and stat.S_ISREG(st.st_mode)
-            ):
-                self.add_shared(("store", name), st, parts)
-                self.payloads[name] = (parts, st)
             else:
                 self.other(st)  # the marker, manifests, store locks, anything else
             return
         repo = self._repo(parts, off)
         sub = parts[off + 1]
-        if sub == "blobs" and len(parts) == off + 3:
-            if name.endswith(".incomplete"):
-                self.add(repo.prefix[-1] + "/blobs/" + name, "incomplete download", parts, st)
-                repo.incomplete.append(name)
-            elif stat.S_ISREG(st.st_mode):
-                repo.blobs[name] = st
-                self.add_shared((repo.prefix[-1], name), st, parts)
-            elif stat.S_ISLNK(st.st_mode) and not name.startswith("."):
-                try:
-                    h = store_target(os.readlink(name, dir_fd=d.fd), 2)
-                except OSError:
-                    h = None
-                if h is None:
-                    self.other(st)
-                else:
-                    repo.blobs[name] = st
-                    repo.links[name] = h
-                    self.add_shared((repo.prefix[-1], name), st, parts)
-            else:
-                self.other(st)
-        elif sub == "snapshots" and len(parts) >= off + 4:
-            rev = parts[off + 2]
-            key = repo.prefix[-1] + "@" + rev
-            if stat.S_ISLNK(st.st_mode):
-                blob = None
-                try:
-                    target = os.readlink(name, dir_fd=d.fd)
-                except OSError:
-                    target = ""
-                tparts = target.split("/")
-                depth = len(parts) - off - 2  # '..' needed from the link's directory up to the repo
-                if (
-                    len(tparts) == depth + 2
-                    and all(p == ".." for p in tparts[:depth])
-                    and tparts[depth] == "blobs"
-                    and tparts[-1]
-                    and "/" not in tparts[-1]
-                    and tparts[-1] not in (".", "..")
-                ):
-                    blob = tparts[-1]
-                u = self.unit(key, "revision")
-                u.files += 1
-                u.own_size += st.st_size
-                u.own_disk += st.st_blocks * 512  # targets over 60 bytes take a block on ext4
-                # the link's mtime is when that file was downloaded; its atime is not a use
-                # (readlink, ours included, updates it)
-                if st.st_mtime > u.mtime:
-                    u.mtime = st.st_mtime
-                if blob is not None:
-                    self.snap_blobs.setdefault((parts[off], rev), set()).add(blob)
-            else:
-                self.add(key, "revision", parts[: off + 3], st)
-        elif sub == "refs":
+        if sub == "refs":
             try:
                 rev = read_member_file(d.fd, name, HF_REF_MAX).decode("ascii", "replace").strip()
             except MemberFileError:
