@@ -222,40 +222,41 @@ class LockRecords:
 
     ``seen(parts, held)`` is ``tool_lock_seen``; ``stale(parts)`` records the lock as held and
     tells whether it has been found held (or unusable) by every run for TOOL_LOCK_STALE, so that a
-    member holding an entry's lock cannot keep root's job away from that entry for ever."""
+    member holding an entry's lock cannot keep root's job away from that entry for ever;
+    ``taken`` lists the locks a run went on without."""
 
     def __init__(self, cache_fd, lock_dir=None, now=None):
         self.cache_fd = cache_fd
         self.lock_dir = lock_dir
         self.now = now
-        self.names = None
-        self.taken = []  # the locks stale() let a run go on without (relative paths)
+        self.cache_st = os.fstat(cache_fd)
+        self.names = None  # this cache's record names, listed at the first lock found free
+        self.taken = []
 
-    def _recorded(self, parts):
+    def _listed(self):
         if self.names is None:
             self.names = set()
             if self.lock_dir is not None or os.geteuid() == 0:
-                prefix = _tool_lock_record(os.fstat(self.cache_fd), ())
+                prefix = _tool_lock_record(self.cache_st, ())
                 try:
                     dfd = state_dir(self.lock_dir)
                 except OSError:
-                    return False
+                    return self.names
                 try:
                     self.names = {n for n in os.listdir(dfd) if n.startswith(prefix)}
                 finally:
                     os.close(dfd)
-        return _tool_lock_record(os.fstat(self.cache_fd), parts) in self.names
+        return self.names
 
     def seen(self, parts, held):
-        if not held and not self._recorded(parts):
+        name = _tool_lock_record(self.cache_st, parts)
+        if not held and name not in self._listed():
             return None
         since = tool_lock_seen(self.cache_fd, parts, held, self.lock_dir, self.now)
-        if self.names is not None:
-            name = _tool_lock_record(os.fstat(self.cache_fd), parts)
-            if held and since is not None:
-                self.names.add(name)
-            else:
-                self.names.discard(name)
+        if held and since is not None:
+            self._listed().add(name)
+        else:
+            self._listed().discard(name)
         return since
 
     def stale(self, parts):

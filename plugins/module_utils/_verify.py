@@ -582,7 +582,7 @@ def register_check(name, func, guard=None):
     context manager ``guard(root_fd, item, gid, records)`` held while quarantine moves an item of
     this kind (the tool's lock on the entry); it yields the extra paths to move with the unit, or
     None to leave the item where it is (it changed, or its lock is held). ``records``: a
-    ``_prune.LockRecords`` in the verify state directory (None when there is none), so a lock
+    ``_prune.LockRecords`` in the verify state directory, so a lock
     found held by every run for ``_prune.TOOL_LOCK_STALE`` is taken as stale, not obeyed for ever."""
     CHECKS[name] = func
     if guard is not None:
@@ -869,7 +869,10 @@ class Verifier:
         done = []
         if not self.corrupt:
             return done
-        trash = records = None
+        trash = None
+        # root's records of entry locks found held run after run (see _prune.LockRecords); none
+        # for a user without a state directory (root's job cannot be attacked through theirs)
+        records = _prune.LockRecords(root_fd, self.state_dir or (VERIFY_DIR if os.geteuid() == 0 else None))
         try:
             for item, _actual, _path in self.corrupt:
                 entry = "/".join(item.target)
@@ -883,13 +886,9 @@ class Verifier:
                     trash = _prune.Trash(root_fd, rst.st_dev, self.gid)
                 stats = _prune.RemoveStats(self.gid)
                 moved = []
-                if records is None:
-                    # root's record of entry locks found held run after run (see _prune.LockRecords)
-                    spath = self.state_dir or (VERIFY_DIR if os.geteuid() == 0 else None)
-                    records = _prune.LockRecords(root_fd, spath) if spath else False
-                stale = len(records.taken) if records else 0
-                with GUARDS.get(item.kind, _no_guard)(root_fd, item, self.gid, records or None) as extra:
-                    if records and len(records.taken) > stale:
+                stale = len(records.taken)
+                with GUARDS.get(item.kind, _no_guard)(root_fd, item, self.gid, records) as extra:
+                    if len(records.taken) > stale:
                         self.notes.append(
                             "%s: went on without its entry lock, found held or unusable by every run for %dh"
                             % (entry, _prune.TOOL_LOCK_STALE // 3600)

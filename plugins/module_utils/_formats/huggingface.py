@@ -24,7 +24,12 @@ import re
 import stat
 import time
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import Collector, Format, names
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._base import (
+    Collector,
+    Format,
+    _parts,
+    names,
+)
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
     MemberFileError,
@@ -179,25 +184,23 @@ class _HFCollector(Collector):
         """As ``Collector.visit``, but a repo's ``blobs`` directory, a snapshot's directories and
         a store bucket (most entries of a hub) are classified once, not entry by entry: their
         entries are these visits' own, ``entry`` sees the others."""
-        rel = d.rel
-        base = tuple(rel.split("/")) if rel else ()
+        base = _parts(d.rel)
         off = _hf_offset(base)
         store = self.store
         if off >= 0 and len(base) >= off + 2:
             sub = base[off + 1]
             if sub == "blobs" and len(base) == off + 2:
-                self.dir_disk += d.st.st_blocks * 512
                 return self._visit_blobs(d, base, off)
             if sub == "snapshots" and len(base) >= off + 3:
-                self.dir_disk += d.st.st_blocks * 512
                 return self._visit_snapshot(d, base, off)
         elif store is not None and len(base) == len(store) + 1 and base[:-1] == store:
-            self.dir_disk += d.st.st_blocks * 512
             return self._visit_bucket(d, base)
         return Collector.visit(self, d)
 
     def _dirs_and_files(self, d, base):
-        """Enter the subdirectories of ``d`` (``enter``); the other entries, to classify."""
+        """Count ``d`` itself and enter its subdirectories (``enter``), as ``Collector.visit``
+        does; the other entries, to classify."""
+        self.dir_disk += d.st.st_blocks * 512
         files = []
         for name, st in d.entries:
             if st.st_mode & _S_IFMT == _S_IFDIR:
