@@ -1582,9 +1582,10 @@ class Pruner:
         Returns ``(busy, changed, inos)``: busy, a reason when a process holds a lock on one of
         its entries or the tool's lock; changed, a reason when a file in it was written, replaced,
         renamed or linked in since the walk began (its ctime or mtime is newer than ``since_ns``)
-        or, unless age_by is mtime, read since the unit was chosen (atime after ``used_after``);
-        inos, the inode of each path now (the move takes only that inode). With ``since_ns`` None
-        (check mode) only locks are looked for."""
+        or, unless age_by is mtime, read since the unit was chosen (atime after ``used_after``;
+        for its ``read_paths``, files no walk reads, since the walk began); inos, the inode of
+        each path now (the move takes only that inode). With ``since_ns`` None (check mode) only
+        locks are looked for."""
         busy = self._unit_busy(fd, u, locks, dev)
         if busy:
             return busy, None, {}
@@ -1630,6 +1631,14 @@ class Pruner:
                             return None, "%s/%s %s" % ("/".join(p), name, why), inos
             finally:
                 os.close(sfd)
+        if use_atime and since_ns is not None:
+            # where its last use came from, outside its own paths (a model's blobs, which no
+            # walk reads): read since the walk began, it is in use again (>=: the filesystem's
+            # clock ticks in milliseconds, a read may share the trash's tick)
+            for p in u.read_paths:
+                st = par.lstat(p)[1]
+                if st is not None and stat.S_ISREG(st.st_mode) and st.st_atime_ns >= since_ns:
+                    return None, "%s used since the walk" % "/".join(p), inos
         return None, None, inos
 
     def _unit_busy(self, fd, u, locks, dev):

@@ -42,7 +42,8 @@ description:
     that was examined, so a directory swapped for a symlink during the run cannot redirect it);
     removal is done relative to open directory descriptors; just before a unit leaves it is
     checked again (a file in it written, replaced or linked in since the walk, read since it was
-    chosen, or locked keeps it, counted in RV(kept) as C(changed)), then it leaves its place by one
+    chosen, a HuggingFace revision's blobs or store payloads read since the walk, or locked keeps
+    it, counted in RV(kept) as C(changed)), then it leaves its place by one
     rename per path into a root-only C(.mlinfra-prune-trash-*) directory (same filesystem, at the
     top of the cache or, for a HuggingFace hub, in C(.locks) where the tool does not look), a
     unit rewritten between check and move is put back whole, and it is deleted from there, so

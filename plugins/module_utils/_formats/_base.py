@@ -50,6 +50,7 @@ class Unit:
         "keep",
         "timed",
         "stale",
+        "read_paths",
     )
 
     def __init__(self, key, kind, name=None):
@@ -70,6 +71,10 @@ class Unit:
         self.keep = None
         self.timed = False
         self.stale = kind in STALE_KINDS
+        # paths outside ``paths`` whose access time is the unit's last use (HF: the blobs, or
+        # store payloads, only that revision has): the prune looks at them again just before
+        # the unit leaves, so a model loaded since the walk stays
+        self.read_paths = ()
 
     def last_used(self, age_by="newest"):
         """Newest evidence of use: the tool's own record and the files' atime/mtime per age_by."""

@@ -323,6 +323,13 @@ class _HFCollector(Collector):
             return self.payloads[h][1]
         return _Times(0.0, repo.blobs[b].st_mtime)
 
+    def _read_path(self, repo, b):
+        """What reading repo blob ``b`` reads: its store payload, or the blob itself."""
+        h = repo.links.get(b)
+        if h is not None and h in self.payloads:
+            return self.payloads[h][0]
+        return repo.prefix + ("blobs", b)
+
     def _link_store(self, u, repo_name, blobs):
         """Attach the store payloads the repo blobs ``blobs`` link to (once per unit)."""
         repo = self.repos[repo_name]
@@ -348,6 +355,7 @@ class _HFCollector(Collector):
                 u.shared.append((repo_name, b))
             for b in own:
                 u.touch(self._blob_times(repo, b))
+            u.read_paths = [self._read_path(repo, b) for b in own]
             self._link_store(u, repo_name, present)
             refs = sorted(r for r, (target, _p, _s) in repo.refs.items() if target == rev)
             label = repo_name.split("--", 1)[1].replace("--", "/") if "--" in repo_name else repo_name
@@ -384,6 +392,8 @@ class _HFCollector(Collector):
                     u.files += 1
                     u.touch(self._blob_times(repo, b))
                     u.paths = list(s.paths)
+                    if b in repo.links:
+                        u.read_paths = [self._read_path(repo, b)]
                     self._link_store(u, repo_name, [b])
                     if lockdir is not None:
                         u.locks.append(lockdir)

@@ -454,3 +454,44 @@ def test_a_walk_shared_by_workers_reports_what_one_walk_does(tmp_path, layout):
     assert one["hardlinks"] == 2 and one["bytes"] == du(home)
     assert sum(u["bytes"] for u in shared["units"]) == sum(u["bytes"] for u in one["units"])
     assert sorted(u["key"] for u in shared["units"]) == sorted(u["key"] for u in one["units"])
+
+
+class LoadDuringRun(_prune.Pruner):
+    """A prune during which a user loads a model: the files of revision ``load`` (a unit key)
+    are read just before that unit's re-check, after the walk chose it by its blobs' times."""
+
+    def __init__(self, *args, load=None, snapshot=None, **kw):
+        _prune.Pruner.__init__(self, *args, **kw)
+        self.load = load
+        self.snapshot = snapshot
+        self.loaded = None
+
+    def _recheck(self, fd, u, *args):
+        if u.key == self.load:
+            self.loaded = {f.name: f.read_bytes() for f in self.snapshot.iterdir()}  # through the links
+        return _prune.Pruner._recheck(self, fd, u, *args)
+
+
+@pytest.mark.parametrize("layout", ["plain", "store"])
+def test_a_model_loaded_after_the_walk_chose_it_stays(tmp_path, layout):
+    """Its last use comes from its blobs (or their store payloads), which are not its own paths:
+    the re-check looks at them too, so a model read between the walk and its removal stays whole."""
+    home, hub, a, b = build(tmp_path, layout)
+    rev = (a / "refs" / "main").read_text()
+    snapshot = a / "snapshots" / rev
+    weights = os.path.realpath(snapshot / "model.safetensors")
+    before = os.stat(weights).st_atime
+    p = LoadDuringRun(
+        str(home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY), lock_dir=str(tmp_path / "state"),
+        load="models--org--llm@" + rev, snapshot=snapshot,
+    )  # fmt: skip
+    res = p.run()
+    assert p.loaded == {"config.json": b'{"v": 2}', "model.safetensors": W}, "the model was loaded mid-run"
+    assert os.stat(weights).st_atime > before, "reading it moved its atime (relatime)"
+    assert not res["errors"], res["errors"]
+    # v1, unused, went; main stays whole and still loads
+    assert res["units"] == 1 and [s["name"].split()[1] for s in res["sample"]] != [rev[:12]], res["sample"]
+    assert res["kept"]["changed"] == 1, res["kept"]
+    assert hf_clean(hub) == {"org/llm": 1, "org/llm-ft": 1}
+    assert sorted(os.listdir(a / "snapshots")) == [rev]
+    assert (snapshot / "model.safetensors").read_bytes() == W
