@@ -1329,6 +1329,7 @@ class Pruner:
     @gc_paused
     def _run_units(self, fd, fmt, result, now, mounts, locks):
         dev = os.fstat(fd).st_dev
+        self._fmt = fmt
         parents = trash_parents(fmt)
         journal = Journal(fd, self.lock_dir, write=not self.check, path=self.path)
         trash = purger = None
@@ -1367,6 +1368,7 @@ class Pruner:
                 collection, self.policy, now, free_bytes(fd), extra_disk=col.dir_disk, resume=journal.resume
             )
             kept["changed"] = 0
+            kept["linked"] = 0
             result["kept"] = kept
             short = cap_not_met(collection, self.policy, chosen, kept, free_bytes(fd), col.dir_disk)
             if short:
@@ -1486,13 +1488,26 @@ class Pruner:
             for rel, err in stats.errors[:10]:
                 self._error(result, rel, err)
             return 0
-        # shared objects (HF blobs, npm content) only once the unit's references are gone
-        if not stats.errors:
+        # shared objects (HF blobs, npm content) only once the unit's references are gone, and
+        # only those no reference made since the walk names (the format's linked_since), looked
+        # for again once they moved: one linked meanwhile goes back
+        if not stats.errors and gone:
+            linked = self._fmt.linked_since(par, collection, gone, since_ns)
+            taken = {}
             for sid in gone:
+                if sid in linked:
+                    continue
                 for p in collection.shared[sid].paths:
                     m = trash.take(p, mounts, stats)
                     if m is not None:
                         moved.append(m)
+                        taken.setdefault(sid, []).append(m)
+            late = self._fmt.linked_since(par, collection, list(taken), since_ns) if taken else set()
+            for sid in late:
+                for m in taken[sid]:
+                    if trash.restore(m, stats):
+                        moved.remove(m)
+            result["kept"]["linked"] += len(linked) + len(late)
         self._unsplit(u, moved, mounts, locks, trash, stats, par)
         if self._settle and len(u.paths) > 1:
             self._split_watch.append((u, moved))

@@ -225,7 +225,9 @@ after:
 kept:
   description:
     - Units kept although a limit applied, by reason (young, excluded, protected; changed - written,
-      replaced, read or locked between the walk and its removal).
+      replaced, read or locked between the walk and its removal). C(linked) counts shared objects
+      (HuggingFace repo blobs) a removed unit would have freed that a link made since the walk
+      names (another revision downloaded meanwhile with the same file) - they stay.
   returned: for formats other than generic
   type: dict
 foreign:

@@ -42,7 +42,9 @@ API (stable: only additions)
                              ``Collection.shared``), ``.locks`` (tuples of tool lock files that must
                              not be held), ``.keep`` (None, or why the unit must not be deleted),
                              ``.last_used(age_by)`` with age_by in ('atime', 'mtime', 'newest'),
-                             ``.stale`` (True for left-overs of interrupted downloads, STALE_KINDS).
+                             ``.stale`` (True for left-overs of interrupted downloads, STALE_KINDS),
+                             ``.read_paths`` (files outside ``.paths`` its last use came from, which
+                             the prune looks at again for reads just before the unit leaves).
 ``Format.tool_locks``        list of (relative path tuple, 'flock'|'fcntl') of the tool's own
                              cache-wide locks (apt ``archives/lock``, cargo ``.package-cache``).
 ``TRASH_NAME``               top-level directory cache_prune uses while removing units; left out.
@@ -50,6 +52,9 @@ API (stable: only additions)
                              repos, conda ``urls.txt``); returns a list of notes. ``records``: the
                              prune's ``LockRecords`` (a tool's entry lock found held run after run
                              goes stale, see ``_prune.TOOL_LOCK_STALE``).
+``Format.linked_since(parents, collection, sids, since_ns)``  the shared objects leaving with a unit
+                             that a reference made since the walk names (an HF revision downloaded
+                             meanwhile links a blob that is there): they stay.
 
 Paths are tuples of ``str`` components (surrogate-escaped like ``_fs``), relative to the directory
 the walk started from (the cache directory, e.g. ``/mnt/storage/cache/pip``).

@@ -429,6 +429,12 @@ class Format:
     def post_prune(self, root_fd, collection, removed_keys, records=None):
         return []
 
+    def linked_since(self, parents, collection, sids, since_ns):
+        """Of the shared objects ``sids`` leaving with a unit, those a reference made since the
+        walk began (``since_ns``: the filesystem's clock) now names: they stay. ``parents``: the
+        run's ``_prune.Parents`` (``lstat(parts)``: (parent fd, lstat or None)). A set."""
+        return set()
+
 
 def names(dir_fd, sub=None):
     """The names in ``dir_fd`` (or its subdirectory ``sub``, never through a symlink); empty on error."""

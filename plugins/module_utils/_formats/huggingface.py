@@ -33,7 +33,9 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._bas
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
     MemberFileError,
+    Walker,
     open_parent,
+    open_subdir,
     read_member_file,
 )
 
@@ -472,6 +474,42 @@ class HuggingFaceFormat(Format):
 
     def detect(self, root_fd, top):
         return any(_HF_REPO.match(n) for n in top) or any(_HF_REPO.match(n) for n in names(root_fd, "hub"))
+
+    def linked_since(self, parents, collection, sids, since_ns):
+        """The repo blobs among ``sids`` that a snapshot link made since the walk points to: a
+        download of another revision with the same file only links the blob that is there (and
+        a revision of the repo could be loading through it). Only the snapshot directories
+        changed since the walk are read."""
+        by_repo = {}
+        for sid in sids:
+            s = collection.shared.get(sid)
+            if sid[0] != "store" and s is not None and s.paths:
+                by_repo.setdefault(s.paths[0][:-2], {})[sid[1]] = sid
+        linked = set()
+        for prefix, blobs in by_repo.items():
+            pfd, st = parents.lstat(prefix + ("snapshots",))
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                continue
+            fd = open_subdir(pfd, "snapshots", expect=st)
+            if fd is None:
+                linked.update(blobs.values())  # replaced since the lstat: keep them, look next run
+                continue
+            try:
+                for d in Walker(fd, one_fs=True).walk():
+                    if d.st.st_mtime_ns < since_ns and d.st.st_ctime_ns < since_ns:
+                        continue
+                    for name, est in d.entries:
+                        if not stat.S_ISLNK(est.st_mode):
+                            continue
+                        try:
+                            head, _sep, blob = os.readlink(name, dir_fd=d.fd).rpartition("/")
+                        except OSError:
+                            continue
+                        if blob in blobs and head.endswith("blobs"):
+                            linked.add(blobs[blob])
+            finally:
+                os.close(fd)
+        return linked
 
     def post_prune(self, root_fd, collection, removed_keys, records=None):
         """After every run (not only when units went): nested ref directories of removed revisions,

@@ -495,3 +495,70 @@ def test_a_model_loaded_after_the_walk_chose_it_stays(tmp_path, layout):
     assert hf_clean(hub) == {"org/llm": 1, "org/llm-ft": 1}
     assert sorted(os.listdir(a / "snapshots")) == [rev]
     assert (snapshot / "model.safetensors").read_bytes() == W
+
+
+class DownloadDuringRun(_prune.Pruner):
+    """A prune during which another revision of org/llm is downloaded with huggingface_hub: its
+    file is v1's weights, so it only links the blob v1 has alone. ``when``: just before v1's
+    re-check (``check``), or after the look for new links and before the blobs move (``move``)."""
+
+    def __init__(self, *args, hub=None, unit=None, when="check", **kw):
+        _prune.Pruner.__init__(self, *args, **kw)
+        self.hub, self.unit, self.when = hub, unit, when
+        self.link = None
+
+    def _download(self):
+        if self.link is None:
+            repos = {
+                "model": {
+                    "org/llm": {"v3": {"model.safetensors": REPOS["model"]["org/llm"]["v1"]["model.safetensors"]}}
+                }
+            }
+            with fake_hub.FakeHub(repos) as fh:
+                self.link = hfh.hf_hub_download(
+                    "org/llm", "model.safetensors", revision="v3", cache_dir=str(self.hub), endpoint=fh.endpoint
+                )
+                self.fetched = fh.downloads()
+
+    def _recheck(self, fd, u, *args):
+        if u.key == self.unit and self.when == "check":
+            self._download()
+        return _prune.Pruner._recheck(self, fd, u, *args)
+
+    def _remove_unit(self, fd, u, *args):
+        if u.key == self.unit and self.when == "move":
+            look = self._fmt.linked_since
+
+            def then_download(*a):
+                found = look(*a)
+                self._download()
+                return found
+
+            self._fmt.linked_since = then_download
+            try:
+                return _prune.Pruner._remove_unit(self, fd, u, *args)
+            finally:
+                del self._fmt.linked_since
+        return _prune.Pruner._remove_unit(self, fd, u, *args)
+
+
+@pytest.mark.parametrize("when", ["check", "move"])
+@pytest.mark.parametrize("layout", ["plain", "store"])
+def test_a_blob_another_revision_links_during_the_run_stays(tmp_path, layout, when):
+    """v1 goes with the blob only it had, unless a revision downloaded since the walk links that
+    blob (huggingface_hub links a blob that is there, it does not fetch it again): then the
+    blob stays (``kept.linked``), put back if it had already moved, and the new revision loads."""
+    home, hub, a, b = build(tmp_path, layout)
+    v1 = (a / "refs" / "v1").read_text()
+    p = DownloadDuringRun(
+        str(home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY), lock_dir=str(tmp_path / "state"),
+        hub=hub, unit="models--org--llm@" + v1, when=when,
+    )  # fmt: skip
+    res = p.run()
+    assert p.link is not None and p.fetched == [], "the new revision linked the blob that was there"
+    assert not res["errors"], res["errors"]
+    assert res["units"] == 2 and res["kept"]["linked"] == 1, (res["units"], res["kept"])
+    assert not (a / "snapshots" / v1).exists()
+    with open(p.link, "rb") as fh:
+        assert fh.read() == REPOS["model"]["org/llm"]["v1"]["model.safetensors"]
+    assert hf_clean(hub) == {"org/llm": 1, "org/llm-ft": 1}
