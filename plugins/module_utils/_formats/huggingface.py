@@ -562,12 +562,19 @@ class HuggingFaceFormat(Format):
                     trash = _prune.Trash(root_fd, dev, gid, _prune.trash_parents(self))
                     purger = _prune.Purger(trash, locks, gid)
                 swept = sweep_store(root_fd, collection, trash, purger, records)
+            gone = []
             for prefix, st, handle in repos:
                 st.merge(purger.result(handle))
                 if not st.errors and not st.busy:
                     files += st.files
                     disk += st.disk
-                    notes.append("removed repo %s (no revision left)" % "/".join(prefix))
+                    gone.append("/".join(prefix))
+            if gone:
+                # one note, however many: a nightly prune of a big hub empties thousands
+                notes.append(
+                    "removed %d repo(s) with no revision left: %s%s"
+                    % (len(gone), ", ".join(gone[:5]), ", ..." if len(gone) > 5 else "")
+                )
             if swept is not None:
                 n, d, busy = swept
                 files += n

@@ -134,6 +134,9 @@ def test_revisions_go_and_store_payloads_follow_their_last_link(capsys, tmp_path
     chk = run_module(capsys, check=True, path=str(home), format="huggingface", max_age="90d")
     res = run_module(capsys, path=str(home), format="huggingface", max_age="90d")
     assert res["changed"] and res["units"] == 2, res
+    assert [n for n in res["notes"] if "no revision left" in n] == [
+        "removed 1 repo(s) with no revision left: hub/models--org--llm"
+    ], res["notes"]
     # org/llm (both revisions) went whole; the weights stay for org/llm-ft, counted once
     assert hf_clean(hub) == {"org/llm-ft": 1}
     assert not a.exists()
@@ -382,7 +385,10 @@ def build_many(base):
 
 def test_a_prune_killed_anywhere_converges_to_what_one_run_leaves(tmp_path):
     ref_home, ref_hub = build_many(tmp_path / "ref")
-    _prune.Pruner(str(ref_home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY)).run()
+    res = _prune.Pruner(str(ref_home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY)).run()
+    assert [n.split(":")[0] for n in res["notes"] if "no revision left" in n] == [
+        "removed 29 repo(s) with no revision left"
+    ], res["notes"]  # one note for them all
     want = tree(ref_home)
     assert hf_clean(ref_hub) == {"org/m29": 1}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
