@@ -7,6 +7,8 @@ then its own ``publish_blob_to_shared_store``). Alice, a real member, then holds
 through the whole run, replaces a lock file by a link to a file of hers or by a FIFO. Root's prune
 ends in bounded time, never opens what the link points to, never blocks on the FIFO, leaves the
 payloads whose lock it could not take to a later run, and huggingface_hub's own scan stays clean.
+While root prunes, alice also loads a model the walk chose, and downloads a revision that links a
+blob only a removed revision had: neither is taken from her.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats.huggingface import HF_STORE_LOCK_WAIT
 from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.actors import lay_out_cache
+from ansible_collections.mlinfra.shared_cache.tests.unit.adversarial.curated import member_python
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.modules import test_cache_prune_hf_store as hfs
 
 hfh = pytest.importorskip("huggingface_hub")
@@ -206,3 +209,81 @@ def test_store_entry_locks_a_member_holds_for_good_keep_the_prune_off_a_day_not_
     finally:
         holder.kill()
         holder.wait()
+
+
+ALICE_DOWNLOADS = """
+import sys
+from huggingface_hub import hf_hub_download
+print(hf_hub_download("org/llm", "model.safetensors", revision="v3", cache_dir=sys.argv[1], endpoint=sys.argv[2]))
+"""
+
+
+class DownloadDuringRun(_prune.Pruner):
+    """Root's prune during which ``download()`` runs once, just before the re-check of ``unit``
+    (after the walk chose it)."""
+
+    def __init__(self, *args, download=None, unit=None, **kw):
+        _prune.Pruner.__init__(self, *args, **kw)
+        self.download, self.unit = download, unit
+        self.link = None
+
+    def _recheck(self, fd, u, *args):
+        if u.key == self.unit and self.link is None:
+            self.link = self.download()
+        return _prune.Pruner._recheck(self, fd, u, *args)
+
+
+@pytest.mark.system_python
+def test_a_blob_a_member_links_with_huggingface_hub_during_roots_prune_stays(actors, arena, store):
+    """Alice, with her own huggingface_hub, downloads revision v3 of org/llm while root prunes the
+    200-day-old cache: its file is v1's weights, so it only links the blob v1 had alone (no GET).
+    v1 goes; the blob, and the store payload behind it, stay for v3, which loads."""
+    home, hub = store
+    python, env = member_python(arena)
+    with open(os.path.join(hub, "models--org--llm", "refs", "v1")) as fh:
+        v1 = fh.read()
+    weights = hfs.REPOS["model"]["org/llm"]["v1"]["model.safetensors"]
+    with hfs.fake_hub.FakeHub({"model": {"org/llm": {"v3": {"model.safetensors": weights}}}}) as fh:
+
+        def download():
+            res = actors.alice.run([python, "-c", ALICE_DOWNLOADS, hub, fh.endpoint], env=env, timeout=120)
+            return res.stdout.strip().splitlines()[-1]
+
+        p = DownloadDuringRun(
+            home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_dir=os.path.join(arena, "ps"),
+            download=download, unit="models--org--llm@" + v1,
+        )  # fmt: skip
+        res = p.run()
+        fetched = fh.downloads()
+    assert p.link is not None and fetched == [], fetched
+    assert not res["errors"], res["errors"]
+    assert res["kept"]["linked"] == 1, res["kept"]
+    with open(p.link, "rb") as f:
+        assert f.read() == weights
+    assert hfs.hf_clean(hfs.Path(hub)) == {"org/llm": 1}  # no warning, nothing unreferenced, no dangling link
+    assert hfs.store_payloads(hub) == [hashlib.sha256(weights).hexdigest()]
+
+
+def test_a_model_a_member_loads_during_roots_prune_stays(actors, arena, store):
+    """Alice reads org/llm's main revision (through its links, as loading does) after root's walk
+    chose it by the times of its store payloads: it stays whole; v1, unread, goes."""
+    home, hub = store
+    with open(os.path.join(hub, "models--org--llm", "refs", "main")) as fh:
+        main = fh.read()
+    snap = os.path.join(hub, "models--org--llm", "snapshots", main)
+
+    def load():
+        actors.alice.run("cat %s/* > /dev/null" % snap)
+        return snap
+
+    p = DownloadDuringRun(
+        home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_dir=os.path.join(arena, "ps"),
+        download=load, unit="models--org--llm@" + main,
+    )  # fmt: skip
+    res = p.run()
+    assert p.link == snap and not res["errors"], res["errors"]
+    assert res["kept"]["changed"] == 1, res["kept"]
+    assert sorted(os.listdir(os.path.join(hub, "models--org--llm", "snapshots"))) == [main]
+    with open(os.path.join(snap, "model.safetensors"), "rb") as f:
+        assert f.read() == hfs.W
+    assert hfs.hf_clean(hfs.Path(hub)) == {"org/llm": 1}
