@@ -1382,9 +1382,12 @@ class Pruner:
             # body, write the header) spans microseconds: the removed multi-path units are looked at
             # once more this long after the last one left (Format.split_settle; 0: not at all)
             self._settle = getattr(fmt, "split_settle", 0.0)
+            n_notes = len(collection.notes)
             freed_total = self._remove_chosen(
                 fd, chosen, collection, result, locks, mounts, dev, trash, removed, since_ns, used_after
             )
+            if len(collection.notes) > n_notes:  # what the format's hooks said during the removals
+                result.setdefault("notes", []).extend(collection.notes[n_notes:])
             if self._split_watch:
                 freed_total += self._unsplit_late(fd, result, locks, mounts, dev, trash)
             present = {u.key for u in collection.units}
@@ -1480,14 +1483,7 @@ class Pruner:
         # a path rewritten between the check and the move (a new inode moved in, or one made
         # again in its place): the unit is put back whole, never split (pip: header + body)
         if self._rewritten(u, moved, inos, par):
-            for m in moved:
-                if not trash.restore(m, stats):
-                    trash.purge(m.name, locks, stats)  # a newer one took its place
-            result["kept"]["changed"] += 1
-            self.foreign.merge(stats.foreign)
-            for rel, err in stats.errors[:10]:
-                self._error(result, rel, err)
-            return 0
+            return self._put_back(result, "changed", moved, trash, locks, stats)
         # shared objects (HF blobs, npm content) only once the unit's references are gone, and
         # only those no reference made since the walk names (the format's linked_since), looked
         # for again once they moved: one linked meanwhile goes back
@@ -1515,6 +1511,17 @@ class Pruner:
         # it is counted once that is done (_drain)
         self._pending.append((u, reason, stats, self._purger.submit([m.name for m in moved])))
         return self._drain(result, removed)
+
+    def _put_back(self, result, why, moved, trash, locks, stats):
+        """The moved paths of a unit that stays go back where they were (``kept[why]``); 0 freed."""
+        for m in moved:
+            if not trash.restore(m, stats):
+                trash.purge(m.name, locks, stats)  # a newer one took its place
+        result["kept"][why] += 1
+        self.foreign.merge(stats.foreign)
+        for rel, err in stats.errors[:10]:
+            self._error(result, rel, err)
+        return 0
 
     def _drain(self, result, removed, wait=False):
         """Count the units whose deletion is done, in the order they left (all of them with

@@ -54,7 +54,9 @@ API (stable: only additions)
                              goes stale, see ``_prune.TOOL_LOCK_STALE``).
 ``Format.linked_since(parents, collection, sids, since_ns)``  the shared objects leaving with a unit
                              that a reference made since the walk names (an HF revision downloaded
-                             meanwhile links a blob that is there): they stay.
+                             meanwhile links a blob that is there): they stay. Asked before they
+                             move and after, once per unit: it reads only what changed since the
+                             walk, within a bound (HF: ``LINKED_READ_FACTOR``).
 
 Paths are tuples of ``str`` components (surrogate-escaped like ``_fs``), relative to the directory
 the walk started from (the cache directory, e.g. ``/mnt/storage/cache/pip``).

@@ -33,14 +33,21 @@ from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats._bas
 from ansible_collections.mlinfra.shared_cache.plugins.module_utils._fs import (
     O_DIR,
     MemberFileError,
-    Walker,
     open_parent,
     open_subdir,
     read_member_file,
+    scan,
 )
 
 HF_REF_MAX = 256  # refs/<name> holds a 40-hex commit id (huggingface_hub writes just that)
 HF_MANIFEST_MAX = 4 << 20  # a store manifest: one "<repo>/blobs/<etag>" line per linking repo blob
+# linked_since looks at a repo's snapshots again for each revision leaving with blobs of its own
+# (before they move and after), reading only what changed since the walk began. In one run it
+# reads at most this many times the snapshot entries the walk saw in that repo, plus the slack:
+# a member who keeps changing a big snapshot directory cannot make root's run units x entries
+# long; past it, that repo's blobs stay for a later run (which frees them as orphan blobs)
+LINKED_READ_FACTOR = 4
+LINKED_READ_SLACK = 10000
 HF_STORE_LOCK_WAIT = 2.0  # seconds a run waits in all for store entry locks before leaving them to a later run
 
 _HF_REPO = re.compile(r"^(models|datasets|spaces)--")
@@ -124,6 +131,10 @@ class _HFCollector(Collector):
         self.lock_dirs = {}  # repo -> prefix of .locks/<repo>
         self.store = None  # prefix of the marked shared store (hub/blobs), None when there is none
         self.payloads = {}  # xet hash -> (path, st) of a store payload
+        # repo -> {directory below snapshots (a tuple): (inode, ctime_ns) at walk time}, and the
+        # entries the walk saw there: what linked_since needs not read again, and its bound
+        self.snap_dirs = {}
+        self.snap_entries = {}
 
     def compact(self):
         # a blob's and a payload's times are all the report's finish reads of their stat
@@ -148,6 +159,10 @@ class _HFCollector(Collector):
             self.snap_blobs.setdefault(key, set()).update(blobs)
         self.lock_dirs.update(other.lock_dirs)
         self.payloads.update(other.payloads)
+        for key, dirs in other.snap_dirs.items():
+            self.snap_dirs.setdefault(key, {}).update(dirs)
+        for key, n in other.snap_entries.items():
+            self.snap_entries[key] = self.snap_entries.get(key, 0) + n
 
     def _repo(self, parts, off):
         key = parts[off]
@@ -191,6 +206,13 @@ class _HFCollector(Collector):
         store = self.store
         if off >= 0 and len(base) >= off + 2:
             sub = base[off + 1]
+            if sub == "snapshots":
+                name = base[off]
+                dirs = self.snap_dirs.get(name)
+                if dirs is None:
+                    dirs = self.snap_dirs[name] = {}
+                dirs[base[off + 2 :]] = (d.st.st_ino, d.st.st_ctime_ns)
+                self.snap_entries[name] = self.snap_entries.get(name, 0) + len(d.entries) + 1
             if sub == "blobs" and len(base) == off + 2:
                 return self._visit_blobs(d, base, off)
             if sub == "snapshots" and len(base) >= off + 3:
@@ -445,7 +467,11 @@ class _HFCollector(Collector):
         col.store = self.store
         col.store_links = links
         col.payloads = self.payloads
-        col.repo_prefixes = sorted(r.prefix for r in self.repos.values())
+        col.repo_prefix = {name: r.prefix for name, r in self.repos.items()}
+        col.repo_prefixes = sorted(col.repo_prefix.values())
+        col.snap_dirs = self.snap_dirs
+        col.snap_entries = self.snap_entries
+        col.link_reads = {}  # repo -> entries linked_since has read in this run
         return col
 
 
@@ -478,38 +504,101 @@ class HuggingFaceFormat(Format):
     def linked_since(self, parents, collection, sids, since_ns):
         """The repo blobs among ``sids`` that a snapshot link made since the walk points to: a
         download of another revision with the same file only links the blob that is there (and
-        a revision of the repo could be loading through it). Only the snapshot directories
-        changed since the walk are read."""
+        a revision of the repo could be loading through it). Only what changed since the walk
+        began is read (``_links_since``); a repo where that passes its bound keeps them all."""
         by_repo = {}
         for sid in sids:
-            s = collection.shared.get(sid)
-            if sid[0] != "store" and s is not None and s.paths:
-                by_repo.setdefault(s.paths[0][:-2], {})[sid[1]] = sid
+            if sid[0] != "store" and sid[0] in collection.repo_prefix:
+                by_repo.setdefault(sid[0], {})[sid[1]] = sid
         linked = set()
-        for prefix, blobs in by_repo.items():
-            pfd, st = parents.lstat(prefix + ("snapshots",))
-            if st is None or not stat.S_ISDIR(st.st_mode):
-                continue
-            fd = open_subdir(pfd, "snapshots", expect=st)
-            if fd is None:
-                linked.update(blobs.values())  # replaced since the lstat: keep them, look next run
-                continue
-            try:
-                for d in Walker(fd, one_fs=True).walk():
-                    if d.st.st_mtime_ns < since_ns and d.st.st_ctime_ns < since_ns:
-                        continue
-                    for name, est in d.entries:
-                        if not stat.S_ISLNK(est.st_mode):
-                            continue
-                        try:
-                            head, _sep, blob = os.readlink(name, dir_fd=d.fd).rpartition("/")
-                        except OSError:
-                            continue
-                        if blob in blobs and head.endswith("blobs"):
-                            linked.add(blobs[blob])
-            finally:
-                os.close(fd)
+        for repo_name, blobs in by_repo.items():
+            found = self._links_since(parents, collection, repo_name, since_ns)
+            if found is None:
+                linked.update(blobs.values())  # replaced or past the bound: keep them, look next run
+            else:
+                linked.update(sid for b, sid in blobs.items() if b in found)
         return linked
+
+    def _links_since(self, parents, collection, repo_name, since_ns):
+        """The blob names the links of ``repo_name``'s snapshots made since ``since_ns`` point to
+        (a set), or None when that cannot be told. A directory whose inode and ctime are the
+        walk's, from before the run, holds the walk's entries (every entry made, removed or
+        renamed moves its ctime, which no member can set): only its subdirectories are looked
+        at. Every other directory is read whole. A member who keeps changing a big directory
+        makes each look read it: past LINKED_READ_FACTOR times the entries the walk saw there
+        (plus LINKED_READ_SLACK) in one run, the repo's blobs stay (a note says so)."""
+        prefix = collection.repo_prefix[repo_name]
+        spent = collection.link_reads.get(repo_name, 0)
+        bound = LINKED_READ_FACTOR * collection.snap_entries.get(repo_name, 0) + LINKED_READ_SLACK
+        if spent > bound:
+            return None
+        pfd, st = parents.lstat(prefix + ("snapshots",))
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return set()
+        fd = open_subdir(pfd, "snapshots", expect=st)
+        if fd is None:
+            return None
+        recs = collection.snap_dirs.get(repo_name, {})
+        kids = {}
+        for sub in recs:
+            if sub:
+                kids.setdefault(sub[:-1], []).append(sub[-1])
+        found = set()
+        stack = [((), fd, st)]
+        try:
+            while stack:
+                sub, dfd, dst = stack.pop()
+                try:
+                    if recs.get(sub) == (dst.st_ino, dst.st_ctime_ns) and dst.st_ctime_ns < since_ns:
+                        children = []
+                        for name in kids.get(sub, ()):
+                            spent += 1
+                            try:
+                                children.append((name, os.stat(name, dir_fd=dfd, follow_symlinks=False)))
+                            except OSError:
+                                continue  # gone: so are its links
+                    else:
+                        entries = scan(dfd)
+                        spent += len(entries) + 1
+                        children = []
+                        for name, est in entries:
+                            if stat.S_ISLNK(est.st_mode):
+                                try:
+                                    head, _sep, blob = os.readlink(name, dir_fd=dfd).rpartition("/")
+                                except OSError:
+                                    continue
+                                if head.endswith("blobs"):
+                                    found.add(blob)
+                            elif stat.S_ISDIR(est.st_mode):
+                                children.append((name, est))
+                    for name, cst in children:
+                        csub = sub + (name,)
+                        if not stat.S_ISDIR(cst.st_mode) or cst.st_dev != st.st_dev:
+                            continue  # not a directory any more (its links went with it), a mount
+                        if (
+                            recs.get(csub) == (cst.st_ino, cst.st_ctime_ns)
+                            and cst.st_ctime_ns < since_ns
+                            and csub not in kids
+                        ):
+                            continue  # a leaf, as the walk saw it
+                        cfd = open_subdir(dfd, name, expect=cst)
+                        if cfd is None:
+                            return None  # replaced since its lstat
+                        stack.append((csub, cfd, cst))
+                finally:
+                    os.close(dfd)
+                if spent > bound:
+                    collection.notes.append(
+                        "stopped looking for links made during the run in %s/snapshots after %d entries (%d times "
+                        "what the walk saw there): the blobs of its revisions removed from here on stay for a "
+                        "later run" % ("/".join(prefix), spent, LINKED_READ_FACTOR)
+                    )
+                    return None
+        finally:
+            collection.link_reads[repo_name] = spent
+            for _sub, dfd, _st in stack:
+                os.close(dfd)
+        return found
 
     def post_prune(self, root_fd, collection, removed_keys, records=None):
         """After every run (not only when units went): nested ref directories of removed revisions,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _prune, _usage
+from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _fs, _prune, _usage
 from ansible_collections.mlinfra.shared_cache.plugins.modules import cache_prune
 from ansible_collections.mlinfra.shared_cache.tests.unit.plugins.trees import run_main, tree
 
@@ -568,3 +568,77 @@ def test_a_blob_another_revision_links_during_the_run_stays(tmp_path, layout, wh
     with open(p.link, "rb") as fh:
         assert fh.read() == REPOS["model"]["org/llm"]["v1"]["model.safetensors"]
     assert hf_clean(hub) == {"org/llm": 1, "org/llm-ft": 1}
+
+
+def build_many_revisions(base):
+    """org/many: twelve old revisions with a file of their own each, and main, loaded today, where
+    a member keeps a tree of 3000 files (``junk``). Returns the hub, the repo, main's snapshot
+    and the entries the walk sees below ``snapshots``."""
+    revs = {"r%02d" % i: {"model.safetensors": os.urandom(2048)} for i in range(12)}
+    revs["main"] = {"model.safetensors": os.urandom(2048)}
+    home = base / "huggingface"
+    hub = home / "hub"
+    hub.mkdir(parents=True)
+    with fake_hub.FakeHub({"model": {"org/many": revs}}) as fh:
+        for branch in revs:
+            hfh.hf_hub_download(
+                "org/many", "model.safetensors", revision=branch, cache_dir=str(hub), endpoint=fh.endpoint
+            )
+    repo = hub / "models--org--many"
+    main = repo / "snapshots" / (repo / "refs" / "main").read_text()
+    (main / "junk").mkdir()
+    for i in range(3000):
+        (main / "junk" / ("f%04d" % i)).touch()
+    set_times(home, time.time() - 200 * DAY)
+    now = time.time()
+    os.utime(main / "model.safetensors", (now, now))  # main was loaded today
+    seen = sum(len(dn) + len(fn) + 1 for _dp, dn, fn in os.walk(repo / "snapshots"))
+    return home, hub, repo, main, seen
+
+
+class MemberChangesJunk(_prune.Pruner):
+    """A prune during which a member adds a file to main's ``junk`` before the first re-check."""
+
+    def _recheck(self, fd, u, *args):
+        junk = Path(self.path) / "hub" / "models--org--many" / "snapshots"
+        for snap in junk.iterdir():
+            if (snap / "junk").is_dir() and not (snap / "junk" / "new").exists():
+                (snap / "junk" / "new").touch()
+        return _prune.Pruner._recheck(self, fd, u, *args)
+
+
+@pytest.mark.parametrize("member", [False, True])
+def test_looking_for_links_made_during_the_run_reads_what_changed_within_a_bound(tmp_path, monkeypatch, member):
+    """Each revision leaving with a blob of its own makes the prune look at its repo's snapshots
+    again (a link made during the run keeps the blob). A look reads only the directories changed
+    since the walk began: a member's big tree is never read again. A member who changes it during
+    the run makes every look read it: past a few times what the walk saw, the prune says it
+    stopped, the blobs it no longer looked for stay, and the next run frees them. huggingface_hub's
+    scan is clean throughout."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import huggingface as hf_fmt
+
+    home, hub, repo, main, seen = build_many_revisions(tmp_path)
+    read = []
+    monkeypatch.setattr(hf_fmt, "scan", lambda fd: read.append(len(_fs.scan(fd))) or _fs.scan(fd))
+    monkeypatch.setattr(hf_fmt, "LINKED_READ_SLACK", 0)
+    pruner = MemberChangesJunk if member else _prune.Pruner
+    res = pruner(str(home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY)).run()
+    assert not res["errors"], res["errors"]
+    assert res["units"] == 12 and not list((repo / "snapshots").glob("r*")), res["sample"]
+    blobs = os.listdir(repo / "blobs")
+    kept = res["kept"]["linked"]
+    if not member:
+        assert max(read, default=0) < 3000 and sum(read) < seen, read  # junk is never read again
+        assert kept == 0 and len(blobs) == 1, (res["kept"], blobs)
+        assert hf_clean(hub) == {"org/many": 1}
+        return
+    # 12 revisions x 2 looks x 3000 entries = 72k without the bound; with it, at most 4 times what
+    # the walk saw, and the directory that crossed it
+    assert 3000 <= max(read) and sum(read) <= hf_fmt.LINKED_READ_FACTOR * seen + 3002, (sum(read), seen)
+    assert any("stopped looking for links made during the run" in n for n in res["notes"]), res["notes"]
+    assert 0 < kept < 12 and len(blobs) == 1 + kept, (res["kept"], blobs)  # main's, and those not looked for
+    assert hf_clean(hub) == {"org/many": 1}
+    res = _prune.Pruner(str(home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY)).run()
+    assert res["units"] == kept and res["kept"]["linked"] == 0, (res["units"], res["kept"])
+    assert os.listdir(repo / "blobs") == [os.readlink(main / "model.safetensors").rpartition("/")[2]]
+    assert hf_clean(hub) == {"org/many": 1}
