@@ -1474,6 +1474,11 @@ class Pruner:
         if changed:
             result["kept"]["changed"] += 1
             return 0
+        # a unit that is itself a shared object (an HF blob no revision linked at walk time): a
+        # reference made to it since the walk keeps it, looked for before it moves and after
+        if u.linkable and self._fmt.linked_since(par, collection, list(u.linkable), since_ns):
+            result["kept"]["linked"] += 1
+            return 0
         stats = RemoveStats(self.cache_gid)
         moved = []
         for p in u.paths:
@@ -1484,6 +1489,8 @@ class Pruner:
         # again in its place): the unit is put back whole, never split (pip: header + body)
         if self._rewritten(u, moved, inos, par):
             return self._put_back(result, "changed", moved, trash, locks, stats)
+        if u.linkable and self._fmt.linked_since(par, collection, list(u.linkable), since_ns):
+            return self._put_back(result, "linked", moved, trash, locks, stats)
         # shared objects (HF blobs, npm content) only once the unit's references are gone, and
         # only those no reference made since the walk names (the format's linked_since), looked
         # for again once they moved: one linked meanwhile goes back

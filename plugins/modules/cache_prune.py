@@ -226,8 +226,8 @@ kept:
   description:
     - Units kept although a limit applied, by reason (young, excluded, protected; changed - written,
       replaced, read or locked between the walk and its removal). C(linked) counts shared objects
-      (HuggingFace repo blobs) a removed unit would have freed that a link made since the walk
-      names (another revision downloaded meanwhile with the same file) - they stay.
+      (HuggingFace repo blobs) a removed unit would have freed, and orphan blobs, that a link made
+      since the walk names (another revision downloaded meanwhile with the same file) - they stay.
       They also count the blobs of a repo whose snapshots changed too much during the run to be
       looked at again (a note says so) - they stay for a later run.
   returned: for formats other than generic

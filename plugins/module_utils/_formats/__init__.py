@@ -44,7 +44,10 @@ API (stable: only additions)
                              ``.last_used(age_by)`` with age_by in ('atime', 'mtime', 'newest'),
                              ``.stale`` (True for left-overs of interrupted downloads, STALE_KINDS),
                              ``.read_paths`` (files outside ``.paths`` its last use came from, which
-                             the prune looks at again for reads just before the unit leaves).
+                             the prune looks at again for reads just before the unit leaves),
+                             ``.linkable`` (shared ids naming the unit's own paths, an HF blob no
+                             revision linked at walk time: a reference made to one since keeps the
+                             unit, ``Format.linked_since``).
 ``Format.tool_locks``        list of (relative path tuple, 'flock'|'fcntl') of the tool's own
                              cache-wide locks (apt ``archives/lock``, cargo ``.package-cache``).
 ``TRASH_NAME``               top-level directory cache_prune uses while removing units; left out.

@@ -51,6 +51,7 @@ class Unit:
         "timed",
         "stale",
         "read_paths",
+        "linkable",
     )
 
     def __init__(self, key, kind, name=None):
@@ -75,6 +76,9 @@ class Unit:
         # store payloads, only that revision has): the prune looks at them again just before
         # the unit leaves, so a model loaded since the walk stays
         self.read_paths = ()
+        # the format's shared ids naming this unit's own paths (an HF blob no revision links): a
+        # reference made to one since the walk keeps the unit (``Format.linked_since``)
+        self.linkable = ()
 
     def last_used(self, age_by="newest"):
         """Newest evidence of use: the tool's own record and the files' atime/mtime per age_by."""

@@ -418,6 +418,7 @@ class _HFCollector(Collector):
                     u.paths = list(s.paths)
                     if b in repo.links:
                         u.read_paths = [self._read_path(repo, b)]
+                    u.linkable = (sid,)  # a revision downloaded during the prune may link it
                     self._link_store(u, repo_name, [b])
                     if lockdir is not None:
                         u.locks.append(lockdir)

@@ -570,6 +570,37 @@ def test_a_blob_another_revision_links_during_the_run_stays(tmp_path, layout, wh
     assert hf_clean(hub) == {"org/llm": 1, "org/llm-ft": 1}
 
 
+@pytest.mark.parametrize("when", ["check", "move"])
+@pytest.mark.parametrize("layout", ["plain", "store"])
+def test_an_orphan_blob_a_revision_links_during_the_run_stays(tmp_path, layout, when):
+    """A blob no revision links (its revision deleted by hand, or a download cut short) is a unit
+    of its own; a revision downloaded during the prune with the same file links it instead of
+    fetching it: it stays (``kept.linked``), put back if it had already moved."""
+    home, hub, a, b = build(tmp_path, layout)
+    v1 = (a / "refs" / "v1").read_text()
+    weights = os.readlink(a / "snapshots" / v1 / "model.safetensors").rpartition("/")[2]
+    config = os.readlink(a / "snapshots" / v1 / "config.json").rpartition("/")[2]
+    for f in (a / "snapshots" / v1).iterdir():
+        f.unlink()
+    (a / "snapshots" / v1).rmdir()
+    (a / "refs" / "v1").unlink()
+    p = DownloadDuringRun(
+        str(home), fmt="huggingface", policy=_prune.Policy(max_age=90 * DAY), lock_dir=str(tmp_path / "state"),
+        hub=hub, unit="models--org--llm/blobs/" + weights, when=when,
+    )  # fmt: skip
+    res = p.run()
+    assert p.link is not None and p.fetched == [], "the new revision linked the blob that was there"
+    assert not res["errors"], res["errors"]
+    assert res["kept"]["linked"] == 1, res["kept"]
+    assert "models--org--llm/blobs/" + config in [u["key"] for u in res["sample"]], res["sample"]
+    linked = {os.readlink(f).rpartition("/")[2] for f in (a / "snapshots").glob("*/*")}
+    assert weights in linked and set(os.listdir(a / "blobs")) == linked  # v3 links it, the config went
+    with open(p.link, "rb") as fh:
+        assert fh.read() == REPOS["model"]["org/llm"]["v1"]["model.safetensors"]
+    assert hf_clean(hub) == {"org/llm": 1, "org/llm-ft": 1}  # main (old) went, v3 stays
+    assert os.listdir(a / "snapshots") == [Path(p.link).parent.name]
+
+
 def build_many_revisions(base):
     """org/many: twelve old revisions with a file of their own each, and main, loaded today, where
     a member keeps a tree of 3000 files (``junk``). Returns the hub, the repo, main's snapshot
