@@ -287,3 +287,53 @@ def test_a_model_a_member_loads_during_roots_prune_stays(actors, arena, store):
     with open(os.path.join(snap, "model.safetensors"), "rb") as f:
         assert f.read() == hfs.W
     assert hfs.hf_clean(hfs.Path(hub)) == {"org/llm": 1}
+
+
+def test_a_member_who_keeps_changing_a_big_snapshot_tree_cannot_stretch_roots_prune(actors, arena, monkeypatch):
+    """Alice keeps a 3000-file tree in the snapshot of org/many's main and keeps adding files to
+    it while root prunes twelve old revisions. Each revision leaving with a blob of its own makes
+    root look for links made during the run, and a changed directory is read whole: root stops
+    at a few times what its walk saw there (it says so), the blobs it no longer looked for stay,
+    and its next run frees them. huggingface_hub's scan is clean after each run."""
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils import _fs
+    from ansible_collections.mlinfra.shared_cache.plugins.module_utils._formats import huggingface as hf_fmt
+
+    home = lay_out_cache(os.path.join(arena, "huggingface"), actors.gid, subdirs=["hub"])
+    hub = os.path.join(home, "hub")
+    revs = {"r%02d" % i: {"model.safetensors": os.urandom(2048)} for i in range(12)}
+    revs["main"] = {"model.safetensors": os.urandom(2048)}
+    with hfs.fake_hub.FakeHub({"model": {"org/many": revs}}) as fh:
+        for branch in revs:
+            hfh.hf_hub_download("org/many", "model.safetensors", revision=branch, cache_dir=hub, endpoint=fh.endpoint)
+    repo = os.path.join(hub, "models--org--many")
+    with open(os.path.join(repo, "refs", "main")) as f:
+        main = os.path.join(repo, "snapshots", f.read())
+    junk = os.path.join(main, "junk")
+    actors.alice.run("mkdir %s && cd %s && seq -f 'f%%04g' 3000 | xargs touch" % (junk, junk))
+    assert len(os.listdir(junk)) == 3000
+    hfs.set_times(hfs.Path(home), time.time() - 200 * hfs.DAY)
+    now = time.time()
+    os.utime(os.path.join(main, "model.safetensors"), (now, now))  # main was loaded today
+    seen = sum(len(dn) + len(fn) + 1 for _dp, dn, fn in os.walk(os.path.join(repo, "snapshots")))
+    read = []
+    monkeypatch.setattr(hf_fmt, "scan", lambda fd: read.append(len(_fs.scan(fd))) or _fs.scan(fd))
+    monkeypatch.setattr(hf_fmt, "LINKED_READ_SLACK", 0)
+    writer = actors.alice.popen("cd %s && n=0; echo go; while :; do : > n$n; n=$((n+1)); sleep 0.01; done" % junk)
+    try:
+        assert writer.stdout.readline().strip() == "go"
+        res = _prune.Pruner(home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY)).run()
+    finally:
+        writer.kill()
+        writer.wait()
+    added = len(os.listdir(junk)) - 3000
+    assert added > 0 and not res["errors"], (added, res["errors"])
+    assert res["units"] == 12, res["sample"]
+    assert sum(read) <= hf_fmt.LINKED_READ_FACTOR * seen + 3000 + added, (sum(read), seen, added)
+    assert any("stopped looking for links made during the run" in n for n in res["notes"]), res["notes"]
+    kept = res["kept"]["linked"]
+    assert 0 < kept < 12 and len(os.listdir(os.path.join(repo, "blobs"))) == 1 + kept, res["kept"]
+    assert hfs.hf_clean(hfs.Path(hub)) == {"org/many": 1}
+    res = _prune.Pruner(home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY)).run()
+    assert res["units"] == kept and res["kept"]["linked"] == 0, (res["units"], res["kept"])
+    assert len(os.listdir(os.path.join(repo, "blobs"))) == 1
+    assert hfs.hf_clean(hfs.Path(hub)) == {"org/many": 1}
