@@ -259,6 +259,25 @@ class LockRecords:
             self._listed().discard(name)
         return since
 
+    def forget(self, prefix, keep):
+        """Drop the records of this cache's locks below ``prefix`` (parts) whose rest (the record
+        name past the prefix's) is not in ``keep``: the entries they were kept for are gone, and
+        a record nothing will look at again must not stay in root's directory for ever (a member
+        who makes entries, holds their locks and removes them would fill it). The count dropped."""
+        base = _tool_lock_record(self.cache_st, prefix) + "_"
+        gone = [n for n in self._listed() if n.startswith(base) and n[len(base) :] not in keep]
+        if not gone:
+            return 0
+        dfd = state_dir(self.lock_dir)
+        try:
+            for n in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(n, dir_fd=dfd)
+                self.names.discard(n)
+        finally:
+            os.close(dfd)
+        return len(gone)
+
     def stale(self, parts):
         since = self.seen(parts, True)
         now = self.now if self.now is not None else time.time()

@@ -673,6 +673,10 @@ class HuggingFaceFormat(Format):
                     notes.append("removed %d shared store payload(s) no repo links to" % n)
                 if busy:
                     notes.append("left %d store payload(s) whose lock is held: next run" % busy)
+            store = getattr(collection, "store", None)
+            if records is not None and store is not None:
+                # records of store entries the walk did not find (removed since, by anyone)
+                records.forget(store, {"%s_%s.lock" % (h[:2], h) for h in collection.payloads})
             if records is not None and records.taken:
                 notes.append(
                     "went on without %d store entry lock(s) found held or unusable by every run for %dh: %s"

@@ -287,6 +287,52 @@ def test_an_entry_lock_goes_stale_only_when_every_run_found_it_held_for_a_day(tm
         os.close(fd)
 
 
+def test_the_record_of_a_held_entry_lock_goes_with_its_entry(tmp_path):
+    """Root records a store entry lock it found held (root's state directory). Once the entry is
+    gone (here huggingface_hub's own sweep removed it after the hold ended) the next prune drops
+    its record: a member who makes entries, holds their locks and removes them cannot fill root's
+    directory. The record of an entry still there and still held stays."""
+    home, hub, a, b = build(tmp_path, "store")
+    state = tmp_path / "state"
+    v1 = REPOS["model"]["org/llm"]["v1"]
+    entries = [hashlib.sha256(v1[f]).hexdigest() for f in ("config.json", "model.safetensors")]
+    locks = [hub / "blobs" / h[:2] / (h + ".lock") for h in entries]
+
+    def prune():
+        policy = _prune.Policy(max_age=90 * DAY)
+        return _prune.Pruner(str(home), fmt="huggingface", policy=policy, lock_dir=str(state)).run()
+
+    def records():
+        return sorted(p.name for p in state.iterdir() if p.name.startswith("toollock-"))
+
+    def hold(lock):
+        p = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    holders = [hold(lock) for lock in locks]
+    try:
+        res = prune()  # v1 goes; both its payloads stay, their locks held
+        assert any("lock is held" in n for n in res["notes"]), res["notes"]
+        assert set(entries) <= set(store_payloads(hub)) and len(records()) == 2
+    finally:
+        holders[0].kill()
+        holders[0].wait()
+    # huggingface_hub's own sweep frees the first entry once its lock is free
+    assert _shared_blobs.sweep_shared_blob(hub / "blobs" / entries[0][:2] / entries[0], cache_dir=str(hub)) > 0
+    try:
+        prune()
+        left = records()
+        assert len(left) == 1 and left[0].endswith(entries[1] + ".lock"), left
+        assert entries[1] in store_payloads(hub)
+    finally:
+        holders[1].kill()
+        holders[1].wait()
+    prune()  # free at last: the payload goes, and its record
+    assert records() == [] and not set(entries) & set(store_payloads(hub)), store_payloads(hub)
+    assert hf_clean(hub) == {"org/llm-ft": 1}
+
+
 def test_a_planted_lock_link_is_not_followed(capsys, tmp_path):
     home, hub, a, b = build(tmp_path, "store")
     h = hashlib.sha256(b'{"v": 1}').hexdigest()
