@@ -1376,6 +1376,7 @@ class Pruner:
                 col.visit(d)
             self._walk_notes(walker, result)
             collection = col.finish()
+            collection.gid = self.cache_gid
             if collection.notes:
                 result.setdefault("notes", []).extend(collection.notes)
             result["before"] = {

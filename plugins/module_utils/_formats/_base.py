@@ -159,6 +159,7 @@ class Collection:
         self.other_disk = other_disk
         self.other_files = other_files
         self.notes = notes
+        self.gid = None  # the cache group the walk kept to (set by the prune)
 
     @property
     def total_size(self):

@@ -539,6 +539,7 @@ class HuggingFaceFormat(Format):
         fd = open_subdir(pfd, "snapshots", expect=st)
         if fd is None:
             return None
+        gid = collection.gid  # the cache's group: no other directory is entered, as in the walk
         recs = collection.snap_dirs.get(repo_name, {})
         kids = {}
         for sub in recs:
@@ -574,8 +575,8 @@ class HuggingFaceFormat(Format):
                                 children.append((name, est))
                     for name, cst in children:
                         csub = sub + (name,)
-                        if not stat.S_ISDIR(cst.st_mode) or cst.st_dev != st.st_dev:
-                            continue  # not a directory any more (its links went with it), a mount
+                        if not stat.S_ISDIR(cst.st_mode) or cst.st_dev != st.st_dev or cst.st_gid != gid:
+                            continue  # not a directory any more (its links went with it), a mount, not the cache's
                         if (
                             recs.get(csub) == (cst.st_ino, cst.st_ctime_ns)
                             and cst.st_ctime_ns < since_ns

@@ -337,3 +337,34 @@ def test_a_member_who_keeps_changing_a_big_snapshot_tree_cannot_stretch_roots_pr
     assert res["units"] == kept and res["kept"]["linked"] == 0, (res["units"], res["kept"])
     assert len(os.listdir(os.path.join(repo, "blobs"))) == 1
     assert hfs.hf_clean(hfs.Path(hub)) == {"org/many": 1}
+
+
+@pytest.mark.parametrize("group", ["cache", "team"])
+def test_roots_look_for_links_made_during_the_run_never_enters_another_groups_directory(actors, arena, store, group):
+    """While root prunes, alice links v1's weights blob from a directory of a new revision: of
+    the cache group (root finds the link, the blob stays), or regrouped to her team group, which
+    the cache does not own (root never enters it, as its walk never does: the blob goes)."""
+    home, hub = store
+    repo = os.path.join(hub, "models--org--llm")
+    with open(os.path.join(repo, "refs", "v1")) as fh:
+        v1 = fh.read()
+    blob = os.readlink(os.path.join(repo, "snapshots", v1, "model.safetensors")).rpartition("/")[2]
+    sub = os.path.join(repo, "snapshots", "f" * 40, "sub")
+
+    def plant():
+        chgrp = "chgrp %d %s && " % (actors.team_gid, sub) if group == "team" else ""
+        actors.alice.run("mkdir -p %s && %sln -s ../../../blobs/%s %s/model.safetensors" % (sub, chgrp, blob, sub))
+        return sub
+
+    p = DownloadDuringRun(
+        home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_dir=os.path.join(arena, "ps"),
+        download=plant, unit="models--org--llm@" + v1,
+    )  # fmt: skip
+    res = p.run()
+    assert p.link == sub and not res["errors"], res["errors"]
+    assert os.stat(sub).st_gid == (actors.team_gid if group == "team" else actors.gid)
+    assert not os.path.exists(os.path.join(repo, "snapshots", v1))
+    if group == "cache":
+        assert res["kept"]["linked"] == 1 and os.path.exists(os.path.join(sub, "model.safetensors")), res["kept"]
+    else:
+        assert res["kept"]["linked"] == 0 and not os.path.lexists(os.path.join(repo, "blobs", blob)), res["kept"]
