@@ -368,3 +368,73 @@ def test_roots_look_for_links_made_during_the_run_never_enters_another_groups_di
         assert res["kept"]["linked"] == 1 and os.path.exists(os.path.join(sub, "model.safetensors")), res["kept"]
     else:
         assert res["kept"]["linked"] == 0 and not os.path.lexists(os.path.join(repo, "blobs", blob)), res["kept"]
+
+
+@pytest.mark.system_python
+def test_an_orphan_blob_a_member_links_with_huggingface_hub_during_roots_prune_stays(actors, arena, store):
+    """v1's snapshot and ref were deleted by hand: its weights blob is an orphan, a unit of its
+    own. While root prunes, alice downloads revision v3 with her own huggingface_hub: its file is
+    those weights, so she only links the orphan (no GET). It stays, and her revision loads."""
+    home, hub = store
+    python, env = member_python(arena)
+    repo = os.path.join(hub, "models--org--llm")
+    with open(os.path.join(repo, "refs", "v1")) as fh:
+        v1 = fh.read()
+    snap = os.path.join(repo, "snapshots", v1)
+    blob = os.readlink(os.path.join(snap, "model.safetensors")).rpartition("/")[2]
+    for name in os.listdir(snap):
+        os.unlink(os.path.join(snap, name))
+    os.rmdir(snap)
+    os.unlink(os.path.join(repo, "refs", "v1"))
+    weights = hfs.REPOS["model"]["org/llm"]["v1"]["model.safetensors"]
+    with hfs.fake_hub.FakeHub({"model": {"org/llm": {"v3": {"model.safetensors": weights}}}}) as fh:
+
+        def download():
+            res = actors.alice.run([python, "-c", ALICE_DOWNLOADS, hub, fh.endpoint], env=env, timeout=120)
+            return res.stdout.strip().splitlines()[-1]
+
+        p = DownloadDuringRun(
+            home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_dir=os.path.join(arena, "ps"),
+            download=download, unit="models--org--llm/blobs/" + blob,
+        )  # fmt: skip
+        res = p.run()
+        fetched = fh.downloads()
+    assert p.link is not None and fetched == [], fetched
+    assert not res["errors"], res["errors"]
+    assert res["kept"]["linked"] == 1, res["kept"]
+    with open(p.link, "rb") as f:
+        assert f.read() == weights
+    assert hfs.hf_clean(hfs.Path(hub)) == {"org/llm": 1}
+    assert hfs.store_payloads(hub) == [hashlib.sha256(weights).hexdigest()]
+
+
+def test_entries_a_member_held_locked_then_removed_leave_root_no_records(actors, arena, store):
+    """Alice holds the lock of a store entry root's sweep wants (v1's config payload): root keeps
+    the payload and records the hold in its state directory. She then removes the entry, still
+    holding the lock file. Root's next prune drops the record: a member repeating this night
+    after night cannot fill root's directory."""
+    home, hub = store
+    path, h = entry(hub, b'{"v": 1}')
+    ps = os.path.join(arena, "ps")
+
+    def prune():
+        return _prune.Pruner(home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_dir=ps).run()
+
+    def records():
+        return sorted(n for n in os.listdir(ps) if n.startswith("toollock-")) if os.path.isdir(ps) else []
+
+    holder = actors.alice.popen("exec 9>>%s.lock; flock -x 9; echo held; exec sleep 120" % path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = prune()
+        assert any("lock is held" in n for n in res["notes"]), res["notes"]
+        assert h in hfs.store_payloads(hub) and len(records()) == 1 and records()[0].endswith(h + ".lock")
+        actors.alice.run("rm -f %s %s.refs" % (path, path))
+        assert not os.path.lexists(path) and os.path.exists(path + ".lock")
+        prune()
+        assert records() == []
+        assert holder.poll() is None  # she held the lock throughout
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not hfh.scan_cache_dir(hub).warnings
