@@ -233,15 +233,12 @@ class DownloadDuringRun(_prune.Pruner):
         return _prune.Pruner._recheck(self, fd, u, *args)
 
 
-@pytest.mark.system_python
-def test_a_blob_a_member_links_with_huggingface_hub_during_roots_prune_stays(actors, arena, store):
-    """Alice, with her own huggingface_hub, downloads revision v3 of org/llm while root prunes the
-    200-day-old cache: its file is v1's weights, so it only links the blob v1 had alone (no GET).
-    v1 goes; the blob, and the store payload behind it, stay for v3, which loads."""
-    home, hub = store
+def alice_links_v1s_weights_during_roots_prune(actors, arena, home, hub, unit):
+    """Root prunes the cache; just before the re-check of ``unit``, alice downloads revision v3 of
+    org/llm with her own huggingface_hub (its file is v1's weights: she only links the blob that
+    is there, no GET). The blob stays (``kept.linked``), v3 loads, huggingface_hub's scan is
+    clean and the store keeps exactly that payload."""
     python, env = member_python(arena)
-    with open(os.path.join(hub, "models--org--llm", "refs", "v1")) as fh:
-        v1 = fh.read()
     weights = hfs.REPOS["model"]["org/llm"]["v1"]["model.safetensors"]
     with hfs.fake_hub.FakeHub({"model": {"org/llm": {"v3": {"model.safetensors": weights}}}}) as fh:
 
@@ -251,7 +248,7 @@ def test_a_blob_a_member_links_with_huggingface_hub_during_roots_prune_stays(act
 
         p = DownloadDuringRun(
             home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_dir=os.path.join(arena, "ps"),
-            download=download, unit="models--org--llm@" + v1,
+            download=download, unit=unit,
         )  # fmt: skip
         res = p.run()
         fetched = fh.downloads()
@@ -262,6 +259,17 @@ def test_a_blob_a_member_links_with_huggingface_hub_during_roots_prune_stays(act
         assert f.read() == weights
     assert hfs.hf_clean(hfs.Path(hub)) == {"org/llm": 1}  # no warning, nothing unreferenced, no dangling link
     assert hfs.store_payloads(hub) == [hashlib.sha256(weights).hexdigest()]
+
+
+@pytest.mark.system_python
+def test_a_blob_a_member_links_with_huggingface_hub_during_roots_prune_stays(actors, arena, store):
+    """Alice, with her own huggingface_hub, downloads revision v3 of org/llm while root prunes the
+    200-day-old cache: its file is v1's weights, so it only links the blob v1 had alone (no GET).
+    v1 goes; the blob, and the store payload behind it, stay for v3, which loads."""
+    home, hub = store
+    with open(os.path.join(hub, "models--org--llm", "refs", "v1")) as fh:
+        v1 = fh.read()
+    alice_links_v1s_weights_during_roots_prune(actors, arena, home, hub, "models--org--llm@" + v1)
 
 
 def test_a_model_a_member_loads_during_roots_prune_stays(actors, arena, store):
@@ -376,7 +384,6 @@ def test_an_orphan_blob_a_member_links_with_huggingface_hub_during_roots_prune_s
     own. While root prunes, alice downloads revision v3 with her own huggingface_hub: its file is
     those weights, so she only links the orphan (no GET). It stays, and her revision loads."""
     home, hub = store
-    python, env = member_python(arena)
     repo = os.path.join(hub, "models--org--llm")
     with open(os.path.join(repo, "refs", "v1")) as fh:
         v1 = fh.read()
@@ -386,26 +393,7 @@ def test_an_orphan_blob_a_member_links_with_huggingface_hub_during_roots_prune_s
         os.unlink(os.path.join(snap, name))
     os.rmdir(snap)
     os.unlink(os.path.join(repo, "refs", "v1"))
-    weights = hfs.REPOS["model"]["org/llm"]["v1"]["model.safetensors"]
-    with hfs.fake_hub.FakeHub({"model": {"org/llm": {"v3": {"model.safetensors": weights}}}}) as fh:
-
-        def download():
-            res = actors.alice.run([python, "-c", ALICE_DOWNLOADS, hub, fh.endpoint], env=env, timeout=120)
-            return res.stdout.strip().splitlines()[-1]
-
-        p = DownloadDuringRun(
-            home, fmt="huggingface", policy=_prune.Policy(max_age=90 * hfs.DAY), lock_dir=os.path.join(arena, "ps"),
-            download=download, unit="models--org--llm/blobs/" + blob,
-        )  # fmt: skip
-        res = p.run()
-        fetched = fh.downloads()
-    assert p.link is not None and fetched == [], fetched
-    assert not res["errors"], res["errors"]
-    assert res["kept"]["linked"] == 1, res["kept"]
-    with open(p.link, "rb") as f:
-        assert f.read() == weights
-    assert hfs.hf_clean(hfs.Path(hub)) == {"org/llm": 1}
-    assert hfs.store_payloads(hub) == [hashlib.sha256(weights).hexdigest()]
+    alice_links_v1s_weights_during_roots_prune(actors, arena, home, hub, "models--org--llm/blobs/" + blob)
 
 
 def test_entries_a_member_held_locked_then_removed_leave_root_no_records(actors, arena, store):
